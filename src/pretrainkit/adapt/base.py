@@ -1,0 +1,292 @@
+"""Adapter registry and injection by module-name pattern, plus save / load / merge of adapters alone.
+
+An adapter is one ``AdapterLayer`` subclass that wraps a frozen ``nn.Linear``, registered with
+``@register_adapter("name")``. ``inject`` swaps matching Linears for it and freezes the backbone;
+``save_adapter`` writes only adapter tensors (safetensors) plus a JSON sidecar that lets
+``load_adapter`` re-inject them into a fresh copy of the backbone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.registry import Registry
+
+ADAPTERS: Registry[type[AdapterLayer]] = Registry("adapter")
+SIDECAR_FORMAT = "pretrainkit-adapter/1"
+EXTRA_PREFIX = "extra:"
+
+
+def register_adapter(name: str):
+    """Class decorator: ``@register_adapter("lora") class LoRALinear(AdapterLayer): ...``."""
+
+    def deco(cls):
+        if not (isinstance(cls, type) and issubclass(cls, AdapterLayer)):
+            raise TypeError(f"adapter '{name}' must subclass AdapterLayer")
+        cls.adapter_name = name
+        return ADAPTERS.register(name)(cls)
+
+    return deco
+
+
+class AdapterState(nn.Module):
+    """A module whose whole state belongs to an adapter (e.g. a shared pool): saved with the adapter."""
+
+
+class AdapterLayer(AdapterState):
+    """Wraps one frozen ``nn.Linear`` (kept as ``self.base``); subclasses add trainable tensors."""
+
+    adapter_name: ClassVar[str] = "adapter"
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.injection: dict[str, Any] = {}  # shared by the layers of one inject() call; saved in the sidecar
+
+    def adapter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """This layer's own parameters and buffers, without the wrapped base Linear's."""
+        for name, t in [*self.named_parameters(), *self.named_buffers()]:
+            if not name.startswith("base."):
+                yield name, t
+
+    def merged(self) -> nn.Linear:
+        """A plain Linear computing the same function; adapters that cannot be folded say so."""
+        raise ConfigError(f"adapter '{self.adapter_name}' cannot be merged into the base weights")
+
+    @classmethod
+    def wrap_all(cls, model: nn.Module, linears: dict[str, nn.Linear], **options) -> tuple[dict, dict]:
+        """Wrap each Linear; return ``(new layers by name, JSON-able options for the sidecar)``.
+
+        Override to build state shared by all wrapped layers (see the modulation pool).
+        """
+        check_options(cls, options)
+        return {n: cls(lin, **options) for n, lin in linears.items()}, dict(options)
+
+
+def check_options(cls: type, options: dict, extra: Sequence[str] = ()) -> None:
+    """Refuse option names the adapter's constructor does not take, naming the allowed ones."""
+    params = list(inspect.signature(cls.__init__).parameters)[2:]  # skip self, base
+    allowed = sorted({*params, *extra} - {"args", "kwargs"})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for adapter '{cls.adapter_name}'; allowed: {allowed}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """``re:<regex>`` is a full-match regex; anything else an fnmatch pattern on the whole name or a dotted tail."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+
+
+def find_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
+    """Plain Linear modules whose names match any pattern; every pattern must match at least one."""
+    if isinstance(targets, str):
+        targets = [targets]
+    for pat in targets:
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as e:
+                raise ConfigError(f"target {pat!r} is not a valid regex: {e}") from None
+    inside_adapter: list[str] = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    linears = {
+        n: m for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not any(n.startswith(a + ".") for a in inside_adapter)
+    }
+    found = {n: m for n, m in linears.items() if any(_matches(n, p) for p in targets)}
+    unmatched = [p for p in targets if not any(_matches(n, p) for n in linears)]
+    if unmatched or not targets:
+        some = ", ".join(list(linears)[:8]) or "(none)"
+        raise ConfigError(
+            f"no nn.Linear module matches target pattern(s) {unmatched or list(targets)}; "
+            f"Linear modules here include: {some} ({len(linears)} in all); use fnmatch patterns or 're:<regex>'"
+        )
+    return found
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter parameter and buffer in ``model`` by qualified name (shared tensors once)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for mname, m in model.named_modules():
+        if isinstance(m, AdapterLayer):
+            items = m.adapter_tensors()
+        elif isinstance(m, AdapterState):
+            items = [*m.named_parameters(), *m.named_buffers()]
+        else:
+            continue
+        for tname, t in items:
+            if id(t) not in seen:
+                seen.add(id(t))
+                out[f"{mname}.{tname}" if mname else tname] = t
+    return out
+
+
+def inject(model: nn.Module, adapter: str, targets: Sequence[str], freeze: bool = True, **options) -> list[str]:
+    """Replace the Linears matching ``targets`` with ``adapter`` layers; freeze everything else.
+
+    Returns the replaced module names. ``targets``: fnmatch patterns (matched against the full
+    module name or its dotted tail, so ``"attn.q"`` finds ``blocks.0.attn.q``) or ``"re:<regex>"``.
+    """
+    cls = ADAPTERS.get(adapter)
+    linears = find_linears(model, targets)
+    layers, saved_options = cls.wrap_all(model, linears, **options)
+    record = {"adapter": adapter, "targets": list(targets), "options": saved_options}
+    for name, layer in layers.items():
+        layer.injection = record
+        _set_submodule(model, name, layer)
+    if freeze:
+        keep = {id(t) for t in adapter_tensors(model).values()}
+        for p in model.parameters():
+            if id(p) not in keep:
+                p.requires_grad_(False)
+    return list(layers)
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """The injected adapter layers by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that still require gradients (after ``inject``: the adapter's, and any new head's)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adapter_state_dict(model: nn.Module, extra_modules: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+    """Adapter tensors only (detached), plus ``extra_modules`` (new heads) under ``extra:<name>/``."""
+    state = {k: t.detach() for k, t in adapter_tensors(model).items()}
+    for ename, mod in (extra_modules or {}).items():
+        for k, t in mod.state_dict().items():
+            state[f"{EXTRA_PREFIX}{ename}/{k}"] = t.detach()
+    return state
+
+
+def merge(model: nn.Module) -> list[str]:
+    """Fold every adapter into its base Linear and put plain ``nn.Linear`` modules back; returns their names."""
+    layers = adapter_layers(model)
+    merged = {n: layer.merged() for n, layer in layers.items()}  # all or nothing: fails before any swap
+    for n, lin in merged.items():
+        _set_submodule(model, n, lin)
+    return list(merged)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None) -> Path:
+    """Write adapter tensors to ``path`` (safetensors) and ``<path>.json`` describing how to re-inject them."""
+    path = Path(path)
+    layers = adapter_layers(model)
+    if not layers and not any(isinstance(m, AdapterState) for m in model.modules()):
+        raise ConfigError("the model has no adapter to save; call inject(model, adapter, targets) first")
+    groups: dict[int, dict[str, Any]] = {}
+    for name, layer in layers.items():
+        rec = layer.injection
+        groups.setdefault(id(rec), {**rec, "layers": []})["layers"].append(name)
+    state = {k: t.contiguous().cpu() for k, t in adapter_state_dict(model, extra_modules).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda p: save_file(state, str(p)))
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "sha256": _sha256(path),
+        "groups": list(groups.values()),
+        "extra_modules": sorted(extra_modules or {}),
+    }
+    try:
+        text = json.dumps(meta, indent=1)
+    except TypeError as e:
+        raise ConfigError(f"adapter options must be JSON values to be saved: {e}") from None
+    _atomic_write(_sidecar(path), lambda p: p.write_text(text))
+    return path
+
+
+def _read_adapter_files(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    side = _sidecar(path)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read adapter sidecar {side}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise CheckpointError(f"{side} is not a pretrainkit adapter sidecar (format {SIDECAR_FORMAT})")
+    try:
+        if _sha256(path) != meta.get("sha256"):
+            raise CheckpointError(f"adapter file {path} is corrupted or was changed (checksum differs from {side})")
+        state = load_file(str(path))
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated headers
+        raise CheckpointError(f"cannot read adapter file {path}: {str(e).splitlines()[0]}") from None
+    return meta, state
+
+
+def _check_and_copy(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{what} does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    for k, t in expected.items():
+        if tuple(state[k].shape) != tuple(t.shape):
+            raise CheckpointError(f"{what}: '{k}' has shape {tuple(state[k].shape)}, model expects {tuple(t.shape)}")
+    with torch.no_grad():
+        for k, t in expected.items():
+            t.copy_(state[k].to(dtype=t.dtype, device=t.device))
+
+
+def load_adapter(
+    model: nn.Module, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None
+) -> list[str]:
+    """Re-inject a saved adapter into ``model`` (unless already injected) and load its tensors; strict."""
+    path = Path(path)
+    meta, state = _read_adapter_files(path)
+    names: list[str] = []
+    if not adapter_layers(model):
+        for g in meta.get("groups", []):
+            exact = ["re:" + re.escape(n) for n in g["layers"]]
+            try:
+                names += inject(model, g["adapter"], exact, **g["options"])
+            except ConfigError as e:
+                raise CheckpointError(f"adapter {path} does not fit this model: {e}") from None
+            adapter_layers(model)[g["layers"][0]].injection["targets"] = g["targets"]
+    else:
+        names = list(adapter_layers(model))
+    own = {k: v for k, v in state.items() if not k.startswith(EXTRA_PREFIX)}
+    _check_and_copy(adapter_tensors(model), own, f"adapter {path}")
+    for ename, mod in (extra_modules or {}).items():
+        pre = f"{EXTRA_PREFIX}{ename}/"
+        sub = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+        if not sub:
+            raise CheckpointError(f"adapter {path} holds no extra module '{ename}'; it holds {meta.get('extra_modules')}")
+        _check_and_copy(dict(mod.state_dict(keep_vars=True)), sub, f"extra module '{ename}' in {path}")
+    return names

@@ -1,0 +1,182 @@
+"""Atomic, verifiable checkpoints: ``step-N/{model.safetensors, state.pt, manifest.json}``.
+
+A checkpoint directory is written under a temporary name and renamed only once every file is on disk
+with its checksum in the manifest, so a run killed at any moment leaves either a complete checkpoint or
+none. On resume a checkpoint whose files do not match their manifest is refused and the previous one used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pretrainkit.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file so readers see either the old content or the new, never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; a detached contiguous clone is always accepted.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Weights to safetensors, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(_contiguous(state), str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"weights file {path} is corrupted or not safetensors ({str(e).splitlines()[0]})") from None
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
+                    train_state: dict[str, Any], keep_last: int = 3) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep_last`` complete ones."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+    buf = io.BytesIO()
+    torch.save(train_state, buf)
+    (tmp / STATE_FILE).write_bytes(buf.getvalue())
+    files = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+             for name in (MODEL_FILE, STATE_FILE)}
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    for name in (MODEL_FILE, STATE_FILE, MANIFEST):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep_last)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete-looking checkpoint directories, oldest first (temporary ones are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step-"):
+            try:
+                out.append((int(p.name[5:]), p))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def prune(root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for _, p in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def verify(ckpt: str | Path) -> None:
+    """Raise CheckpointError unless every file matches the manifest's size and checksum."""
+    ckpt = Path(ckpt)
+    man = ckpt / MANIFEST
+    if not man.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no manifest (incomplete write)")
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        raise CheckpointError(f"checkpoint {ckpt} has an unreadable manifest") from None
+    for name, info in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is missing {name}")
+        if f.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is truncated ({f.stat().st_size} of {info['bytes']} bytes)")
+        if _sha256(f) != info["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is corrupted (checksum mismatch)")
+
+
+def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verified (model_state, train_state). ``state.pt`` is read with ``weights_only=True``: no code runs."""
+    ckpt = Path(ckpt)
+    verify(ckpt)
+    model_state = load_weights(ckpt / MODEL_FILE)
+    try:
+        train_state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} cannot be read safely ({type(e).__name__})") from None
+    return model_state, train_state
+
+
+def latest_valid(root: str | Path) -> Path | None:
+    """Newest checkpoint that verifies; corrupted newer ones are reported and skipped."""
+    for step, p in reversed(list_checkpoints(root)):
+        try:
+            verify(p)
+            return p
+        except CheckpointError as e:
+            warnings.warn(f"skipping bad checkpoint: {e}", stacklevel=2)
+    return None

@@ -1,0 +1,93 @@
+"""Run directory: resolved config, metrics.jsonl, plots, results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pretrainkit.core.checkpoint import atomic_write_text
+from pretrainkit.core.config import save_config, to_dict
+
+
+class RunDir:
+    """One run's folder. Metrics are appended one JSON object per line and flushed at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "plots").mkdir(exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def save_config(self, cfg: Any) -> None:
+        save_config(cfg, self.path / "config.yaml")
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                continue
+        return out
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume, drop records logged after the checkpoint so the log matches the weights."""
+        kept = [r for r in self.read_metrics() if r.get("step", -1) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_results(self, results: dict[str, Any]) -> Path:
+        p = self.path / "results.json"
+        atomic_write_text(p, json.dumps(to_dict(results), indent=2, default=_jsonable))
+        return p
+
+    def plot_metrics(self, keys: list[str] | None = None, name: str = "loss.png") -> Path | None:
+        """Line plot of logged scalars against step (loss and per-task losses by default)."""
+        recs = [r for r in self.read_metrics() if "step" in r]
+        if not recs:
+            return None
+        keys = keys or sorted({k for r in recs for k in r if k == "loss" or k.startswith("loss/")})
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+            if pts:
+                ax.plot(*zip(*pts), label=k)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out = self.path / "plots" / name
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return to_dict(o) if hasattr(o, "__dataclass_fields__") else str(o)

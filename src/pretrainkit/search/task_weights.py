@@ -1,0 +1,169 @@
+"""Task-weight search: Optuna's Gaussian-process sampler over the weights of a task mix.
+
+The objective (supplied by the system) maps weights to a validation score. The study lives in storage,
+so a killed search resumes and many workers can share one study: an SQLite file in the run directory by
+default, ``journal:PATH`` for a journal file on a shared disk, or a ``postgresql://`` URL for a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import optuna
+
+from pretrainkit.core.checkpoint import atomic_write_text
+from pretrainkit.errors import ConfigError
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = 20
+    n_startup_trials: int = 5  # random trials before the GP takes over
+    space: Literal["simplex", "box"] = "simplex"  # simplex: weights sum to 1; box: each in [low, high]
+    low: float = 0.0
+    high: float = 1.0
+    seed: int = 0
+    storage: str | None = None  # None: sqlite file in the run dir; "journal:PATH"; "sqlite:///..."; "postgresql://..."
+    study_name: str = "task-weights"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    deterministic_objective: bool = False
+
+    def validate(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"config key 'search.n_trials' must be >= 1, got {self.n_trials}")
+        if self.space == "box" and not (0 <= self.low < self.high):
+            raise ConfigError(f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}")
+
+
+@dataclass
+class SearchResult:
+    best_weights: dict[str, float]
+    best_value: float
+    n_trials: int
+    history: list[dict] = field(default_factory=list)  # one {"number", "value", "weights"} per complete trial
+
+
+# Simplex coordinates are drawn in [EPS, 1] and normalised: a weight vector is scale-invariant for a
+# weighted loss, so fixing the sum removes a redundant dimension the GP would otherwise have to learn.
+_EPS = 1e-3
+
+
+def weights_from_params(params: dict[str, float], names: list[str], space: str) -> dict[str, float]:
+    raw = {n: float(params[f"w_{n}"]) for n in names}
+    if space == "box":
+        return raw
+    total = sum(raw.values())
+    return {n: v / total for n, v in raw.items()}
+
+
+def make_storage(spec: str | None, run_dir: Path | None) -> optuna.storages.BaseStorage | str:
+    """Build Optuna storage from a short spec (see SearchConfig.storage)."""
+    if spec is None:
+        if run_dir is None:
+            return optuna.storages.InMemoryStorage()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if spec.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(spec[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith(("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")):
+        return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}
+                                          if spec.startswith("postgresql") else None)
+    raise ConfigError(f"unknown search storage '{spec}'; allowed: journal:PATH, sqlite:///PATH, postgresql://...")
+
+
+def search_task_weights(
+    objective: Callable[[dict[str, float]], float],
+    names: list[str],
+    cfg: SearchConfig,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    exclusive: bool = True,
+) -> SearchResult:
+    """Run (or continue) a GP-based search over task weights; returns the best weights found.
+
+    ``exclusive``: this process is the study's only worker, so trials left RUNNING by a killed earlier
+    process are marked failed and re-run. Shared studies set it False and rely on other workers.
+    """
+    if not names:
+        raise ConfigError("weight search needs at least one task name")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    optuna.logging.set_verbosity(logging.WARNING)
+    sampler = optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials,
+                                        deterministic_objective=cfg.deterministic_objective)
+    study = optuna.create_study(storage=make_storage(cfg.storage, run_dir), study_name=cfg.study_name,
+                                sampler=sampler, direction=cfg.direction, load_if_exists=True)
+    if exclusive:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+    def trial_fn(trial: optuna.Trial) -> float:
+        if cfg.space == "simplex":
+            params = {n: trial.suggest_float(f"w_{n}", _EPS, 1.0) for n in names}
+        else:
+            params = {n: trial.suggest_float(f"w_{n}", cfg.low, cfg.high) for n in names}
+        w = weights_from_params({f"w_{k}": v for k, v in params.items()}, names, cfg.space)
+        if cfg.space == "box" and sum(w.values()) == 0:
+            w = {n: 1.0 for n in names}
+        trial.set_user_attr("weights", w)
+        value = float(objective(w))
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"objective returned {value}")
+        return value
+
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    remaining = max(0, cfg.n_trials - done)
+    if remaining:
+        study.optimize(trial_fn, n_trials=remaining, show_progress_bar=progress)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ConfigError("weight search finished with no complete trial (every objective call failed)")
+    history = [{"number": t.number, "value": t.value, "weights": t.user_attrs["weights"]} for t in complete]
+    best = study.best_trial
+    result = SearchResult(best_weights=best.user_attrs["weights"], best_value=float(best.value),
+                          n_trials=len(complete), history=history)
+    if run_dir is not None:
+        atomic_write_text(run_dir / "search.json", json.dumps(
+            {"best_weights": result.best_weights, "best_value": result.best_value,
+             "n_trials": result.n_trials, "history": history}, indent=1))
+        plot_search(result, run_dir / "plots" / "search.png", cfg.direction)
+    return result
+
+
+def plot_search(result: SearchResult, path: Path, direction: str = "maximize") -> Path:
+    """Objective per trial with the running best, and the best weights as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vals = [h["value"] for h in result.history]
+    best, running = [], None
+    for v in vals:
+        running = v if running is None else (max if direction == "maximize" else min)(running, v)
+        best.append(running)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(range(len(vals)), vals, "o", ms=4, label="trial")
+    a.plot(range(len(vals)), best, "-", label="best so far")
+    a.set_xlabel("trial")
+    a.set_ylabel("objective")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    names = list(result.best_weights)
+    b.bar(names, [result.best_weights[n] for n in names])
+    b.set_title("best weights", fontsize=9)
+    b.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,63 @@
+import sqlite3
+
+import pytest
+
+from pretrainkit.errors import ConfigError
+from pretrainkit.search.task_weights import SearchConfig, search_task_weights
+
+TARGET = {"a": 0.5, "b": 0.3, "c": 0.2}
+
+
+def toy_objective(w):
+    return -sum((w[k] - TARGET[k]) ** 2 for k in TARGET)
+
+
+def test_gp_search_finds_known_best_weights(tmp_path):
+    cfg = SearchConfig(n_trials=25, n_startup_trials=6, seed=0, deterministic_objective=True)
+    res = search_task_weights(toy_objective, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    assert max(abs(res.best_weights[k] - TARGET[k]) for k in TARGET) < 0.08
+    assert sum(res.best_weights.values()) == pytest.approx(1.0)
+    assert (tmp_path / "study.db").is_file() and (tmp_path / "plots" / "search.png").is_file()
+    # the GP beats the random start-up trials it began from
+    start_best = max(h["value"] for h in res.history[:6])
+    assert res.best_value > start_best
+
+
+def test_search_resumes_from_its_study_file(tmp_path):
+    calls = []
+
+    def obj(w):
+        calls.append(w)
+        return toy_objective(w)
+
+    cfg = SearchConfig(n_trials=4, n_startup_trials=2, seed=1)
+    search_task_weights(obj, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    cfg.n_trials = 7
+    res = search_task_weights(obj, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    assert len(calls) == 7 and res.n_trials == 7  # the 4 earlier trials were kept, not re-run
+
+
+def test_killed_running_trial_is_marked_failed_and_rerun(tmp_path):
+    cfg = SearchConfig(n_trials=3, n_startup_trials=3, seed=2)
+    search_task_weights(toy_objective, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    db = sqlite3.connect(tmp_path / "study.db")
+    db.execute("UPDATE trials SET state='RUNNING' WHERE number=2")  # as if the process died mid-trial
+    db.commit()
+    db.close()
+    res = search_task_weights(toy_objective, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    assert res.n_trials == 3
+
+
+def test_journal_storage_and_box_space(tmp_path):
+    cfg = SearchConfig(n_trials=3, n_startup_trials=3, space="box", low=0.0, high=2.0,
+                       storage=f"journal:{tmp_path / 'shared' / 'study.log'}")
+    res = search_task_weights(lambda w: -abs(w["x"] - 1.0), ["x"], cfg, progress=False)
+    assert (tmp_path / "shared" / "study.log").is_file()
+    assert 0.0 <= res.best_weights["x"] <= 2.0
+
+
+def test_bad_storage_and_config():
+    with pytest.raises(ConfigError, match="unknown search storage"):
+        search_task_weights(toy_objective, list(TARGET), SearchConfig(storage="redis://x"), progress=False)
+    with pytest.raises(ConfigError, match="n_trials"):
+        SearchConfig(n_trials=0).validate()
