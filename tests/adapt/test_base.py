@@ -7,8 +7,16 @@ import torch
 from torch import nn
 
 from pretrainkit.adapt import (
-    ADAPTERS, AdapterLayer, adapter_layers, adapter_state_dict, inject, load_adapter, merge, register_adapter,
-    save_adapter, trainable_parameters,
+    ADAPTERS,
+    AdapterLayer,
+    adapter_layers,
+    adapter_state_dict,
+    inject,
+    load_adapter,
+    merge,
+    register_adapter,
+    save_adapter,
+    trainable_parameters,
 )
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 
@@ -47,11 +55,19 @@ def test_patterns_fnmatch_tail_and_regex(make_model):
     m = make_model()
     assert inject(m, "lora", ["attn.q"]) == ["blocks.0.attn.q", "blocks.1.attn.q"]
     m = make_model()
-    assert inject(m, "lora", ["blocks.1.*"]) == ["blocks.1.attn.q", "blocks.1.attn.v", "blocks.1.mlp.fc",
-                                                  "blocks.1.mlp.proj"]
+    assert inject(m, "lora", ["blocks.1.*"]) == [
+        "blocks.1.attn.q",
+        "blocks.1.attn.v",
+        "blocks.1.mlp.fc",
+        "blocks.1.mlp.proj",
+    ]
     m = make_model()
     assert inject(m, "lora", [r"re:blocks\.\d\.attn\.(q|v)"]) == [
-        "blocks.0.attn.q", "blocks.0.attn.v", "blocks.1.attn.q", "blocks.1.attn.v"]
+        "blocks.0.attn.q",
+        "blocks.0.attn.v",
+        "blocks.1.attn.q",
+        "blocks.1.attn.v",
+    ]
 
 
 def test_unmatched_pattern_names_pattern_and_existing_modules(make_model):
@@ -72,7 +88,8 @@ def test_inject_freezes_backbone_and_keeps_earlier_adapters_trainable(make_model
     inject(m, "ia3", ["mlp.fc"])  # a second adapter must not freeze the first
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {f"blocks.{i}.attn.q.lora_{ab}" for i in (0, 1) for ab in "AB"} | {
-        f"blocks.{i}.mlp.fc.ia3_scale" for i in (0, 1)}
+        f"blocks.{i}.mlp.fc.ia3_scale" for i in (0, 1)
+    }
     assert sum(p.numel() for p in trainable_parameters(m)) == 2 * (2 * 8 + 8 * 2) + 2 * 16
     assert sum(p.numel() for p in m.parameters() if not p.requires_grad) == n_base
     with pytest.raises(ConfigError):  # adapted layers are not wrapped again

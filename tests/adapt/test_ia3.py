@@ -25,7 +25,9 @@ def test_only_the_vector_trains(make_model, x):
     m = make_model()
     inject(m, "ia3", ["mlp.fc"])
     assert [n for n, p in m.named_parameters() if p.requires_grad] == [
-        "blocks.0.mlp.fc.ia3_scale", "blocks.1.mlp.fc.ia3_scale"]
+        "blocks.0.mlp.fc.ia3_scale",
+        "blocks.1.mlp.fc.ia3_scale",
+    ]
     frozen = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
     opt.zero_grad()

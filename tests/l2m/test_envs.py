@@ -56,7 +56,7 @@ def test_vector_env_copies_have_distinct_seeds():
     assert obs.shape == (2, envs.OBS_DIM)
     assert not np.allclose(obs[0, 4:7], obs[1, 4:7])
     for _ in range(3):
-        obs, r, term, trunc, info = venv.step(np.zeros((2, 4), np.float32))
+        obs, _r, _term, trunc, info = venv.step(np.zeros((2, 4), np.float32))
     assert trunc.all() and info["success"].shape == (2,)
     venv.close()
     with pytest.raises(ConfigError, match="sync"):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -63,7 +64,7 @@ class AdapterLayer(AdapterState):
                 yield name, t
 
     def merged(self) -> nn.Linear:
-        """A plain Linear computing the same function; adapters that cannot be folded say so."""
+        """A new plain Linear computing the same function (self is left as is); unfoldable adapters say so."""
         raise ConfigError(f"adapter '{self.adapter_name}' cannot be merged into the base weights")
 
     @classmethod
@@ -76,10 +77,9 @@ class AdapterLayer(AdapterState):
         return {n: cls(lin, **options) for n, lin in linears.items()}, dict(options)
 
 
-def check_options(cls: type, options: dict, extra: Sequence[str] = ()) -> None:
+def check_options(cls: type, options: dict) -> None:
     """Refuse option names the adapter's constructor does not take, naming the allowed ones."""
-    params = list(inspect.signature(cls.__init__).parameters)[2:]  # skip self, base
-    allowed = sorted({*params, *extra} - {"args", "kwargs"})
+    allowed = list(inspect.signature(cls.__init__).parameters)[2:]  # skip self, base
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for adapter '{cls.adapter_name}'; allowed: {allowed}")
@@ -102,9 +102,10 @@ def find_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linea
                 re.compile(pat[3:])
             except re.error as e:
                 raise ConfigError(f"target {pat!r} is not a valid regex: {e}") from None
-    inside_adapter: list[str] = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    inside_adapter: list[str] = [n for n, m in model.named_modules() if isinstance(m, AdapterState)]
     linears = {
-        n: m for n, m in model.named_modules()
+        n: m
+        for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and not any(n.startswith(a + ".") for a in inside_adapter)
     }
     found = {n: m for n, m in linears.items() if any(_matches(n, p) for p in targets)}
@@ -116,6 +117,19 @@ def find_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linea
             f"Linear modules here include: {some} ({len(linears)} in all); use fnmatch patterns or 're:<regex>'"
         )
     return found
+
+
+def linear_with(base: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A new Linear like ``base`` (device, dtype, frozen or not) holding the given weight and bias."""
+    w = base.weight
+    lin = nn.Linear(
+        base.in_features, base.out_features, bias=bias is not None, device=w.device, dtype=w.dtype
+    )
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin.requires_grad_(w.requires_grad)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -142,13 +156,16 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def inject(model: nn.Module, adapter: str, targets: Sequence[str], freeze: bool = True, **options) -> list[str]:
+def inject(
+    model: nn.Module, adapter: str, targets: Sequence[str], freeze: bool = True, **options
+) -> list[str]:
     """Replace the Linears matching ``targets`` with ``adapter`` layers; freeze everything else.
 
     Returns the replaced module names. ``targets``: fnmatch patterns (matched against the full
     module name or its dotted tail, so ``"attn.q"`` finds ``blocks.0.attn.q``) or ``"re:<regex>"``.
     """
     cls = ADAPTERS.get(adapter)
+    targets = [targets] if isinstance(targets, str) else list(targets)
     linears = find_linears(model, targets)
     layers, saved_options = cls.wrap_all(model, linears, **options)
     record = {"adapter": adapter, "targets": list(targets), "options": saved_options}
@@ -173,7 +190,9 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def adapter_state_dict(model: nn.Module, extra_modules: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+def adapter_state_dict(
+    model: nn.Module, extra_modules: dict[str, nn.Module] | None = None
+) -> dict[str, torch.Tensor]:
     """Adapter tensors only (detached), plus ``extra_modules`` (new heads) under ``extra:<name>/``."""
     state = {k: t.detach() for k, t in adapter_tensors(model).items()}
     for ename, mod in (extra_modules or {}).items():
@@ -185,7 +204,7 @@ def adapter_state_dict(model: nn.Module, extra_modules: dict[str, nn.Module] | N
 def merge(model: nn.Module) -> list[str]:
     """Fold every adapter into its base Linear and put plain ``nn.Linear`` modules back; returns their names."""
     layers = adapter_layers(model)
-    merged = {n: layer.merged() for n, layer in layers.items()}  # all or nothing: fails before any swap
+    merged = {n: layer.merged() for n, layer in layers.items()}  # all or nothing: raises before any swap
     for n, lin in merged.items():
         _set_submodule(model, n, lin)
     return list(merged)
@@ -205,8 +224,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None) -> Path:
-    """Write adapter tensors to ``path`` (safetensors) and ``<path>.json`` describing how to re-inject them."""
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None
+) -> Path:
+    """Write adapter tensors to ``path`` (safetensors) and a JSON sidecar (same name, ``.json``) to re-inject them."""
     path = Path(path)
     layers = adapter_layers(model)
     if not layers and not any(isinstance(m, AdapterState) for m in model.modules()):
@@ -242,11 +263,11 @@ def _read_adapter_files(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{side} is not a pretrainkit adapter sidecar (format {SIDECAR_FORMAT})")
     try:
         if _sha256(path) != meta.get("sha256"):
-            raise CheckpointError(f"adapter file {path} is corrupted or was changed (checksum differs from {side})")
+            raise CheckpointError(
+                f"adapter file {path} is corrupted or was changed (checksum differs from {side})"
+            )
         state = load_file(str(path))
-    except CheckpointError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for truncated headers
+    except (OSError, SafetensorError) as e:
         raise CheckpointError(f"cannot read adapter file {path}: {str(e).splitlines()[0]}") from None
     return meta, state
 
@@ -255,10 +276,14 @@ def _check_and_copy(expected: dict[str, torch.Tensor], state: dict[str, torch.Te
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{what} does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise CheckpointError(
+            f"{what} does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     for k, t in expected.items():
         if tuple(state[k].shape) != tuple(t.shape):
-            raise CheckpointError(f"{what}: '{k}' has shape {tuple(state[k].shape)}, model expects {tuple(t.shape)}")
+            raise CheckpointError(
+                f"{what}: '{k}' has shape {tuple(state[k].shape)}, model expects {tuple(t.shape)}"
+            )
     with torch.no_grad():
         for k, t in expected.items():
             t.copy_(state[k].to(dtype=t.dtype, device=t.device))
@@ -285,8 +310,10 @@ def load_adapter(
     _check_and_copy(adapter_tensors(model), own, f"adapter {path}")
     for ename, mod in (extra_modules or {}).items():
         pre = f"{EXTRA_PREFIX}{ename}/"
-        sub = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+        sub = {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
         if not sub:
-            raise CheckpointError(f"adapter {path} holds no extra module '{ename}'; it holds {meta.get('extra_modules')}")
+            raise CheckpointError(
+                f"adapter {path} holds no extra module '{ename}'; it holds {meta.get('extra_modules')}"
+            )
         _check_and_copy(dict(mod.state_dict(keep_vars=True)), sub, f"extra module '{ename}' in {path}")
     return names

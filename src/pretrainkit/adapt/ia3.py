@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrainkit.adapt.base import AdapterLayer, register_adapter
+from pretrainkit.adapt.base import AdapterLayer, linear_with, register_adapter
 
 
 @register_adapter("ia3")
@@ -21,10 +21,7 @@ class IA3Linear(AdapterLayer):
         return self.base(x) * self.ia3_scale
 
     def merged(self) -> nn.Linear:
-        """Fold the scale into the rows of W and into b."""
-        lin = self.base
-        with torch.no_grad():
-            lin.weight *= self.ia3_scale[:, None]
-            if lin.bias is not None:
-                lin.bias *= self.ia3_scale
-        return lin
+        """A plain Linear with the scale folded into the rows of W and into b."""
+        lin, scale = self.base, self.ia3_scale.detach()
+        bias = None if lin.bias is None else lin.bias * scale
+        return linear_with(lin, lin.weight * scale[:, None], bias)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pretrainkit.adapt.base import AdapterLayer, register_adapter
+from pretrainkit.adapt.base import AdapterLayer, linear_with, register_adapter
 from pretrainkit.errors import ConfigError
 
 
@@ -30,12 +30,16 @@ class LoRALinear(AdapterLayer):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the same scale nn.Linear gives its weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scale={self.scale:g}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
 
     def merged(self) -> nn.Linear:
-        """``W + scale * B A`` in a plain Linear (same device, dtype and frozen state as the base)."""
-        lin = self.base
+        """A plain Linear with weight ``W + scale * B A``."""
+        w = self.base.weight
         with torch.no_grad():
-            lin.weight += self.scale * (self.lora_B @ self.lora_A).to(lin.weight.dtype)
-        return lin
+            return linear_with(
+                self.base, w + self.scale * (self.lora_B @ self.lora_A).to(w.dtype), self.base.bias
+            )

@@ -18,10 +18,10 @@ fraction of all committed selections that went to key i. Unused keys keep weight
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 import inspect
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,12 +51,20 @@ class ModulationPool(AdapterState):
     """
 
     def __init__(
-        self, n_modulators: int, key_dim: int, rank: int = 8, alpha: float | None = None, top_k: int = 1,
-        count_penalty: bool = True, oracle_tasks: int | None = None,
+        self,
+        n_modulators: int,
+        key_dim: int,
+        rank: int = 8,
+        alpha: float | None = None,
+        top_k: int = 1,
+        count_penalty: bool = True,
+        oracle_tasks: int | None = None,
     ):
         super().__init__()
         if n_modulators < 1 or key_dim < 1 or rank < 1:
-            raise ConfigError(f"pool sizes must be positive: n_modulators={n_modulators}, key_dim={key_dim}, rank={rank}")
+            raise ConfigError(
+                f"pool sizes must be positive: n_modulators={n_modulators}, key_dim={key_dim}, rank={rank}"
+            )
         if oracle_tasks is not None and n_modulators < oracle_tasks:
             raise ConfigError(
                 f"oracle mode needs at least one modulator per task: pool size {n_modulators} < {oracle_tasks} tasks"
@@ -71,22 +79,34 @@ class ModulationPool(AdapterState):
         self.keys = nn.Parameter(torch.empty(n_modulators, key_dim).uniform_(-1.0, 1.0))
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
-        self.register_buffer("counts", torch.zeros(n_modulators))  # selections in committed (earlier) tasks
-        self.register_buffer("task_counts", torch.zeros(n_modulators))  # selections in the current task
+        # integer counts survive a model.to(bfloat16); committed = earlier tasks, task_counts = the current one
+        self.register_buffer("counts", torch.zeros(n_modulators, dtype=torch.long))
+        self.register_buffer("task_counts", torch.zeros(n_modulators, dtype=torch.long))
         self._indices: torch.Tensor | None = None
         self._bypass = False
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config().items())
 
     def config(self) -> dict:
         """Constructor arguments as JSON values (stored in the adapter sidecar)."""
         return {
-            "n_modulators": self.n_modulators, "key_dim": self.key_dim, "rank": self.rank, "alpha": self.alpha,
-            "top_k": self.top_k, "count_penalty": self.count_penalty, "oracle_tasks": self.oracle_tasks,
+            "n_modulators": self.n_modulators,
+            "key_dim": self.key_dim,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "top_k": self.top_k,
+            "count_penalty": self.count_penalty,
+            "oracle_tasks": self.oracle_tasks,
         }
 
     def add_target(self, name: str, in_features: int, out_features: int, like: torch.Tensor) -> str:
         """Create (or reuse, if shapes agree) the n LoRA pairs for one Linear; returns their key in the pool."""
         key = name.replace(".", "-")  # parameter names cannot hold dots
-        shape_a, shape_b = (self.n_modulators, self.rank, in_features), (self.n_modulators, out_features, self.rank)
+        shape_a, shape_b = (
+            (self.n_modulators, self.rank, in_features),
+            (self.n_modulators, out_features, self.rank),
+        )
         if key in self.lora_A:
             if self.lora_A[key].shape != shape_a or self.lora_B[key].shape != shape_b:
                 raise ConfigError(f"pool already modulates '{name}' with other shapes")
@@ -100,9 +120,9 @@ class ModulationPool(AdapterState):
 
     def penalty_weights(self) -> torch.Tensor:
         """Count-penalty multiplier per key from committed usage: 1 for unused keys, ~0 for much-used ones."""
-        freq = self.counts / self.counts.sum().clamp(min=1.0)
+        freq = self.counts.double() / self.counts.sum().clamp(min=1)
         inv = 1.0 / (freq + 1e-6)
-        return inv / inv.max()
+        return (inv / inv.max()).float()
 
     def select(self, query: torch.Tensor, task_id: int | None = None) -> Selection:
         """Pick top-k keys per sample by cosine to ``query`` (B, key_dim) and set them for the next forward.
@@ -112,7 +132,8 @@ class ModulationPool(AdapterState):
         """
         if query.dim() != 2 or query.shape[1] != self.key_dim:
             raise ConfigError(f"query must have shape (batch, {self.key_dim}), got {tuple(query.shape)}")
-        sim = F.normalize(query.detach().float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
+        with torch.autocast(self.keys.device.type, enabled=False):  # selection in fp32 under any autocast
+            sim = F.normalize(query.detach().float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
         score = sim.detach()
         if self.count_penalty and self.training and self.counts.sum() > 0:
             score = (score + 1.0) / 2.0 * self.penalty_weights()
@@ -121,7 +142,7 @@ class ModulationPool(AdapterState):
         idx = score.topk(self.top_k, dim=-1).indices
         if self.training:
             with torch.no_grad():
-                self.task_counts += torch.bincount(idx.flatten(), minlength=self.n_modulators).to(self.task_counts)
+                self.task_counts += torch.bincount(idx.flatten(), minlength=self.n_modulators)
         self._indices = idx
         key_loss = (1.0 - sim.gather(1, idx)).mean()
         return Selection(idx, sim, key_loss)
@@ -131,7 +152,7 @@ class ModulationPool(AdapterState):
             raise ConfigError(f"oracle mode needs task_id in 0..{self.oracle_tasks - 1}, got {task_id}")
         per = self.n_modulators // self.oracle_tasks
         mask = torch.zeros(self.n_modulators, dtype=torch.bool, device=self.keys.device)
-        mask[int(task_id) * per:(int(task_id) + 1) * per] = True
+        mask[int(task_id) * per : (int(task_id) + 1) * per] = True
         return mask
 
     @property
@@ -144,8 +165,11 @@ class ModulationPool(AdapterState):
         if idx is not None:
             idx = torch.as_tensor(idx, dtype=torch.long, device=self.keys.device)
             idx = idx[:, None] if idx.dim() == 1 else idx
-            if idx.dim() != 2 or idx.numel() and not (-1 <= int(idx.min()) and int(idx.max()) < self.n_modulators):
-                raise ConfigError(f"modulator indices must be (batch,) or (batch, k) in -1..{self.n_modulators - 1}")
+            in_range = idx.numel() == 0 or (-1 <= int(idx.min()) and int(idx.max()) < self.n_modulators)
+            if idx.dim() != 2 or not in_range:
+                raise ConfigError(
+                    f"modulator indices must be (batch,) or (batch, k) in -1..{self.n_modulators - 1}"
+                )
         self._indices = idx
 
     @contextmanager
@@ -197,7 +221,10 @@ class ModulationPool(AdapterState):
                 f"of {idx.shape[0]} selections"
             )
         safe = idx.clamp(min=0)
-        a, b = self.lora_A[target][safe].to(x.dtype), self.lora_B[target][safe].to(x.dtype)  # (B,k,r,in), (B,k,out,r)
+        a, b = (
+            self.lora_A[target][safe].to(x.dtype),
+            self.lora_B[target][safe].to(x.dtype),
+        )  # (B,k,r,in), (B,k,out,r)
         xb = x.reshape(x.shape[0], -1, x.shape[-1])
         y = torch.einsum("bktr,bkor->bkto", torch.einsum("bti,bkri->bktr", xb, a), b)
         w = (idx >= 0).to(y.dtype) * (self.scale / idx.shape[1])
@@ -216,6 +243,9 @@ class ModulatedLinear(AdapterLayer):
         object.__setattr__(self, "pool", pool)  # a plain reference: the pool is registered once, on the model
         self.target, self.placement = target, placement
 
+    def extra_repr(self) -> str:
+        return f"target={self.target}, placement={self.placement}"
+
     def adapter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(())  # the modulators live in the pool, saved once from there
 
@@ -226,16 +256,22 @@ class ModulatedLinear(AdapterLayer):
 
     @classmethod
     def wrap_all(
-        cls, model: nn.Module, linears: dict[str, nn.Linear], pool: ModulationPool | None = None,
-        placement: str = "parallel", **pool_options,
+        cls,
+        model: nn.Module,
+        linears: dict[str, nn.Linear],
+        pool: ModulationPool | None = None,
+        placement: str = "parallel",
+        **pool_options,
     ) -> tuple[dict, dict]:
         """Use ``pool`` (or the model's one pool, or a new one from ``pool_options``) and attach it to the model."""
         if placement not in PLACEMENTS:
             raise ConfigError(f"modulation placement must be one of {PLACEMENTS}, got {placement!r}")
         unknown = sorted(set(pool_options) - set(_POOL_OPTIONS))
         if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} for adapter 'modulation'; allowed: "
-                              f"{sorted(['pool', 'placement', *_POOL_OPTIONS])}")
+            raise ConfigError(
+                f"unknown option(s) {unknown} for adapter 'modulation'; allowed: "
+                f"{sorted(['pool', 'placement', *_POOL_OPTIONS])}"
+            )
         if pool is None:
             found = [m for m in model.modules() if isinstance(m, ModulationPool)]
             if len(found) > 1:
@@ -248,8 +284,10 @@ class ModulatedLinear(AdapterLayer):
             raise ConfigError(f"pool options {differ} differ from the pool in use {pool.config()}")
         if not any(m is pool for m in model.modules()):
             if isinstance(model, nn.Sequential) or hasattr(model, "modulation_pool"):
-                raise ConfigError("cannot attach the pool to this model: give it a `modulation_pool` submodule "
-                                  "yourself (or wrap an nn.Sequential in a Module)")
+                raise ConfigError(
+                    "cannot attach the pool to this model: give it a `modulation_pool` submodule "
+                    "yourself (or wrap an nn.Sequential in a Module)"
+                )
             model.add_module("modulation_pool", pool)
         layers = {}
         for name, lin in linears.items():

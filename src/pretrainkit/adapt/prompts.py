@@ -33,13 +33,20 @@ class PromptPool(AdapterState):
     """``pool_size`` learnable prompts (each ``prompt_len`` x ``dim``) with keys of size ``key_dim`` (default dim)."""
 
     def __init__(
-        self, pool_size: int, prompt_len: int, dim: int, top_k: int = 1, key_dim: int | None = None,
+        self,
+        pool_size: int,
+        prompt_len: int,
+        dim: int,
+        top_k: int = 1,
+        key_dim: int | None = None,
         init_scale: float = 1.0,
     ):
         super().__init__()
         if min(pool_size, prompt_len, dim) < 1 or not 1 <= top_k <= pool_size:
-            raise ConfigError(f"need pool_size, prompt_len, dim >= 1 and 1 <= top_k <= pool_size, got "
-                              f"{pool_size}, {prompt_len}, {dim}, top_k={top_k}")
+            raise ConfigError(
+                f"need pool_size, prompt_len, dim >= 1 and 1 <= top_k <= pool_size, got "
+                f"{pool_size}, {prompt_len}, {dim}, top_k={top_k}"
+            )
         self.pool_size, self.prompt_len, self.dim, self.top_k = pool_size, prompt_len, dim, top_k
         self.key_dim = key_dim or dim
         self.tokens = nn.Parameter(torch.empty(pool_size, prompt_len, dim).uniform_(-init_scale, init_scale))
@@ -54,8 +61,10 @@ class PromptPool(AdapterState):
         """Choose prompts for each sample by cosine(query, keys); ``query=None`` only when every prompt is used."""
         if query is None:
             if self.top_k != self.pool_size or batch_size is None:
-                raise ConfigError("a query (batch, key_dim) is needed to choose prompts unless top_k == pool_size "
-                                  "and batch_size is given")
+                raise ConfigError(
+                    "a query (batch, key_dim) is needed to choose prompts unless top_k == pool_size "
+                    "and batch_size is given"
+                )
             idx = torch.arange(self.top_k, device=self.keys.device).expand(batch_size, -1)
             key_loss = self.keys.new_zeros(())
         else:
@@ -94,7 +103,9 @@ class PromptHook:
     """
 
     def __init__(
-        self, module: nn.Module, pool: PromptPool,
+        self,
+        module: nn.Module,
+        pool: PromptPool,
         query_fn: Callable[[torch.Tensor], torch.Tensor] | None = mean_query,
     ):
         self.pool, self.query_fn = pool, query_fn

