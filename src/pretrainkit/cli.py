@@ -15,6 +15,7 @@ from pretrainkit.errors import PretrainkitError
 SYSTEMS = {
     "saga": ("pretrainkit.systems.saga.cli", "Saga: multi-level masked IMU pre-training with searched task weights"),
     "crnet": ("pretrainkit.systems.crnet.cli", "CR-Net: cross-layer low-rank LLM pre-training"),
+    "l2m": ("pretrainkit.systems.l2m.cli", "L2M: a frozen Decision Transformer learning Meta-World tasks continually"),
 }
 BENCHES = ("core", *SYSTEMS)
 

@@ -18,14 +18,18 @@ def grads_for(params, step):
 
 def make_params(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(12, 8, generator=g, dtype=dtype), torch.randn(6, 10, generator=g, dtype=dtype),
-            torch.randn(5, generator=g, dtype=dtype)]
+    return [
+        torch.randn(12, 8, generator=g, dtype=dtype),
+        torch.randn(6, 10, generator=g, dtype=dtype),
+        torch.randn(5, generator=g, dtype=dtype),
+    ]
 
 
 def test_full_rank_matches_adamw():
     ours, ref = make_params(), make_params()
-    opt = GaLoreAdamW([{"params": ours, "galore": True}], lr=0.01, weight_decay=0.1, rank=8, scale=1.0,
-                      update_proj_gap=2)
+    opt = GaLoreAdamW(
+        [{"params": ours, "galore": True}], lr=0.01, weight_decay=0.1, rank=8, scale=1.0, update_proj_gap=2
+    )
     torch_opt = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.1)
     for step in range(5):
         grads_for(ours, step)
@@ -55,7 +59,9 @@ def test_first_step_known_answer(shape):
 def test_projection_is_exact_for_a_gradient_inside_the_subspace():
     g = torch.Generator().manual_seed(3)
     for m, n in [(20, 9), (7, 15)]:
-        G = torch.randn(m, 3, generator=g, dtype=torch.float64) @ torch.randn(3, n, generator=g, dtype=torch.float64)
+        G = torch.randn(m, 3, generator=g, dtype=torch.float64) @ torch.randn(
+            3, n, generator=g, dtype=torch.float64
+        )
         proj = GaLoreAdamW._new_projector(G, 3)
         R = GaLoreAdamW.project(G, proj)
         assert R.shape == ((m, 3) if m >= n else (3, n))
@@ -64,8 +70,14 @@ def test_projection_is_exact_for_a_gradient_inside_the_subspace():
 
 def test_state_dict_round_trip_resumes_exactly():
     def build(params):
-        return GaLoreAdamW([{"params": params[:2], "galore": True}, {"params": params[2:]}], lr=0.01, rank=2,
-                           update_proj_gap=2, scale=0.5, weight_decay=0.01)
+        return GaLoreAdamW(
+            [{"params": params[:2], "galore": True}, {"params": params[2:]}],
+            lr=0.01,
+            rank=2,
+            update_proj_gap=2,
+            scale=0.5,
+            weight_decay=0.01,
+        )
 
     a = make_params(torch.float32)
     opt_a = build(a)
@@ -106,8 +118,12 @@ def test_low_rank_state_is_smaller_than_adamw_and_model_trains():
     m(x, x)[1].backward()
     adam.step()
     adam_bytes = sum(v.numel() * v.element_size() for s in adam.state.values() for v in s.values())
-    low_bytes = sum(v.numel() * v.element_size() for p in groups[0]["params"] for v in opt.state[p].values()
-                    if torch.is_tensor(v))
+    low_bytes = sum(
+        v.numel() * v.element_size()
+        for p in groups[0]["params"]
+        for v in opt.state[p].values()
+        if torch.is_tensor(v)
+    )
     full_bytes = sum(2 * p.numel() * p.element_size() for p in groups[0]["params"])
     assert opt.state_bytes() < adam_bytes
     assert low_bytes < 0.5 * full_bytes

@@ -35,10 +35,12 @@ def test_crnet_inits():
     torch.manual_seed(0)
     z = CRNetLinear(256, 512, 32, init="zero_b", beta_init=0.5)
     assert torch.count_nonzero(z.B) == 0 and z.beta.item() == 0.5
-    assert z.A.std().item() == pytest.approx(256 ** -0.5, rel=0.05)
+    assert z.A.std().item() == pytest.approx(256**-0.5, rel=0.05)
     c = CRNetLinear(256, 512, 32, init="cola")
-    std = 32 ** -0.25 * (256 + 512) ** -0.25
-    assert c.A.std().item() == pytest.approx(std, rel=0.05) and c.B.std().item() == pytest.approx(std, rel=0.05)
+    std = 32**-0.25 * (256 + 512) ** -0.25
+    assert c.A.std().item() == pytest.approx(std, rel=0.05) and c.B.std().item() == pytest.approx(
+        std, rel=0.05
+    )
     with pytest.raises(ConfigError, match="crnet_init"):
         CRNetLinear(4, 4, 2, init="xavier")
 
@@ -64,11 +66,13 @@ def test_baseline_projections_known_outputs():
 
 def test_rank_checks():
     assert check_rank(16, 64, 176, "x") == 16
-    with pytest.raises(ConfigError, match=r"rank 65 for layer 2 q_proj must be an integer in 1\.\.64"):
-        LlamaLM(LlamaConfig.preset("tiny", method="crnet", rank=65))
+    with pytest.raises(ConfigError, match=r"rank 65 for layer 2 must be an integer in 1\.\.64"):
+        LlamaConfig.preset("tiny", method="crnet", rank=65)
+    with pytest.raises(ConfigError, match=r"rank 9 for layer 2 down_proj must be an integer in 1\.\.8"):
+        check_rank(9, 16, 8, "layer 2 down_proj")
     for bad in (0, -3, 2.5):
         with pytest.raises(ConfigError):
-            LlamaLM(LlamaConfig.preset("tiny", method="lowrank", rank=bad))
+            LlamaConfig.preset("tiny", method="lowrank", rank=bad)
     with pytest.raises(ConfigError, match="4 layers"):
         LlamaConfig.preset("tiny", method="cola", rank=[8, 8])
     with pytest.raises(ConfigError, match="needs a rank"):

@@ -98,7 +98,10 @@ def test_parameter_counts_60m_match_the_note():
     assert count_parameters(LlamaConfig.preset("60m", method="cola")) == cola
     assert count_parameters(LlamaConfig.preset("60m", method="lowrank")) == cola
     lora = LlamaConfig.preset("60m", method="lora")
-    assert count_parameters(lora) == cola and count_parameters(lora, trainable_only=False) == cola + full - 2 * V * h - norms
+    assert (
+        count_parameters(lora) == cola
+        and count_parameters(lora, trainable_only=False) == cola + full - 2 * V * h - norms
+    )
     assert round(full / 1e6, 1) == 58.1 and round(crnet / 1e6, 1) == 44.7 and round(cola / 1e6, 1) == 42.8
     assert count_parameters(LlamaConfig.preset("130m", method="crnet")) == pytest.approx(97.4e6, abs=0.1e6)
 
@@ -143,7 +146,10 @@ def test_hf_layout_round_trip(tmp_path):
     sd = to_hf_state_dict(m)
     assert "model.layers.0.self_attn.q_proj.weight" in sd and "model.layers.3.mlp.down_proj.weight" in sd
     assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(sd)
-    assert "model.layers.0.input_layernorm.weight" in sd and "model.layers.0.post_attention_layernorm.weight" in sd
+    assert (
+        "model.layers.0.input_layernorm.weight" in sd
+        and "model.layers.0.post_attention_layernorm.weight" in sd
+    )
     x = ids()
     torch.testing.assert_close(from_hf_state_dict(sd, m.cfg)(x)[0], m(x)[0], rtol=0, atol=0)
     save_hf(m, tmp_path)

@@ -23,16 +23,35 @@ class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW with GaLore gradient projection for param groups marked ``galore=True`` (2-D tensors only)."""
 
     def __init__(
-        self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        weight_decay: float = 0.0, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25,
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        rank: int = 128,
+        update_proj_gap: int = 200,
+        scale: float = 0.25,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ConfigError(f"GaLoreAdamW needs lr, eps, weight_decay >= 0 and betas in [0, 1); got "
-                              f"lr={lr}, eps={eps}, weight_decay={weight_decay}, betas={betas}")
+            raise ConfigError(
+                f"GaLoreAdamW needs lr, eps, weight_decay >= 0 and betas in [0, 1); got "
+                f"lr={lr}, eps={eps}, weight_decay={weight_decay}, betas={betas}"
+            )
         if rank < 1 or update_proj_gap < 1:
-            raise ConfigError(f"GaLore rank and update_proj_gap must be >= 1, got {rank} and {update_proj_gap}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                        update_proj_gap=update_proj_gap, scale=scale, galore=False)
+            raise ConfigError(
+                f"GaLore rank and update_proj_gap must be >= 1, got {rank} and {update_proj_gap}"
+            )
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "rank": rank,
+            "update_proj_gap": update_proj_gap,
+            "scale": scale,
+            "galore": False,
+        }
         super().__init__(params, defaults)
 
     @staticmethod
@@ -84,7 +103,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt_().add_(eps))
+                update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(eps))
                 if galore:
                     update = self.project_back(update, state["projector"], p.shape) * group["scale"]
                 if wd:
@@ -94,8 +113,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state tensors (moments and projectors)."""
-        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values()
-                   if isinstance(v, Tensor))
+        return sum(
+            v.numel() * v.element_size()
+            for s in self.state.values()
+            for v in s.values()
+            if isinstance(v, Tensor)
+        )
 
 
 # Projections of the decoder blocks: GaLore's code projects every nn.Linear inside attention and MLP.
@@ -109,5 +132,7 @@ def galore_param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dic
         if not p.requires_grad:
             continue
         (low if p.ndim == 2 and _GALORE_NAME.search(name) else rest).append(p)
-    return [{"params": low, "galore": True, "weight_decay": weight_decay},
-            {"params": rest, "weight_decay": weight_decay}]
+    return [
+        {"params": low, "galore": True, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": weight_decay},
+    ]

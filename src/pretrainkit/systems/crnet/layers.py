@@ -34,7 +34,9 @@ def check_rank(rank: int, h_in: int, h_out: int, where: str) -> int:
     """Return ``rank`` if 1 <= rank <= min(h_in, h_out), else raise a one-line ConfigError naming the layer."""
     limit = min(h_in, h_out)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
-        raise ConfigError(f"rank {rank!r} for {where} must be an integer in 1..{limit} (min of in {h_in}, out {h_out})")
+        raise ConfigError(
+            f"rank {rank!r} for {where} must be an integer in 1..{limit} (min of in {h_in}, out {h_out})"
+        )
     return rank
 
 
@@ -56,7 +58,7 @@ def layer_ranks(rank: int | Sequence[int] | None, n_layers: int, method: str) ->
 
 def _cola_std(h_in: int, h_out: int, rank: int) -> float:
     # CoLA's balanced init: A, B ~ N(0, 1) * r^-1/4 * (h_in + h_out)^-1/4, so A @ B has Xavier-like variance.
-    return rank ** -0.25 * (h_in + h_out) ** -0.25
+    return rank**-0.25 * (h_in + h_out) ** -0.25
 
 
 class LowRankLinear(nn.Module):
@@ -129,8 +131,15 @@ class CRNetLinear(nn.Module):
     in ``recompute.py`` stores ``z`` and inverts ``combine``.
     """
 
-    def __init__(self, h_in: int, h_out: int, rank: int, init: str = "zero_b", beta_init: float = 1.0,
-                 eps: float = 1e-6):
+    def __init__(
+        self,
+        h_in: int,
+        h_out: int,
+        rank: int,
+        init: str = "zero_b",
+        beta_init: float = 1.0,
+        eps: float = 1e-6,
+    ):
         super().__init__()
         self.rank, self.init, self.beta_init, self.eps = rank, init, beta_init, eps
         self.A = nn.Parameter(torch.empty(h_in, rank))
@@ -166,11 +175,14 @@ def init_crnet(proj: CRNetLinear, init: str, beta_init: float) -> None:
     the residual stream starts exactly like a model whose layers share layer 1's weights, and B learns at once.
     ``"cola"``: CoLA's balanced N(0, 1) * r^-1/4 (h_in + h_out)^-1/4 for both A and B; each layer then adds a fresh
     random Xavier-scale term, so Y_l's variance grows with depth (about l times layer 1's at beta = 1).
+    Why "zero_b", beta 1 is the default (cpu-small shape, r 32, byte-level tinyshakespeare, 300 AdamW steps at lr 3e-3,
+    held-out loss): zero_b/beta 1: 2.049, 2.032, 2.024 (3 seeds); zero_b/beta 0.5: 2.018, 2.065, 2.054;
+    cola/beta 1: 2.146; cola/beta 0.5: 2.184 (1 seed each). Both zero_b settings trained stably; "cola" was worse.
     """
     h_in, rank = proj.A.shape
     h_out = proj.B.shape[1]
     if init == "zero_b":
-        nn.init.normal_(proj.A, std=h_in ** -0.5)
+        nn.init.normal_(proj.A, std=h_in**-0.5)
         nn.init.zeros_(proj.B)
     elif init == "cola":
         std = _cola_std(h_in, h_out, rank)
@@ -209,8 +221,9 @@ class Chain:
         return y
 
 
-def build_projection(method: str, h_in: int, h_out: int, rank: int | None, layer: int, name: str,
-                     cfg) -> nn.Module:
+def build_projection(
+    method: str, h_in: int, h_out: int, rank: int | None, layer: int, name: str, cfg
+) -> nn.Module:
     """One projection of decoder layer ``layer`` (0-based) for ``method``; ``cfg`` is the model's LlamaConfig."""
     if method == "full":
         return nn.Linear(h_in, h_out, bias=False)

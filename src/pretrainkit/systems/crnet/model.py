@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pretrainkit.systems.crnet.layers import (
     build_projection,
     layer_ranks,
 )
+from pretrainkit.systems.crnet.recompute import crnet_recompute
 
 RECOMPUTE = ("none", "checkpoint", "crnet")
 
@@ -79,21 +79,42 @@ class LlamaConfig:
         allowed("recompute", self.recompute, RECOMPUTE)
         allowed("crnet_init", self.crnet_init, CRNET_INITS)
         allowed("crnet_anchor", self.crnet_anchor, CRNET_ANCHORS)
-        for key in ("vocab_size", "hidden", "intermediate", "n_heads", "n_layers", "max_seq_len", "checkpoint_every"):
+        for key in (
+            "vocab_size",
+            "hidden",
+            "intermediate",
+            "n_heads",
+            "n_layers",
+            "max_seq_len",
+            "checkpoint_every",
+        ):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {v!r}")
         if self.hidden % self.n_heads or (self.hidden // self.n_heads) % 2:
             raise ConfigError(f"hidden {self.hidden} must split into {self.n_heads} heads of even size")
         if self.recompute == "crnet" and self.method != "crnet":
-            raise ConfigError(f"recompute 'crnet' needs method 'crnet' (got '{self.method}'); use 'checkpoint'")
+            raise ConfigError(
+                f"recompute 'crnet' needs method 'crnet' (got '{self.method}'); use 'checkpoint'"
+            )
         if self.crnet_beta_init == 0 or self.crnet_eps <= 0:
-            raise ConfigError("crnet_beta_init must be non-zero (|beta| has no gradient at 0) and crnet_eps > 0")
+            raise ConfigError(
+                "crnet_beta_init must be non-zero (|beta| has no gradient at 0) and crnet_eps > 0"
+            )
         if self.method in ("lora", "relora") and not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if isinstance(self.rank, tuple):
             self.rank = list(self.rank)
         self.ranks = layer_ranks(self.rank, self.n_layers, self.method)
+        limit = min(self.hidden, self.intermediate)  # the narrowest side of any projection
+        for i, r in enumerate(self.ranks):
+            if self.method == "full" or (self.method == "crnet" and i == 0 and self.crnet_anchor == "full"):
+                continue  # full-rank layer: its rank entry is unused
+            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= limit:
+                raise ConfigError(
+                    f"rank {r!r} for layer {i + 1} must be an integer in 1..{limit} "
+                    f"(min of hidden {self.hidden} and intermediate {self.intermediate})"
+                )
 
     @property
     def head_dim(self) -> int:
@@ -113,17 +134,20 @@ class LlamaConfig:
         return dataclasses.asdict(self)
 
 
-# GaLore/CoLA sizes (configs/llama_*.json; rank = the papers' r) and small CPU sizes (rank h/4).
-PRESETS: dict[str, dict] = {
-    "tiny": dict(vocab_size=512, hidden=64, intermediate=176, n_heads=4, n_layers=4, max_seq_len=256, rank=16),
-    "cpu-small": dict(vocab_size=4096, hidden=128, intermediate=352, n_heads=4, n_layers=4, max_seq_len=512, rank=32),
-    "cpu-base": dict(vocab_size=4096, hidden=256, intermediate=688, n_heads=4, n_layers=4, max_seq_len=512, rank=64),
-    "60m": dict(hidden=512, intermediate=1376, n_heads=8, n_layers=8, rank=128),
-    "130m": dict(hidden=768, intermediate=2048, n_heads=12, n_layers=12, rank=256),
-    "350m": dict(hidden=1024, intermediate=2736, n_heads=16, n_layers=24, rank=256),
-    "1b": dict(hidden=2048, intermediate=5461, n_heads=32, n_layers=24, rank=512),
-    "7b": dict(hidden=4096, intermediate=11008, n_heads=32, n_layers=32, max_seq_len=2048, rank=1024),
-}
+# GaLore/CoLA sizes (configs/llama_*.json, vocab 32000; rank = the papers' r) and small CPU sizes (rank h/4).
+_PRESET_KEYS = ("hidden", "intermediate", "n_heads", "n_layers", "rank", "vocab_size", "max_seq_len")
+# fmt: off
+PRESETS: dict[str, dict] = {name: dict(zip(_PRESET_KEYS, row)) for name, row in {
+    "tiny":      (64,   176,   4,  4,  16,   512,   256),
+    "cpu-small": (128,  352,   4,  4,  32,   4096,  512),
+    "cpu-base":  (256,  688,   4,  4,  64,   4096,  512),
+    "60m":       (512,  1376,  8,  8,  128,  32000, 1024),
+    "130m":      (768,  2048,  12, 12, 256,  32000, 1024),
+    "350m":      (1024, 2736,  16, 24, 256,  32000, 1024),
+    "1b":        (2048, 5461,  32, 24, 512,  32000, 1024),
+    "7b":        (4096, 11008, 32, 32, 1024, 32000, 2048),
+}.items()}
+# fmt: on
 
 
 # --------------------------------------------------------------------------------------------------- layers
@@ -217,7 +241,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, layer)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], prev: dict[str, Tensor] | None = None,
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        prev: dict[str, Tensor] | None = None,
         low: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``prev``: previous layer's projection outputs (None if the method does not chain); ``low`` (optional)
@@ -228,8 +255,10 @@ class Block(nn.Module):
         return x, chain.out
 
     def projections(self) -> dict[str, nn.Module]:
-        return {n: getattr(self.self_attn if n in ("q_proj", "k_proj", "v_proj", "o_proj") else self.mlp, n)
-                for n in PROJECTIONS}
+        return {
+            n: getattr(self.self_attn if n in ("q_proj", "k_proj", "v_proj", "o_proj") else self.mlp, n)
+            for n in PROJECTIONS
+        }
 
 
 # --------------------------------------------------------------------------------------------------- model
@@ -259,13 +288,13 @@ class LlamaLM(nn.Module):
         """Final-norm hidden states (B, T, hidden): the backbone output the LM head reads."""
         T = input_ids.shape[1]
         if T > self.cfg.max_seq_len:
-            raise ConfigError(f"sequence length {T} exceeds the model's context max_seq_len={self.cfg.max_seq_len}")
+            raise ConfigError(
+                f"sequence length {T} exceeds the model's context max_seq_len={self.cfg.max_seq_len}"
+            )
         x = self.embed_tokens(input_ids)
         rope = self.rope(T, x.dtype)
         recompute = self.cfg.recompute if torch.is_grad_enabled() else "none"
         if recompute == "crnet":
-            from pretrainkit.systems.crnet.recompute import crnet_recompute
-
             x = crnet_recompute(self.layers, x, rope, self.cfg.checkpoint_every)
         else:
             prev = {} if self.chained else None
@@ -288,7 +317,9 @@ class LlamaLM(nn.Module):
     def loss_sum_and_count(self, input_ids: Tensor, labels: Tensor) -> tuple[Tensor, int]:
         """Summed token NLL (float64) and the number of scored tokens, for exact perplexity over many batches."""
         logits = self.lm_head(self.hidden_states(input_ids))
-        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        nll = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
         return nll.double(), int((labels != -100).sum())
 
     def num_parameters(self, trainable_only: bool = True) -> int:
@@ -304,8 +335,12 @@ class LlamaLM(nn.Module):
 
     def betas(self) -> dict[str, float]:
         """CR-Net's beta per (layer, projection), e.g. ``{"layers.1.q_proj": 0.98}``, for logging."""
-        return {f"layers.{i}.{n}": float(p.beta.detach()) for i, b in enumerate(self.layers)
-                for n, p in b.projections().items() if isinstance(p, CRNetLinear)}
+        return {
+            f"layers.{i}.{n}": float(p.beta.detach())
+            for i, b in enumerate(self.layers)
+            for n, p in b.projections().items()
+            if isinstance(p, CRNetLinear)
+        }
 
     def merge_and_reset(self) -> list[nn.Parameter]:
         """ReLoRA's step: fold every LoRA product into its frozen weight and restart A, B.
@@ -322,15 +357,20 @@ class LlamaLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        greedy: bool = False, generator: torch.Generator | None = None,
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Append ``max_new_tokens`` tokens: greedy, or sampled from the top-k softmax at ``temperature``.
 
         Recomputes the whole (cropped) context each step: simple and exact, fine for short samples."""
         ids = input_ids
         for _ in range(max_new_tokens):
-            logits, _ = self(ids[:, -self.cfg.max_seq_len:])
+            logits, _ = self(ids[:, -self.cfg.max_seq_len :])
             logits = logits[:, -1, :].float()
             if greedy or temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -347,7 +387,9 @@ class LlamaLM(nn.Module):
 # --------------------------------------------------------------------------------------------------- HF layout
 def _check_full(cfg: LlamaConfig) -> None:
     if cfg.method != "full":
-        raise ConfigError(f"the Hugging Face LLaMA layout holds full-rank models only, not method '{cfg.method}'")
+        raise ConfigError(
+            f"the Hugging Face LLaMA layout holds full-rank models only, not method '{cfg.method}'"
+        )
 
 
 def to_hf_state_dict(model: LlamaLM) -> dict[str, Tensor]:
@@ -371,13 +413,15 @@ def from_hf_state_dict(sd: dict[str, Tensor], config: LlamaConfig) -> LlamaLM:
     for k, v in sd.items():
         if k.endswith("rotary_emb.inv_freq"):
             continue  # old HF checkpoints store the RoPE table; we rebuild it
-        ours[k[len("model."):] if k.startswith("model.") else k] = v
+        ours[k.removeprefix("model.")] = v
     if config.tie_embeddings:
         ours.pop("lm_head.weight", None)
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(ours, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"HF state dict does not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ConfigError(
+            f"HF state dict does not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model
 
 
@@ -385,30 +429,50 @@ def hf_config(cfg: LlamaConfig, **extra) -> dict:
     """The HF ``config.json`` fields of a full-rank LlamaConfig (``extra`` adds e.g. bos/eos token ids)."""
     _check_full(cfg)
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate, "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers, "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.rms_norm_eps, "hidden_act": "silu",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "num_hidden_layers": cfg.n_layers,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "hidden_act": "silu",
         "rope_theta": cfg.rope_theta,  # transformers < 5
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers >= 5
-        "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, **extra,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        **extra,
     }
 
 
 def config_from_hf(hf: dict, **overrides) -> LlamaConfig:
     """LlamaConfig from an HF LLaMA ``config.json`` dict; grouped-query attention and biases are not supported."""
     if hf.get("num_key_value_heads", hf["num_attention_heads"]) != hf["num_attention_heads"]:
-        raise ConfigError("grouped-query attention (num_key_value_heads != num_attention_heads) is not supported")
+        raise ConfigError(
+            "grouped-query attention (num_key_value_heads != num_attention_heads) is not supported"
+        )
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ConfigError("LLaMA configs with attention_bias or mlp_bias are not supported")
     theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
     return LlamaConfig(
-        vocab_size=hf["vocab_size"], hidden=hf["hidden_size"], intermediate=hf["intermediate_size"],
-        n_heads=hf["num_attention_heads"], n_layers=hf["num_hidden_layers"],
-        max_seq_len=hf.get("max_position_embeddings", 2048), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        init_std=hf.get("initializer_range", 0.02), **overrides,
+        vocab_size=hf["vocab_size"],
+        hidden=hf["hidden_size"],
+        intermediate=hf["intermediate_size"],
+        n_heads=hf["num_attention_heads"],
+        n_layers=hf["num_hidden_layers"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        init_std=hf.get("initializer_range", 0.02),
+        **overrides,
     )
 
 
@@ -433,7 +497,9 @@ def load_hf(folder: str | Path, **overrides) -> LlamaLM:
     folder = Path(folder)
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
-        raise ConfigError(f"{folder} needs config.json and model.safetensors (a single-file HF LLaMA checkpoint)")
+        raise ConfigError(
+            f"{folder} needs config.json and model.safetensors (a single-file HF LLaMA checkpoint)"
+        )
     cfg = config_from_hf(json.loads(cfg_path.read_text()), **overrides)
     return from_hf_state_dict(load_file(str(weights)), cfg)
 
@@ -442,9 +508,3 @@ def count_parameters(cfg: LlamaConfig, trainable_only: bool = True) -> int:
     """Parameter count of ``cfg`` without allocating memory (the model is built on the meta device)."""
     with torch.device("meta"):
         return LlamaLM(cfg).num_parameters(trainable_only)
-
-
-__all__: Sequence[str] = (
-    "LlamaConfig", "PRESETS", "LlamaLM", "Block", "RMSNorm", "RotaryEmbedding", "to_hf_state_dict",
-    "from_hf_state_dict", "hf_config", "config_from_hf", "save_hf", "load_hf", "count_parameters",
-)

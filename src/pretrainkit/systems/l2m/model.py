@@ -105,7 +105,10 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d, d)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: dict | None = None
+    ) -> torch.Tensor:
+        """``cache`` (a dict, filled here) keeps keys/values so later calls can feed only new tokens."""
         B, L, d = x.shape
         h = self.n_head
 
@@ -113,8 +116,14 @@ class CausalSelfAttention(nn.Module):
             return t.view(B, L, h, d // h).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
         p = self.dropout if self.training else 0.0
-        if attn_mask is None:
+        if attn_mask is None and k.shape[2] != L:  # new tokens after a cached prefix see all of it
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        elif attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
@@ -143,8 +152,10 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.mlp_ratio, cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: dict | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), attn_mask, cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -253,19 +264,33 @@ class DecisionTransformer(nn.Module):
         return q.detach() if detach else q
 
     # ---- trunk and head -----------------------------------------------------------------------------------
-    def forward_tokens(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the GPT blocks on an embedded sequence; returns final-LN hidden states ``[B, L, d]``."""
+    def forward_tokens(
+        self,
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        cache: list[dict] | None = None,
+    ) -> torch.Tensor:
+        """Run the GPT blocks on an embedded sequence; returns final-LN hidden states ``[B, L, d]``.
+
+        With ``cache`` (one dict per block, from ``new_cache``) ``tokens`` continue the cached sequence and
+        ``token_mask`` covers the whole sequence so far: the autoregressive decoder feeds one token at a time.
+        """
         attn_mask = None
+        L = tokens.shape[1]
         if token_mask is not None and not bool(token_mask.all()):
-            L = tokens.shape[1]
-            causal = torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()
-            eye = torch.eye(L, dtype=torch.bool, device=tokens.device)
+            total = token_mask.shape[1]
+            pos_q = torch.arange(total - L, total, device=tokens.device)[:, None]
+            pos_k = torch.arange(total, device=tokens.device)[None, :]
             # Valid queries never see padded keys; padded queries see only themselves (no empty softmax rows).
-            attn_mask = ((causal & token_mask[:, None, :]) | eye).unsqueeze(1)
+            attn_mask = (((pos_k <= pos_q) & token_mask[:, None, :]) | (pos_k == pos_q)).unsqueeze(1)
         x = self.drop(tokens)
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, None if cache is None else cache[i])
         return self.ln_f(x)
+
+    def new_cache(self) -> list[dict]:
+        """An empty key/value cache for ``forward_tokens`` (one dict per block)."""
+        return [{} for _ in self.blocks]
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states -> per-step action logits ``[B, K, A, n_bins]`` (discrete) or actions ``[B, K, A]``."""
@@ -284,10 +309,26 @@ class DecisionTransformer(nn.Module):
         rtg: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced predictions for every step of the window (see ``predict`` for shapes)."""
-        tokens, tmask = self.embed(states, actions, rtg, timesteps, mask)
-        return self.predict(self.forward_tokens(tokens, tmask))
+        """Teacher-forced predictions for every step of the window (see ``predict`` for shapes).
+
+        ``prefix [B, P, d]``: tokens (e.g. tuned prompts) put before the sequence; their outputs are dropped.
+        """
+        tokens, tmask = self._with_prefix(*self.embed(states, actions, rtg, timesteps, mask), prefix)
+        hidden = self.forward_tokens(tokens, tmask)
+        return self.predict(hidden if prefix is None else hidden[:, prefix.shape[1] :])
+
+    @staticmethod
+    def _with_prefix(
+        tokens: torch.Tensor, tmask: torch.Tensor | None, prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if prefix is None:
+            return tokens, tmask
+        tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+        if tmask is not None:
+            tmask = torch.cat([tmask.new_ones(tmask.shape[0], prefix.shape[1]), tmask], dim=1)
+        return tokens, tmask
 
     def action_loss(
         self, pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None
@@ -329,12 +370,16 @@ class DecisionTransformer(nn.Module):
         actions: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Next action ``[B, A]`` for closed-loop control from the history so far (last K steps are used).
 
         ``actions[:, -1]`` is a placeholder for the action being chosen (its value is ignored); earlier rows
-        are the actions taken. Discrete: greedy bins, one dimension at a time (A passes), decoded per
-        ``cfg.bin_decode``. Continuous: one pass.
+        are the actions taken. Discrete: greedy bins, one dimension at a time, decoded per
+        ``cfg.bin_decode``; with ``use_cache`` the sequence up to the state token runs once and each later
+        dimension feeds one new token through the key/value cache (~A times cheaper than A full passes).
+        Continuous: one pass.
         """
         cfg = self.cfg
         K = cfg.context
@@ -342,12 +387,24 @@ class DecisionTransformer(nn.Module):
         actions = actions[:, -K:].clone()
         mask = None if mask is None else mask[:, -K:]
         if cfg.head == "continuous":
-            return self(states, actions, rtgs, timesteps, mask)[:, -1]
+            return self(states, actions, rtgs, timesteps, mask, prefix)[:, -1]
         actions[:, -1] = 0.0
+        if not use_cache:
+            for j in range(cfg.act_dim):
+                # Causal mask: dimension j's logits never see the placeholder values of dims >= j.
+                logits = self(states, actions, rtgs, timesteps, mask, prefix)[:, -1, j]
+                actions[:, -1, j] = decode_bins(logits.argmax(-1), cfg.n_bins, cfg.bin_decode)
+            return actions[:, -1]
+        cache = self.new_cache()
+        tokens, tmask = self._with_prefix(*self.embed(states, actions, rtgs, timesteps, mask), prefix)
+        end = tokens.shape[1] - cfg.tokens_per_step + cfg.state_slot + 1  # through the last state token
+        h = self.forward_tokens(tokens[:, :end], None if tmask is None else tmask[:, :end], cache)
         for j in range(cfg.act_dim):
-            # Causal mask: dimension j's logits never see the placeholder values of dims >= j.
-            logits = self(states, actions, rtgs, timesteps, mask)[:, -1, j]
-            actions[:, -1, j] = decode_bins(logits.argmax(-1), cfg.n_bins, cfg.bin_decode)
+            actions[:, -1, j] = decode_bins(self.head(h[:, -1]).argmax(-1), cfg.n_bins, cfg.bin_decode)
+            if j + 1 < cfg.act_dim:  # embed the chosen bin as token a_j, which predicts a_{j+1}
+                tok = self.embed(states[:, -1:], actions[:, -1:], rtgs[:, -1:], timesteps[:, -1:])[0]
+                new = tok[:, cfg.state_slot + 1 + j : cfg.state_slot + 2 + j]
+                h = self.forward_tokens(new, None if tmask is None else tmask[:, : end + j + 1], cache)
         return actions[:, -1]
 
     def num_params(self, trainable_only: bool = False) -> int:

@@ -34,11 +34,18 @@ def evaluate_task(
     seed: int = 0,
     horizon: int = HORIZON,
     device: str | torch.device = "cpu",
+    stop_on_success: bool = False,
+    env: Any = None,
 ) -> dict[str, Any]:
     """Success rate and mean return of ``model`` over ``episodes`` parallel episodes of ``task``.
 
     The return-to-go starts at ``target_return`` and drops by each reward (both divided by ``rtg_scale``,
     as in training). Env ``i`` is seeded ``seed + i``, so the same seed gives the same start positions.
+    ``stop_on_success``: an episode that has succeeded is settled (success = any step), so the policy stops
+    running for it (it idles with zero actions) and the loop ends once all have succeeded. Success is the
+    same as without it, at a fraction of the CPU; ``mean_return`` then covers the steps played only.
+    ``env``: a ``make_vector_env(task, episodes, horizon=horizon)`` to reuse (left open): building MuJoCo
+    envs costs ~0.17 s each, as much as a whole evaluation's simulation. Results equal a fresh env's.
     """
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
@@ -46,7 +53,11 @@ def evaluate_task(
     if hasattr(model, "eval"):
         model.eval()
     K, A = model.cfg.context, model.cfg.act_dim
-    env = make_vector_env(task, episodes, seed=seed, horizon=horizon)
+    own_env = env is None
+    if own_env:
+        env = make_vector_env(task, episodes, seed=seed, horizon=horizon)
+    elif env.num_envs != episodes:
+        raise ConfigError(f"the given vector env has {env.num_envs} copies, not episodes={episodes}")
     try:
         obs, _ = env.reset(seed=seed)
         n = episodes
@@ -71,18 +82,24 @@ def evaluate_task(
             steps[:, -1] = t
             mask[:, -1] = True
             a0 = time.perf_counter()
-            a = model.act(states, rtg, actions, steps, mask)
+            if stop_on_success and success.any():
+                live = torch.from_numpy(np.flatnonzero(~success)).to(device)
+                a = torch.zeros(n, A, device=device)
+                a[live] = model.act(states[live], rtg[live], actions[live], steps[live], mask[live])
+            else:
+                a = model.act(states, rtg, actions, steps, mask)
             act_time += time.perf_counter() - a0
             actions[:, -1] = a
             obs, r, term, trunc, info = env.step(a.clamp(-1, 1).cpu().numpy().astype(np.float32))
             success |= np.asarray(info["success"], dtype=float) > 0
             ret += r
             cur_rtg = cur_rtg - torch.as_tensor(r, dtype=torch.float32, device=device) / rtg_scale
-            if np.all(term | trunc):
+            if np.all(term | trunc) or (stop_on_success and success.all()):
                 break
         wall = time.perf_counter() - t0
     finally:
-        env.close()
+        if own_env:
+            env.close()
         if was_training and hasattr(model, "train"):
             model.train()
     env_steps = n * (t + 1)

@@ -39,6 +39,7 @@ class PretrainSection:
     batch_size: int = 128
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=150, lr=1e-3, schedule="constant",
                                                                    log_every=10))
+    workers: int = 1  # reading B: encoders trained in parallel processes (one thread each)
     a_trial_steps: int = 10  # reading A: continued pre-training steps per weight-search trial
 
 
@@ -56,6 +57,7 @@ class DownstreamSection:
     full_head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128,
                                                                      patience=15))
     full_max_steps: int = 3000
+    workers: int = 1  # (label, split) combos evaluated in parallel processes (one thread each)
 
 
 @dataclass

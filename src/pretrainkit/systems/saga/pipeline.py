@@ -82,39 +82,76 @@ class SagaPipeline:
         return np.repeat(self.windows.label(label), self.per_window)
 
     # ---- pre-training -------------------------------------------------------------------------------
+    @property
+    def pool_name(self) -> str:
+        return "+".join(sorted({s for _, s in self.cfg.combos()}, key=["random", "subject", "time"].index))
+
+    def pretrain_windows(self) -> np.ndarray:
+        """Windows in the training part of *every* evaluated split: one set of encoders then serves all splits
+        and never sees a validation or test window of any of them."""
+        splits = self.pool_name.split("+")
+        idx = self.split(splits[0])[0]
+        for s in splits[1:]:
+            idx = np.intersect1d(idx, self.split(s)[0])
+        return idx
+
     def new_encoder(self) -> LimuBertEncoder:
         m = self.cfg.model
         return LimuBertEncoder(n_channels=self.windows.x.shape[2], seq_len=self.windows.window, hidden=m.hidden,
                                ff=m.ff, n_heads=m.n_heads, n_layers=m.n_layers,
                                limu_code_compat=m.limu_code_compat)
 
-    def pretrain(self, split: str, tasks: list[str], weights: dict[str, float] | None, tag: str,
-                 steps: int | None = None, init_from: str | None = None, seed_offset: int = 0) -> LimuBertEncoder:
-        """Pre-train one encoder on the split's training windows; reuses a finished run of the same tag."""
+    def final_weights(self, tag: str, steps: int | None = None) -> Path:
+        steps = steps or self.cfg.pretrain.train.max_steps
+        return self.out / "pretrain" / self.pool_name / tag / "checkpoints" / f"step-{steps:08d}" / "model.safetensors"
+
+    def pretrain(self, tasks: list[str], weights: dict[str, float] | None, tag: str, steps: int | None = None,
+                 init_from: str | Path | None = None) -> LimuBertEncoder:
+        """Pre-train one encoder on the pre-training windows; reuses a finished run of the same tag."""
         tcfg = _replace(self.cfg.pretrain.train, max_steps=steps or self.cfg.pretrain.train.max_steps,
-                        seed=self.cfg.pretrain.train.seed + seed_offset, progress=self.progress)
-        run_dir = RunDir(self.out / "pretrain" / split / tag)
-        final = run_dir.checkpoints / f"step-{tcfg.max_steps:08d}" / "model.safetensors"
+                        progress=self.progress)
+        final = self.final_weights(tag, tcfg.max_steps)
         torch.manual_seed(tcfg.seed)
-        encoder = self.new_encoder()
         mix = TaskMix([TASKS.build(t, hidden=self.cfg.model.hidden, n_channels=self.windows.x.shape[2])
                        for t in tasks], weights=weights)
-        model = MixModel(encoder, mix)
-        if init_from is not None:
-            model.load_state_dict(load_weights(init_from))
+        model = MixModel(self.new_encoder(), mix)
         if final.is_file():
             model.load_state_dict(load_weights(final))
             return model.backbone
-        train_idx = self.split(split)[0]
-        batches = EpochBatches({"x": torch.from_numpy(self.windows.x[train_idx])}, self.cfg.pretrain.batch_size,
+        if init_from is not None:
+            model.load_state_dict(load_weights(init_from))
+        idx = self.pretrain_windows()
+        batches = EpochBatches({"x": torch.from_numpy(self.windows.x[idx])}, self.cfg.pretrain.batch_size,
                                seed=tcfg.seed)
-        self.log(f"pre-training {tag} on {len(train_idx)} {split}-split windows for {tcfg.max_steps} steps")
-        Trainer(model, batches, tcfg, run_dir=run_dir, unit="windows").fit(resume="auto")
+        self.log(f"pre-training {tag} on {len(idx)} windows ({self.pool_name} training parts) for "
+                 f"{tcfg.max_steps} steps")
+        Trainer(model, batches, tcfg, run_dir=self.out / "pretrain" / self.pool_name / tag,
+                unit="windows").fit(resume="auto")
         return model.backbone
 
-    def encoders_b(self, split: str) -> dict[str, LimuBertEncoder]:
+    def pretrain_jobs(self, with_a: bool = False) -> list[tuple[str, list[str], dict[str, float] | None]]:
+        """(tag, tasks, weights): reading B's one-task encoders, and optionally reading A's equal mix."""
+        tasks = self.cfg.pretrain.tasks
+        jobs = [(f"A-equal", tasks, {t: 1.0 / len(tasks) for t in tasks})] if with_a else []
+        return jobs + [(f"B-{t}", [t], None) for t in tasks]
+
+    def pretrain_all(self, with_a: bool = False) -> None:
+        """Run every missing pre-training job, in ``pretrain.workers`` processes (one thread each) if > 1."""
+        todo = [j for j in self.pretrain_jobs(with_a) if not self.final_weights(j[0]).is_file()]
+        if self.cfg.pretrain.workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            self.windows  # load (and validate) once in the parent so errors surface here
+            self.log(f"pre-training {len(todo)} encoders in {self.cfg.pretrain.workers} processes")
+            with mp.get_context("spawn").Pool(min(self.cfg.pretrain.workers, len(todo))) as pool:
+                pool.starmap(_pretrain_worker, [(self.cfg, *j) for j in todo])
+        for tag, tasks, weights in todo:
+            self.pretrain(tasks, weights, tag)
+
+    def encoders_b(self) -> dict[str, LimuBertEncoder]:
         """Reading B: one encoder per task (the point encoder is LIMU-BERT)."""
-        return {t: self.pretrain(split, [t], None, tag=f"B-{t}") for t in self.cfg.pretrain.tasks}
+        self.pretrain_all()
+        return {t: self.pretrain([t], None, tag=f"B-{t}") for t in self.cfg.pretrain.tasks}
 
     # ---- features ------------------------------------------------------------------------------------
     def unit_features(self, key: tuple, encoder: torch.nn.Module | None) -> torch.Tensor:
@@ -182,10 +219,15 @@ class SagaPipeline:
         def objective(w: dict[str, float]) -> float:
             return self.cv_score(np.concatenate([pooled[k] * w[k] for k in pooled], 1), label, idx, seed)
 
-        scfg = _replace(self.cfg.search, study_name=f"{label}-{split}-b{budget}-s{seed}",
+        scfg = _replace(self.cfg.search, study_name=f"{label}-{split}-b{budget}-s{seed}-{'+'.join(feats)}",
                         seed=self.cfg.search.seed + seed)
         res = search_task_weights(objective, list(feats), scfg, run_dir=self.out / "search", progress=False)
         return res.best_weights, res.best_value
+
+
+def _pretrain_worker(cfg: SagaConfig, tag: str, tasks: list[str], weights: dict[str, float] | None) -> None:
+    torch.set_num_threads(1)
+    SagaPipeline(cfg, log=lambda m: print(m, flush=True), progress=False).pretrain(tasks, weights, tag)
 
 
 def _replace(obj, **kw):

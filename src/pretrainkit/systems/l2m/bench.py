@@ -1,0 +1,229 @@
+"""`pretrainkit bench l2m`: collect, pre-train, run every continual method for every seed, write the results.
+
+docs/results/l2m.md and .json hold, per method, the success matrix (task x stage, mean over seeds), a
+summary (final mean success, forgetting, pre-training retention, offline accuracy, trainable parameters),
+the keys each task selects, and throughput lines (env steps/s per core, DT training steps/s).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pretrainkit.adapt.continual import ContinualRecord, summarise
+from pretrainkit.core.config import to_dict
+from pretrainkit.core.results import md_table, write_results
+from pretrainkit.systems.l2m.config import L2MConfig
+from pretrainkit.systems.l2m.envs import versions
+from pretrainkit.systems.l2m.pipeline import (
+    ContinualRun,
+    Log,
+    Throughput,
+    close_envs,
+    collect_data,
+    evaluate_backbone,
+    pretrain,
+    setup_torch,
+)
+
+
+def _stats(values: list[float | None]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+
+
+def _fmt(s: dict[str, float | None], digits: int = 2) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[str, Any]:
+    """Seed-averaged figures of one method, plus its mean success and offline-accuracy matrices."""
+    per_seed = {s: summarise(r) for s, r in records.items()}
+    off = {s: summarise(r, "offline_acc") for s, r in records.items()}
+    first = next(iter(records.values()))
+    cols = ["before", *[f"after {t.removesuffix('-v3')}" for t in first.tasks]]
+
+    def matrix(metric: str) -> dict[str, list[float | None]]:
+        out = {}
+        for t in first.columns:  # task x stage, mean over seeds
+            rows = []
+            for r in records.values():
+                rows.append([r.initial.get(t, {}).get(metric)] + [row.get(t, {}).get(metric) for row in r.rows])
+            out[t] = [_stats([x[i] for x in rows])["mean"] for i in range(len(cols))]
+        return out
+
+    return {
+        "final_mean_success": _stats([p["final_mean"] for p in per_seed.values()]),
+        "forgetting": _stats([p["mean_forgetting"] for p in per_seed.values()]),
+        "forgetting_per_task": {t: _stats([p["forgetting"].get(t) for p in per_seed.values()])["mean"]
+                                for t in first.tasks},
+        "pretrain_before": _stats([p["retention"]["before"] for p in per_seed.values()]),
+        "pretrain_after": _stats([p["retention"]["after"] for p in per_seed.values()]),
+        "pretrain_retention": _stats([p["retention"]["ratio"] for p in per_seed.values()]),
+        "final_offline_acc": _stats([p["final_mean"] for p in off.values()]),
+        "offline_forgetting": _stats([p["mean_forgetting"] for p in off.values()]),
+        "trainable_params": params,
+        "columns": cols,
+        "success_matrix": matrix("success"),
+        "offline_acc_matrix": matrix("offline_acc"),
+        "keys": {t: [r.rows[-1].get(t, {}).get("keys") for r in records.values()] for t in first.columns},
+    }
+
+
+def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> Path:
+    """The whole protocol for ``cfg.bench.seeds`` x ``cfg.continual.methods``; returns the markdown path."""
+    t0 = time.perf_counter()
+    setup_torch(cfg)
+    coll = collect_data(cfg, progress=False)
+    tasks = [*cfg.data.pretrain_tasks, *cfg.data.continual_tasks]
+    recs = [coll["tasks"][t] for t in tasks]
+    collect_rate = sum(r["steps"] for r in recs) / max(sum(r["cpu_seconds"] for r in recs), 1e-9)
+    tally, pre_stats = Throughput(), {}
+    records: dict[str, dict[int, ContinualRecord]] = {m: {} for m in cfg.continual.methods}
+    params: dict[str, int] = {}
+    try:
+        for seed in cfg.bench.seeds:
+            pre_stats[seed] = pretrain(cfg, seed, log=log, progress=False)
+            initial = evaluate_backbone(cfg, seed, tally=tally)
+            log(f"[seed {seed}] backbone: " + ", ".join(f"{t} {r['success']:.2f}" for t, r in initial.items()))
+            for m in cfg.continual.methods:
+                run = ContinualRun(cfg, m, seed, log=log)
+                records[m][seed] = run.run(initial=initial)
+                params[m] = run.method.trainable_parameters()
+                tally.add(run.tally)
+    finally:
+        close_envs()
+    wall = time.perf_counter() - t0
+    summary = {m: summarise_method(records[m], params[m]) for m in cfg.continual.methods}
+    pre_rate = [s["steps_per_cpu_s"] for s in pre_stats.values() if s.get("steps_per_cpu_s")]
+    throughput = {
+        "collection_env_steps_per_s_per_core": round(collect_rate, 1),
+        "eval_env_steps_per_s_per_core": round(tally.eval_env_steps / tally.eval_cpu, 1) if tally.eval_cpu else None,
+        "eval_sim_only_env_steps_per_s": round(tally.eval_env_steps / tally.eval_sim_wall, 1)
+        if tally.eval_sim_wall else None,
+        "pretrain_dt_steps_per_s": round(statistics.fmean(pre_rate), 2) if pre_rate else None,
+        "continual_dt_steps_per_s": round(tally.train_steps / tally.train_cpu, 2) if tally.train_cpu else None,
+        "bench_wall_minutes": round(wall / 60, 1),
+    }
+    headline = {
+        "final_mean_success": {m: _round(s["final_mean_success"]["mean"]) for m, s in summary.items()},
+        "forgetting": {m: _round(s["forgetting"]["mean"]) for m, s in summary.items()},
+        "pretrain_success_after": {m: _round(s["pretrain_after"]["mean"]) for m, s in summary.items()},
+    }
+    data = {"config": to_dict(cfg), "methods": summary, "throughput": throughput, "pretrain": pre_stats,
+            "expert_success": {t: coll["expert_success"].get(t) for t in tasks}, "versions": versions(),
+            "records": {m: {s: r.to_json() for s, r in rs.items()} for m, rs in records.items()}}
+    return write_results(cfg.bench.name, headline, report(cfg, summary, throughput, pre_stats, data),
+                         data, seeds=list(cfg.bench.seeds), out_dir=out_dir, title="L2M")
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _short(task: str) -> str:
+    return task.removesuffix("-v3")
+
+
+def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
+    """What was run, in words, from the config (so the text never drifts from the numbers)."""
+    d, c, m, mo = cfg.data, cfg.continual, cfg.method, cfg.model
+    env = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
+    expert = ", ".join(f"{_short(t)} {v}" for t, v in data["expert_success"].items())
+    params = next(iter(pre.values()))["params"]
+    routed = (f" ({m.pretrain_keys} fixed keys per pre-training task, k-means centres of its queries, compete "
+              "with the pool; winning one = unmodulated backbone)") if m.pretrain_eval == "routed" else ""
+    return "\n\n".join([
+        (f"Meta-World v3 ({env}), horizon 200, object and goal positions re-randomised at every reset. Data: "
+         f"scripted experts, {d.episodes_per_task} episodes per task at action noise {d.noise_levels}, labels = "
+         f"{d.action_source} actions; expert success (noise 0): {expert}."),
+        (f"Backbone: Decision Transformer, d={mo.d_model}, {mo.n_layer} layers, {mo.n_head} heads, context "
+         f"{mo.context}, {mo.n_bins} bins per action dimension decoded autoregressively, {params} parameters, "
+         f"pre-trained {cfg.pretrain.train.max_steps} steps (batch {cfg.pretrain.batch_size}) on "
+         f"{', '.join(_short(t) for t in d.pretrain_tasks)}; one backbone per seed."),
+        (f"Continual sequence (CW10 order; tasks whose expert succeeds >= 95 %): "
+         f"{' -> '.join(_short(t) for t in d.continual_tasks)}; {c.steps_per_task} steps per task, batch "
+         f"{c.batch_size}. After every task: {cfg.eval.episodes} closed-loop episodes per task seen so far and per "
+         f"pre-training task (success = any step succeeds; same start positions at every stage), offline bin "
+         f"accuracy on {cfg.eval.offline_windows} held-out windows."),
+        (f"L2M: pool {m.pool_size}, LoRA rank {m.rank} on q, v and MLP fc1 ({m.ff_placement} placement) of every "
+         f"layer, top-1 by cosine to the mean state-token embedding, key pull coef {m.key_coef}, count penalty "
+         f"{m.count_penalty}; pre-training tasks met '{m.pretrain_eval}'{routed}. L2M-oracle: task id given "
+         f"(its own pool slice; pre-training tasks unmodulated). Shared LoRA rank {m.rank} and (IA)^3 on every "
+         f"layer; EWC lambda {m.ewc_weight}; L2 weight {m.l2_weight}; L2P: {m.prompt_pool} prompts x "
+         f"{m.prompt_len} tokens, top {m.prompt_top_k}. Learning rates {m.lr_full} (full) / {m.lr_adapter} "
+         f"(adapters) / {m.key_lr} (keys)."),
+    ])
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    heads = ["method", "final mean success", "forgetting", "pre-train success before -> after", "retention",
+             "final offline acc", "offline forgetting", "trainable params"]
+    rows = [[k, _fmt(s["final_mean_success"]), _fmt(s["forgetting"]),
+             f"{_fmt(s['pretrain_before'])} -> {_fmt(s['pretrain_after'])}", _fmt(s["pretrain_retention"]),
+             _fmt(s["final_offline_acc"], 3), _fmt(s["offline_forgetting"], 3), s["trainable_params"]]
+            for k, s in summary.items()]
+    return md_table(heads, rows)
+
+
+def matrices(summary: dict[str, Any], pretrain_tasks: list[str]) -> list[str]:
+    out = []
+    for k, s in summary.items():
+        rows = [[_short(t) + (" (pre-train)" if t in pretrain_tasks else ""),
+                 *[("-" if v is None else f"{v:.2f}") for v in vals]] for t, vals in s["success_matrix"].items()]
+        out += [f"### {k}", "", md_table(["task", *s["columns"]], rows), ""]
+    return out
+
+
+def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: dict[int, Any],
+           data: dict[str, Any]) -> str:
+    """The markdown body: protocol, summary table, success matrices, keys, throughput, verdict."""
+    lines = ["## Protocol", "", protocol(cfg, pre, data), "",
+             "## Summary (mean ± std over seeds)", "", summary_table(summary), "",
+             ("Forgetting = max success at earlier stages minus final success, mean over all but the last task "
+              "(negative = improved later). Retention = pre-training-task success after the sequence / before."), "",
+             "## Success matrices (task x stage, mean over seeds)", "",
+             *matrices(summary, cfg.data.pretrain_tasks)]
+    keyed = {k: s for k, s in summary.items() if any(any(x) for x in s["keys"].values())}
+    if keyed:
+        rows = [[k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])] for k, s in keyed.items() for t in s["keys"]]
+        lines += ["## Keys selected at the end", "",
+                  "Share of held-out windows per key (top two), one entry per seed; -1 = unmodulated backbone.", "",
+                  md_table(["method", "task", "keys"], rows), ""]
+    lines += ["## Throughput (one core, torch 1 thread)", "",
+              md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary), ""]
+    return "\n".join(lines)
+
+
+def _keys(hist: dict[str, float] | None) -> str:
+    if not hist:
+        return "-"
+    top = sorted(hist.items(), key=lambda kv: -kv[1])[:2]
+    return ", ".join(f"{k}: {v:.2f}" for k, v in top)
+
+
+def _verdict(summary: dict[str, Any]) -> str:
+    """Says plainly whether L2M met the issue's goal on this run."""
+    def fm(k: str) -> float | None:
+        return summary[k]["final_mean_success"]["mean"] if k in summary else None
+
+    l2m, others = fm("l2m"), {k: fm(k) for k in ("ft", "lora") if k in summary}
+    if l2m is None:
+        return "## Verdict\n\nL2M was not run."
+    beats = all(v is None or l2m > v for v in others.values())
+    forg = summary["l2m"]["forgetting"]["mean"]
+    text = (f"## Verdict\n\nL2M final mean success {l2m:.2f} vs "
+            + ", ".join(f"{k} {v:.2f}" for k, v in others.items() if v is not None)
+            + f"; L2M forgetting {forg if forg is None else round(forg, 3)}. ")
+    if beats:
+        return text + "Goal met: L2M above full fine-tuning and shared LoRA on this run."
+    return text + ("Goal not met on this run: at this CPU scale the tiny backbone's closed-loop success is low "
+                   "and noisy (see the paper note, section 7); the offline accuracy columns show the forgetting "
+                   "pattern with less noise. Tried: distinct-object tasks, noisy expert data, bin-centre "
+                   "decoding, higher adapter and key learning rates for short stages.")

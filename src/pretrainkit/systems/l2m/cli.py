@@ -1,0 +1,146 @@
+"""`pretrainkit l2m collect | pretrain | continual | evaluate | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pretrainkit.core.config import load_config, to_dict
+from pretrainkit.systems.l2m.config import ALL_METHODS, L2MConfig
+
+EPILOG = """Every verb reads --config (YAML; default: the quick CPU profile's values) and any number of
+--set key=value overrides, e.g. --set continual.steps_per_task=200 --set model.d_model=128.
+Typical order: collect -> pretrain -> continual -> evaluate; `bench` runs all of it for every seed and
+method and writes docs/results/l2m.{md,json}. Every step resumes where it stopped."""
+
+
+def load(args: argparse.Namespace) -> L2MConfig:
+    """The validated config from --config and --set."""
+    overrides = list(args.set or [])
+    if getattr(args, "seeds", None):
+        overrides.append(f"bench.seeds=[{args.seeds}]")
+    if getattr(args, "methods", None):
+        overrides.append(f"continual.methods=[{args.methods}]")
+    return load_config(L2MConfig, args.config, overrides)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/l2m/quick.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
+def _parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    return p
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """Register the L2M verbs under ``pretrainkit l2m``."""
+    parser.epilog, parser.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = _parser(sub, "collect", "collect scripted-expert Meta-World datasets (one .npz per task; resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_collect)
+
+    p = _parser(sub, "pretrain", "pre-train the Decision Transformer on the pre-training tasks")
+    p.add_argument("--seed", type=int, default=0, help="seed (run folder pretrain/seed-N)")
+    p.add_argument("--resume", default="auto", help="auto (default): newest checkpoint; none: start over; or a path")
+    p.set_defaults(func=_pretrain)
+
+    p = _parser(sub, "continual", "train continual methods over the task sequence, evaluating after each task")
+    p.add_argument("--seed", type=int, default=0, help="which pre-trained backbone / seed")
+    p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)} (default: config)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier stages of these runs")
+    p.set_defaults(func=_continual)
+
+    p = _parser(sub, "evaluate", "closed-loop success and offline accuracy of a backbone or a finished method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", help="evaluate this method's final stage (default: the pre-trained backbone)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: continual + pre-training tasks)")
+    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    p.set_defaults(func=_evaluate)
+
+    p = _parser(sub, "bench", "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}")
+    _bench_args(p)
+    p.set_defaults(func=lambda a: _bench(a))
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", help="comma-separated seeds (default: bench.seeds)")
+    p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)}")
+    p.add_argument("--out-dir", type=Path, default=None, help="results folder (default docs/results)")
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m.pipeline import collect_data
+
+    s = collect_data(load(args), progress=not args.no_progress)
+    for t, v in s["expert_success"].items():
+        print(f"{t:28s} expert success {v}")
+    print(f"env steps/s per core: {s['last_run']['env_steps_per_s_per_core']}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m.pipeline import pretrain
+
+    pretrain(load(args), args.seed, resume=None if args.resume == "none" else args.resume)
+    return 0
+
+
+def _continual(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m.pipeline import ContinualRun
+
+    cfg = load(args)
+    for m in cfg.continual.methods:
+        rec = ContinualRun(cfg, m, args.seed, progress=True).run(resume=not args.fresh)
+        print(f"{m}: record in {Path(cfg.out) / 'continual' / f'seed-{args.seed}' / m / 'record.json'}; "
+              f"final success " + ", ".join(f"{t} {rec.rows[-1][t]['success']:.2f}" for t in rec.rows[-1]))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pretrainkit.adapt.continual import ContinualRecord
+    from pretrainkit.errors import DataError
+    from pretrainkit.systems.l2m.pipeline import ContinualRun, evaluate_backbone
+
+    cfg = load(args)
+    tasks = args.tasks.split(",") if args.tasks else None
+    if args.method is None:
+        res = evaluate_backbone(cfg, args.seed, tasks)
+    else:
+        run = ContinualRun(cfg, args.method, args.seed)
+        rec_path = run.dir / "record.json"
+        if not rec_path.is_file():
+            raise DataError(f"no continual run at {run.dir}; run `pretrainkit l2m continual --methods "
+                            f"{args.method}` first")
+        run.load_stage(ContinualRecord.load(rec_path).done - 1)
+        tasks = tasks or [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks]
+        res = {t: run.evaluate(t, -1) for t in tasks}
+    for t, r in res.items():
+        acc = f"{r['offline_acc']:.3f}" if "offline_acc" in r else "-"
+        print(f"{t:28s} success {r['success']:.2f}  offline acc {acc}  key {r.get('key', '-')}")
+    if args.json:
+        args.json.write_text(json.dumps(to_dict(res), indent=1))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m.bench import run_bench
+
+    print(f"wrote {run_bench(load(args), out_dir=args.out_dir)}")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    """`pretrainkit bench l2m [--config F] [--set k=v] [--seeds 0,1,2] [--methods a,b] [--out-dir D]`."""
+    p = argparse.ArgumentParser(prog="pretrainkit bench l2m", epilog=EPILOG,
+                                description="L2M benchmark: collect, pre-train, every continual method and seed; "
+                                            "writes docs/results/l2m.{md,json}.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _bench_args(p)
+    return _bench(p.parse_args(argv))

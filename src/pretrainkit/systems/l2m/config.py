@@ -1,0 +1,129 @@
+"""L2M's configuration: data collection, the DT backbone, pre-training, continual methods, evaluation, bench."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pretrainkit.core.trainer import TrainConfig
+from pretrainkit.errors import ConfigError
+from pretrainkit.systems.l2m.envs import check_tasks
+from pretrainkit.systems.l2m.model import DTConfig
+
+# CW10 tasks whose scripted expert succeeds >= 95 % at H=200 (paper note 5), kept in CW10 order.
+CLEAN_CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "handle-press-side-v3", "push-v3",
+              "window-close-v3", "peg-unplug-side-v3"]
+# Quick profile: three of them with distinct objects (keys can tell them apart), in CW10 order.
+QUICK_CONTINUAL = ["hammer-v3", "faucet-close-v3", "handle-press-side-v3"]
+QUICK_PRETRAIN = ["drawer-close-v3", "button-press-topdown-v3", "dial-turn-v3", "door-open-v3"]
+ALL_METHODS = ["ft", "lora", "ia3", "l2p", "ewc", "l2", "l2m", "l2m-oracle"]
+
+
+@dataclass
+class DataSection:
+    dir: str = "runs/l2m/data"  # one <task>.npz per task + collection.json
+    pretrain_tasks: list[str] = field(default_factory=lambda: list(QUICK_PRETRAIN))
+    continual_tasks: list[str] = field(default_factory=lambda: list(QUICK_CONTINUAL))
+    episodes_per_task: int = 40
+    noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2])
+    val_fraction: float = 0.1  # held-out episodes per task for offline action accuracy
+    # expert: learn the clean expert action in the states the noisy rollouts visited (DART-style: noise buys
+    # state coverage, labels stay clean); executed: the noisy action that was actually taken
+    action_source: Literal["expert", "executed"] = "expert"
+    workers: int = 1  # collection processes
+    seed: int = 0
+
+
+@dataclass
+class PretrainSection:
+    batch_size: int = 64
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=3000, lr=1e-3, weight_decay=0.01, warmup_steps=200, grad_clip=1.0, log_every=50,
+        ckpt_every=500))
+
+
+@dataclass
+class MethodSection:
+    """Hyper-parameters of every continual method (each method reads the ones it needs)."""
+
+    lr_full: float = 1e-3  # ft, ewc, l2 (whole backbone)
+    lr_adapter: float = 3e-3  # lora, ia3, l2p, l2m (frozen backbone)
+    key_lr: float = 1e-2  # keys of the L2M / L2P pools (short runs: keys must reach their queries)
+    rank: int = 4
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.q_proj", "attn.v_proj", "mlp.fc1"])
+    ia3_targets: list[str] = field(default_factory=lambda: ["attn.k_proj", "attn.v_proj", "mlp.fc1"])
+    ewc_weight: float = 400.0  # L2M's code: lambda 400
+    l2_weight: float = 1.0
+    fisher_batches: int = 16
+    fisher_batch_size: int = 8
+    pool_size: int = 16  # L2M: modulators (paper: 30 for 10 tasks); oracle needs >= number of tasks
+    key_coef: float = 0.5
+    count_penalty: bool = True
+    ff_placement: Literal["output", "parallel"] = "output"  # output = L2M's code (h + B A h on the fc1 output)
+    pretrain_eval: Literal["routed", "unmodulated"] = "routed"  # how L2M meets pre-training tasks (see bench)
+    pretrain_keys: int = 4  # routed: fixed keys per pre-training task (k-means centres of its queries)
+    prompt_pool: int = 10  # L2P
+    prompt_len: int = 3
+    prompt_top_k: int = 2
+
+
+@dataclass
+class ContinualSection:
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    steps_per_task: int = 500
+    batch_size: int = 32
+    ckpt_every: int = 250
+    log_every: int = 50
+
+
+@dataclass
+class EvalSection:
+    episodes: int = 10  # closed-loop episodes per task (lock-step vector env)
+    target_quantile: float = 0.9  # target return = this quantile of the task's training returns
+    offline_windows: int = 512  # held-out windows per task for offline action accuracy
+    stop_on_success: bool = True  # stop acting for episodes that already succeeded (same success, less CPU)
+    reuse_envs: bool = True  # keep each task's vector env between evaluations (MuJoCo set-up is costly)
+    pretrain_tasks: bool = True  # evaluate pre-training tasks after every stage (retention)
+
+
+@dataclass
+class BenchSection:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    name: str = "l2m"  # docs/results/<name>.md/.json
+
+
+@dataclass
+class L2MConfig:
+    data: DataSection = field(default_factory=DataSection)
+    model: DTConfig = field(default_factory=lambda: DTConfig(d_model=64, n_layer=2, n_head=4))
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    continual: ContinualSection = field(default_factory=ContinualSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+    out: str = "runs/l2m"
+    threads: int = 1  # torch threads per process (1 is fastest on small shared CPUs)
+    device: str = "auto"  # auto = cuda if available
+
+    def validate(self) -> None:
+        from pretrainkit.systems.l2m.methods import METHODS
+
+        pre, cont = check_tasks(self.data.pretrain_tasks), check_tasks(self.data.continual_tasks)
+        if not pre or not cont:
+            raise ConfigError("data.pretrain_tasks and data.continual_tasks must each name at least one task")
+        clash = sorted(set(pre) & set(cont))
+        if clash:
+            raise ConfigError(f"tasks {clash} are both pre-training and continual tasks; keep the lists disjoint")
+        for m in self.continual.methods:
+            METHODS.get(m)  # one-line error naming the registered methods
+        if "l2m-oracle" in self.continual.methods and self.method.pool_size < len(cont):
+            raise ConfigError(
+                f"l2m-oracle needs method.pool_size >= number of continual tasks ({len(cont)}), "
+                f"got {self.method.pool_size}"
+            )
+        if self.eval.episodes < 1 or self.continual.steps_per_task < 1:
+            raise ConfigError("eval.episodes and continual.steps_per_task must be >= 1")
+        if not self.bench.seeds:
+            raise ConfigError("bench.seeds must list at least one seed")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")

@@ -1,0 +1,399 @@
+"""L2M end to end: collect expert data, pre-train the DT, run one continual method over the task sequence.
+
+Run layout under ``cfg.out``::
+
+    data/<task>.npz, collection.json                   (``collect_data``; cfg.data.dir)
+    pretrain/seed-S/{backbone.safetensors, backbone.json, checkpoints/, metrics.jsonl}
+    continual/seed-S/<method>/{record.json, stage-I/{checkpoints/, method.safetensors}}
+
+Every step is resumable: collection skips finished tasks, training resumes from the newest checkpoint,
+the continual loop restarts after the last completed stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretrainkit.adapt.continual import ContinualRecord, run_stages
+from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_weights
+from pretrainkit.core.distributed import DistInfo
+from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.trainer import TrainConfig, Trainer
+from pretrainkit.errors import CheckpointError, DataError
+from pretrainkit.systems.l2m.collect import collect, task_file
+from pretrainkit.systems.l2m.config import L2MConfig
+from pretrainkit.systems.l2m.data import ContextWindowDataset, TaskData, load_task_dataset, split_episodes
+from pretrainkit.systems.l2m.envs import MT50, make_vector_env
+from pretrainkit.systems.l2m.methods import METHODS, PRETRAIN, FullFineTune, Method
+from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig
+from pretrainkit.systems.l2m.rollout import evaluate_task
+
+Log = Callable[[str], None]
+
+
+def setup_torch(cfg: L2MConfig) -> torch.device:
+    """Apply the thread count and resolve ``cfg.device`` (auto = CUDA when present)."""
+    torch.set_num_threads(cfg.threads)
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def collect_data(cfg: L2MConfig, progress: bool = True) -> dict[str, Any]:
+    """Collect scripted-expert datasets for the pre-training and continual tasks (finished ones skipped)."""
+    d = cfg.data
+    return collect([*d.pretrain_tasks, *d.continual_tasks], d.dir, d.episodes_per_task, d.noise_levels,
+                   workers=d.workers, seed=d.seed, progress=progress)
+
+
+@dataclass
+class TaskSplit:
+    """One task's training and held-out episodes, and the evaluation target return."""
+
+    train: TaskData
+    val: TaskData
+    target_return: float
+
+
+def load_tasks(cfg: L2MConfig, tasks: list[str]) -> dict[str, TaskSplit]:
+    """Load and split every task's dataset; a missing file says how to make it."""
+    out = {}
+    for t in tasks:
+        f = task_file(cfg.data.dir, t)
+        if not f.is_file():
+            raise DataError(f"no dataset for task '{t}' at {f}; run `pretrainkit l2m collect` with this config first")
+        data = load_task_dataset(f, t)
+        if (data.state_dim, data.act_dim) != (cfg.model.state_dim, cfg.model.act_dim):
+            raise DataError(f"{f}: states/actions are {data.state_dim}/{data.act_dim}-d, the model expects "
+                            f"{cfg.model.state_dim}/{cfg.model.act_dim}")
+        if cfg.data.action_source == "expert":
+            if "expert_actions" not in data.extras:
+                raise DataError(f"{f} has no 'expert_actions'; set data.action_source=executed to use 'actions'")
+            data.actions = data.extras["expert_actions"].astype(np.float32)
+        train, val = split_episodes(data, cfg.data.val_fraction, seed=cfg.data.seed)
+        target = float(np.quantile(train.episode_returns, cfg.eval.target_quantile))
+        out[t] = TaskSplit(train, val, target)
+    return out
+
+
+class WindowBatches:
+    """Endless random batches of DT windows; the generator state is checkpointed for exact resume."""
+
+    def __init__(self, data: ContextWindowDataset, batch_size: int, seed: int):
+        self.data, self.batch_size = data, int(batch_size)
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def items_per_batch(self) -> int:
+        return self.batch_size
+
+    def __iter__(self) -> WindowBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.data.sample_batch(self.batch_size, self.gen)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+
+def windows(cfg: L2MConfig, data: TaskData | list[TaskData]) -> ContextWindowDataset:
+    return ContextWindowDataset(data, context=cfg.model.context)
+
+
+# ---- pre-training ----------------------------------------------------------------------------------
+class BehaviourCloning(nn.Module):
+    """``forward(batch) -> (loss, metrics)`` for the Trainer: the DT's action loss."""
+
+    def __init__(self, dt: DecisionTransformer):
+        super().__init__()
+        self.dt = dt
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.dt.loss(batch)
+
+
+def backbone_path(cfg: L2MConfig, seed: int) -> Path:
+    return Path(cfg.out) / "pretrain" / f"seed-{seed}" / "backbone.safetensors"
+
+
+def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Log = print,
+             progress: bool = True) -> dict[str, Any]:
+    """Pre-train the DT on all pre-training tasks jointly; returns stats. Skips a finished backbone."""
+    dev = setup_torch(cfg)
+    path = backbone_path(cfg, seed)
+    stats_path = path.with_name("pretrain.json")
+    if resume is not None and path.is_file() and stats_path.is_file():
+        log(f"pre-trained backbone exists: {path} (delete it to train again)")
+        return json.loads(stats_path.read_text())
+    splits = load_tasks(cfg, cfg.data.pretrain_tasks)
+    ds = windows(cfg, [s.train for s in splits.values()])
+    torch.manual_seed(seed)
+    dt = DecisionTransformer(cfg.model)
+    tcfg = TrainConfig(**{**asdict(cfg.pretrain.train), "seed": seed, "progress": progress})
+    run = RunDir(path.parent)
+    run.save_config(cfg)
+    trainer = Trainer(BehaviourCloning(dt), WindowBatches(ds, cfg.pretrain.batch_size, seed), tcfg, run,
+                      dist_info=_dist(dev), unit="windows")
+    wall, cpu = time.perf_counter(), time.process_time()
+    start = _resumed_step(trainer, resume)
+    last = trainer.fit(None)  # already resumed above
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    steps = tcfg.max_steps - start
+    save_weights(path, dt.state_dict())
+    atomic_write_text(path.with_suffix(".json"), json.dumps(asdict(dt.cfg), indent=1))
+    stats = {"seed": seed, "tasks": cfg.data.pretrain_tasks, "steps": tcfg.max_steps, "params": dt.num_params(),
+             "timed_steps": steps, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+             "steps_per_s": round(steps / wall, 3) if steps else None,
+             "steps_per_cpu_s": round(steps / cpu, 3) if steps and cpu > 0 else None,
+             "final": {k: v for k, v in last.items() if isinstance(v, float)}}
+    atomic_write_text(stats_path, json.dumps(stats, indent=1))
+    log(f"pre-trained {steps} steps in {wall:.0f} s -> {path}")
+    return stats
+
+
+def _dist(device: torch.device) -> DistInfo:
+    return DistInfo(device=device)  # single process: the continual harness runs one method at a time
+
+
+def _resumed_step(trainer: Trainer, resume: str | None) -> int:
+    trainer.resume(resume)
+    return trainer.step
+
+
+def load_backbone(path: str | Path) -> DecisionTransformer:
+    """A DT from ``backbone.safetensors`` and its ``backbone.json`` config."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        raise CheckpointError(f"no backbone config {side} next to {path}; run `pretrainkit l2m pretrain` first")
+    dt = DecisionTransformer(DTConfig(**json.loads(side.read_text())))
+    missing, unexpected = dt.load_state_dict(load_weights(path), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return dt
+
+
+def pretrain_queries(dt: DecisionTransformer, splits: dict[str, TaskSplit], cfg: L2MConfig,
+                     n: int = 1024) -> torch.Tensor:
+    """L2M's fixed pre-training keys: ``cfg.method.pretrain_keys`` k-means centres of each pre-training
+    task's queries (mean state-token embeddings of its windows), ``[tasks * k, d]``."""
+    out = []
+    dev = next(dt.parameters()).device
+    with torch.no_grad():
+        for i, t in enumerate(cfg.data.pretrain_tasks):
+            b = windows(cfg, splits[t].train).sample_batch(n, torch.Generator().manual_seed(i))
+            q = dt.state_embedding(b["states"].to(dev), b["timesteps"].to(dev), b["mask"].to(dev))
+            out.append(spherical_kmeans(q, cfg.method.pretrain_keys, seed=i))
+    return torch.cat(out)
+
+
+def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Tensor:
+    """``k`` unit-norm centres of the rows of ``x`` by cosine k-means (several keys tile a task's queries
+    better than its mean, which matters when tasks' query clouds are close)."""
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    k = min(int(k), len(x))
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=g)[:k].to(x.device)]
+    for _ in range(iters):
+        assign = (x @ centres.T).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):  # an empty cluster keeps its old centre
+                centres[j] = torch.nn.functional.normalize(members.mean(0), dim=0)
+    return centres
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+@dataclass
+class Throughput:
+    """CPU-time tallies for the throughput lines (one thread, so CPU seconds = core seconds)."""
+
+    eval_env_steps: int = 0
+    eval_cpu: float = 0.0
+    eval_sim_wall: float = 0.0
+    train_steps: int = 0
+    train_cpu: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, other: Throughput) -> None:
+        for k in ("eval_env_steps", "eval_cpu", "eval_sim_wall", "train_steps", "train_cpu"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+_ENVS: dict[tuple[str, int], Any] = {}
+
+
+def vector_env(task: str, episodes: int):
+    """A cached lock-step vector env per (task, episodes): evaluations reset it with their own seed."""
+    if (task, episodes) not in _ENVS:
+        _ENVS[(task, episodes)] = make_vector_env(task, episodes)
+    return _ENVS[(task, episodes)]
+
+
+def close_envs() -> None:
+    """Close every cached evaluation env."""
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+
+
+def evaluate(method: Method, task: str, task_id: int, split: TaskSplit, cfg: L2MConfig, seed: int,
+             device: torch.device, tally: Throughput | None = None) -> dict[str, Any]:
+    """Closed-loop success on ``cfg.eval.episodes`` episodes plus offline accuracy on held-out windows."""
+    method.eval()
+    actor = method.actor(task_id)
+    cpu = time.process_time()
+    base = 7919 * (seed + 1) + 101 * MT50.index(task)  # same start positions at every stage and method
+    env = vector_env(task, cfg.eval.episodes) if cfg.eval.reuse_envs else None
+    r = evaluate_task(actor, task, cfg.eval.episodes, split.target_return, seed=base, device=device,
+                      stop_on_success=cfg.eval.stop_on_success, env=env)
+    if tally is not None:
+        tally.eval_env_steps += r["env_steps"]
+        tally.eval_cpu += time.process_time() - cpu
+        tally.eval_sim_wall += r["seconds"] - r["policy_seconds"]
+    out: dict[str, Any] = {"success": r["success"], "return": r["mean_return"]}
+    if actor.usage:
+        total = sum(actor.usage.values())
+        out["keys_rollout"] = {str(k): round(v / total, 3) for k, v in sorted(actor.usage.items())}
+    out.update(offline_metrics(method, split.val, task_id, cfg, device))
+    return out
+
+
+@torch.no_grad()
+def offline_metrics(method: Method, val: TaskData, task_id: int, cfg: L2MConfig,
+                    device: torch.device) -> dict[str, Any]:
+    """Bin accuracy and CE of the method's predictions on held-out windows, and the keys they select."""
+    if val.num_episodes == 0 or len(val) == 0:
+        return {}
+    method.eval()
+    b = windows(cfg, val).sample_batch(cfg.eval.offline_windows, torch.Generator().manual_seed(0))
+    b = {k: v.to(device) for k, v in b.items()}
+    pred, _ = method.predict(b, task_id)
+    _, m = method.dt.action_loss(pred, b["actions"], b["mask"])
+    out: dict[str, Any] = {"offline_acc": m.get("bin_acc", 0.0), "offline_mae": m["action_mae"]}
+    idx = method.selected_keys(b, task_id)
+    if idx is not None:
+        keys, counts = torch.unique(idx.flatten(), return_counts=True)
+        out["keys"] = {str(int(k)): round(int(c) / idx.numel(), 3) for k, c in zip(keys, counts)}
+        out["key"] = int(keys[counts.argmax()])
+    return out
+
+
+# ---- continual learning ----------------------------------------------------------------------------
+def build_method(name: str, cfg: L2MConfig, backbone: str | Path, seed: int,
+                 queries: torch.Tensor | None = None) -> Method:
+    """A fresh copy of the pre-trained DT wrapped by method ``name`` (adapters seeded by ``seed``)."""
+    cls = METHODS.get(name)
+    dt = load_backbone(backbone)
+    torch.manual_seed(10_000 + seed)
+    return cls(dt, cfg.method, len(cfg.data.continual_tasks), queries)
+
+
+class ContinualRun:
+    """One method over the continual sequence (a ``StageLearner`` for ``run_stages``), resumable by stage."""
+
+    def __init__(self, cfg: L2MConfig, method: str, seed: int = 0, log: Log = print, progress: bool = False):
+        self.cfg, self.name, self.seed, self.log, self.progress = cfg, method, seed, log, progress
+        self.device = setup_torch(cfg)
+        self.backbone = backbone_path(cfg, seed)
+        if not self.backbone.is_file():
+            raise DataError(f"no pre-trained backbone at {self.backbone}; run `pretrainkit l2m pretrain` first")
+        self.dir = Path(cfg.out) / "continual" / f"seed-{seed}" / method
+        self.splits = load_tasks(cfg, [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks])
+        queries = None
+        if METHODS.get(method).needs_pretrain_queries:
+            queries = pretrain_queries(load_backbone(self.backbone), self.splits, cfg)
+        self.method = build_method(method, cfg, self.backbone, seed, queries).to(self.device)
+        self.tally = Throughput()
+
+    def learn(self, stage: int, task: str) -> dict[str, Any]:
+        cfg, c = self.cfg, self.cfg.continual
+        data = windows(cfg, self.splits[task].train)
+        self.method.begin_task(stage, data)
+        self.method.train()
+        tcfg = TrainConfig(max_steps=c.steps_per_task, lr=self.method.lr, schedule="constant",
+                           log_every=c.log_every, ckpt_every=c.ckpt_every, keep_last=1,
+                           seed=1000 * self.seed + stage, progress=self.progress)
+        trainer = Trainer(self.method, WindowBatches(data, c.batch_size, 1000 * self.seed + stage), tcfg,
+                          RunDir(self.dir / f"stage-{stage}"), dist_info=_dist(self.device), unit="windows",
+                          optimizer=lambda m, t: torch.optim.AdamW(m.param_groups(), weight_decay=0.0))
+        start = _resumed_step(trainer, "auto")
+        wall, cpu = time.perf_counter(), time.process_time()
+        last = trainer.fit(None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.method.end_task(stage, data)
+        self.tally.train_steps += c.steps_per_task - start
+        self.tally.train_cpu += cpu
+        return {"steps": c.steps_per_task, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                **{k: round(v, 4) for k, v in last.items() if k in ("loss", "bin_acc", "aux_loss", "penalty")}}
+
+    def evaluate(self, task: str, stage: int) -> dict[str, Any]:
+        tasks = self.cfg.data.continual_tasks
+        task_id = tasks.index(task) if task in tasks else PRETRAIN
+        return evaluate(self.method, task, task_id, self.splits[task], self.cfg, self.seed, self.device, self.tally)
+
+    # ---- stage checkpoints ----------------------------------------------------------------------------
+    def _save_stage(self, stage: int, record: ContinualRecord) -> None:
+        state = {**self.method.state_dict(),
+                 **{f"extra::{k}": v for k, v in self.method.extra_state_dict().items()}}
+        save_weights(self.dir / f"stage-{stage}" / "method.safetensors", state)
+        record.save(self.dir / "record.json")
+        row = record.rows[-1]
+        seen = ", ".join(f"{t.removesuffix('-v3')} {row[t]['success']:.2f}" for t in row)
+        self.log(f"[{self.name} seed {self.seed}] stage {stage + 1}/{len(record.tasks)} "
+                 f"({record.tasks[stage]}, {record.stages[-1]['seconds']:.0f} s): success {seen}")
+
+    def load_stage(self, stage: int) -> None:
+        """Restore the method as it was at the end of ``stage`` (weights, pool counts, regulariser state)."""
+        state = load_weights(self.dir / f"stage-{stage}" / "method.safetensors")
+        extra = {k[7:]: v for k, v in state.items() if k.startswith("extra::")}
+        own = {k: v for k, v in state.items() if not k.startswith("extra::")}
+        try:
+            self.method.load_state_dict(own)
+        except RuntimeError as e:
+            raise CheckpointError(f"stage {stage} of {self.dir} does not fit this method: "
+                                  f"{str(e).splitlines()[0]}") from None
+        self.method.load_extra_state_dict(extra)
+
+    def run(self, initial: dict[str, dict[str, Any]] | None = None, resume: bool = True) -> ContinualRecord:
+        """Run (or finish) the sequence; ``initial`` = a shared evaluation of the backbone before any stage."""
+        cfg = self.cfg
+        extra = cfg.data.pretrain_tasks if cfg.eval.pretrain_tasks else []
+        rec_path = self.dir / "record.json"
+        if not resume and self.dir.is_dir():
+            shutil.rmtree(self.dir)  # a fresh run must not pick up old stage checkpoints
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = ContinualRecord.load(rec_path) if resume and rec_path.is_file() else None
+        if record is not None and record.done:
+            self.load_stage(record.done - 1)
+            self.log(f"[{self.name} seed {self.seed}] resuming after stage {record.done}")
+        if record is None and initial is not None:
+            record = ContinualRecord(list(cfg.data.continual_tasks), list(extra), initial=dict(initial))
+        return run_stages(cfg.data.continual_tasks, self, self.evaluate, extra, record, initial=True,
+                          on_stage_end=self._save_stage)
+
+
+def evaluate_backbone(cfg: L2MConfig, seed: int, tasks: list[str] | None = None,
+                      tally: Throughput | None = None, backbone: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate the pre-trained DT as is (no method) on ``tasks``: the shared 'before' row of a bench."""
+    dev = setup_torch(cfg)
+    tasks = tasks or [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks]
+    splits = load_tasks(cfg, tasks)
+    m = FullFineTune(load_backbone(backbone or backbone_path(cfg, seed)), cfg.method, 1).to(dev)
+    seq = cfg.data.continual_tasks
+    return {t: evaluate(m, t, seq.index(t) if t in seq else PRETRAIN, splits[t], cfg, seed, dev, tally)
+            for t in tasks}

