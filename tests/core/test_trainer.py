@@ -165,3 +165,20 @@ def test_two_process_gloo_equals_single_process(tmp_path, parallel):
         torch.testing.assert_close(multi[k], single[k], rtol=1e-5, atol=1e-6)
     # the distributed run also wrote a checkpoint that the single-process loader can read
     assert (tmp_path / "r2" / "checkpoints" / "step-00000006" / MODEL_FILE).is_file()
+
+
+def test_eval_hooks_run_periodically_and_are_logged(tmp_path):
+    calls = []
+
+    def probe(model, step):
+        calls.append(step)
+        return {"probe_acc": 0.5 + step / 100}
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=6, lr=0.05, eval_every=2, progress=False, log_every=1)
+    t = Trainer(ToyRegressor(), EpochBatches(toy_data(), 16), cfg, run_dir=tmp_path, eval_hooks=[probe])
+    out = t.fit()
+    assert calls == [2, 4, 6] and out["probe_acc"] == pytest.approx(0.56)
+    logged = [r["eval/probe_acc"] for r in t.run_dir.read_metrics() if "eval/probe_acc" in r]
+    assert logged == pytest.approx([0.52, 0.54, 0.56])
+    assert t.raw_model.training  # the hook's eval() is undone

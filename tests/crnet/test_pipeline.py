@@ -191,3 +191,59 @@ def test_evaluate_generate_and_export_from_a_run(tmp_path, shared_data):
         and (hf / "config.json").is_file()
         and (hf / "tokenizer.json").is_file()
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "crnet"])
+def test_ddp_and_fsdp_runs_agree(tmp_path, shared_data, method):
+    """Two gloo processes: DDP and FSDP2 (with checkpointing) train the same model to the same weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    corpus = _corpus(tmp_path, shared_data)
+    ppl = {}
+    for par in ("ddp", "fsdp"):
+        out = tmp_path / par
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pretrainkit.cli",
+            "crnet",
+            "pretrain",
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--method",
+            method,
+            "--no-progress",
+            "--set",
+            "model.preset=tiny",
+            "--set",
+            "data.vocab_size=300",
+            "--set",
+            "seq_len=32",
+            "--set",
+            "train.max_steps=4",
+            "--set",
+            "train.warmup_steps=1",
+            "--set",
+            f"train.parallel={par}",
+            "--set",
+            "model.recompute=checkpoint",
+            "--set",
+            "data.val_fraction=0.25",
+        ]
+        if par == "fsdp":
+            cmd += ["--set", f"data.tokenizer={tmp_path / 'ddp' / 'tokenizer.json'}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ppl[par] = json.loads((out / "results.json").read_text())["val_ppl"]
+    assert ppl["ddp"] == pytest.approx(ppl["fsdp"], rel=1e-5)

@@ -105,7 +105,7 @@ def test_l2m_routes_two_tasks_to_distinct_modulators_and_pretraining_to_none():
     dt0 = DecisionTransformer(TINY)  # the same backbone make() builds
     b_pre = batch(pre, 64)
     queries = dt0.state_embedding(b_pre["states"], b_pre["timesteps"], b_pre["mask"]).mean(0, keepdim=True)
-    _, m = make("l2m", queries=queries, pool_size=8, lr_adapter=1e-2, key_lr=5e-2)
+    _, m = make("l2m", queries=queries, pool_size=8, lr_adapter=1e-2, key_lr=5e-2, pretrain_eval="routed")
     for i, t in enumerate(tasks):
         _train(m, t, i)
     m.eval()

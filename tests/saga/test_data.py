@@ -18,7 +18,6 @@ from pretrainkit.systems.saga.data import (
     load_basicmotions,
     load_limu_folder,
     random_window_split,
-    stratified_budget,
     subject_split,
     time_split_within_group,
 )
@@ -438,16 +437,3 @@ def test_time_split_within_group_orders_by_time(shared_data):
         time_split_within_group(users, np.full(len(users), -1))
 
 
-def test_stratified_budget():
-    labels = np.repeat(np.arange(4), [30, 20, 12, 50])
-    exclude = np.arange(0, 112, 3)
-    idx = stratified_budget(labels, per_class=7, seed=1, exclude=exclude)
-    assert np.array_equal(np.bincount(labels[idx]), [7, 7, 7, 7]) and len(np.unique(idx)) == 28
-    assert not np.isin(idx, exclude).any()
-    assert np.array_equal(idx, stratified_budget(labels, 7, seed=1, exclude=exclude))
-    assert not np.array_equal(idx, stratified_budget(labels, 7, seed=2, exclude=exclude))
-    # class 2 has 12 positions (50..61), 4 of them excluded → 8 available; allowed max is 8
-    with pytest.raises(DataError, match=r"class c has only 8 windows available.*per_class <= 8"):
-        stratified_budget(labels, 9, seed=0, exclude=exclude, class_names=["a", "b", "c", "d"])
-    with pytest.raises(ConfigError, match="positive integer"):
-        stratified_budget(labels, 0, seed=0)

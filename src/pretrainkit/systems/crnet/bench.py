@@ -223,7 +223,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
         return float("nan"), float("nan")
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
 
 
 def summarise(rows: list[dict], arms: dict[str, LlamaConfig], memory: dict[str, float]) -> dict[str, dict]:
@@ -275,12 +275,12 @@ def verdict(summary: dict[str, dict]) -> dict:
             continue
         eligible = o["total_params"] >= c["total_params"]
         diff = c["ppl_mean"] - o["ppl_mean"]
-        noise = c["ppl_std"] + o["ppl_std"]
+        noise = None if c["ppl_std"] is None or o["ppl_std"] is None else c["ppl_std"] + o["ppl_std"]
         out["comparisons"][m] = {
             "crnet_minus_other_ppl": diff,
             "sum_of_stds": noise,
             "crnet_better": diff < 0,
-            "beyond_noise": abs(diff) > noise,
+            "beyond_noise": None if noise is None else abs(diff) > noise,
             "other_params_ge_crnet": eligible,
         }
         if eligible:
@@ -396,7 +396,7 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
     p0 = probes[0] if probes else {}
     headline = {
         "ppl": {m: round(s["ppl_mean"], 3) for m, s in summary.items()},
-        "ppl_std": {m: round(s["ppl_std"], 3) for m, s in summary.items()},
+        "ppl_std": {m: None if s["ppl_std"] is None else round(s["ppl_std"], 3) for m, s in summary.items()},
         "crnet_gap_to_full_pct": None
         if v["crnet_gap_to_full_pct"] is None
         else round(v["crnet_gap_to_full_pct"], 2),
@@ -408,6 +408,7 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
         "recompute_step_time_ratio": round(p0["recompute_step_time_ratio"], 3) if p0 else None,
         "checkpoint_step_time_ratio": round(p0["checkpoint_step_time_ratio"], 3) if p0 else None,
         "tokens_per_s_vs_hf": round(hf["ratio"], 3) if hf["available"] else None,
+        "equal_tokens_all_arms": not any(s["stopped_early"] for s in summary.values()),
         "goal_recompute_memory_below_0_7": bool(p0 and p0["recompute_memory_ratio"] < 0.7),
         "goal_tokens_per_s_vs_hf_at_least_1": bool(hf["available"] and hf["ratio"] >= 1.0),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
@@ -466,8 +467,8 @@ def _body(
         f"{tcfg.grad_clip:g}, weight decay {tcfg.weight_decay:g}, model preset `{cfg.model.preset}`."
     )
     lr_line = (
-        "- Learning rates: one per method family taken from the papers' settings, no sweep (the CPU budget "
-        f"allows none); see the table. GaLore: rank {cfg.galore.rank or 'as the model'}, projector refresh "
+        f"- Learning rates (see the table): {cfg.bench.lr_note or 'as configured in bench.lr'}. No sweep runs "
+        f"inside the bench. GaLore: rank {cfg.galore.rank or 'as the model'}, projector refresh "
         f"every {cfg.galore.update_proj_gap} steps, scale {cfg.galore.scale}. ReLoRA: merge every "
         f"{cfg.relora.reset_every} steps, optimiser state of A, B cleared, lr re-warmed over "
         f"{cfg.relora.rewarm_steps} steps. LoRA/ReLoRA: alpha {cfg.model.lora_alpha:g}, dropout "
@@ -500,7 +501,7 @@ def _body(
                 _fmt_rank(s["rank"]),
                 f"{s['trainable_params']:,}",
                 f"{s['total_params']:,}",
-                f"{s['ppl_mean']:.2f} ± {s['ppl_std']:.2f}",
+                f"{s['ppl_mean']:.2f}" + ("" if s["ppl_std"] is None else f" ± {s['ppl_std']:.2f}"),
                 seeds,
                 f"{s['tokens_per_s']:.0f}",
                 _mb(s["peak_activation_bytes"]),
@@ -541,7 +542,7 @@ def _body(
             if c["other_params_ge_crnet"]
             else "the other has FEWER parameters, so this pair is not at an equal budget"
         )
-        if len(cfg.bench.seeds) < 2:
+        if c["sum_of_stds"] is None:
             noise = "one seed, so no spread to judge noise by"
         else:
             noise = (

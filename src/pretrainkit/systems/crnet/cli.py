@@ -163,7 +163,9 @@ def load(args: argparse.Namespace, default_profile: str) -> CRNetConfig:
     """The validated config from --config, the verb's options and --set (later wins)."""
     overrides = []
     if getattr(args, "data", None):
-        overrides.append(f"data.source={args.data}")
+        # absolute, so evaluate / resume from another directory find the same corpus
+        src = args.data if str(args.data).startswith("hf:") else Path(args.data).resolve()
+        overrides.append(f"data.source={src}")
     if getattr(args, "method", None):
         overrides.append(f"model.method={args.method}")
     if getattr(args, "methods", None):
@@ -187,6 +189,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if resume is None and list_checkpoints(Path(cfg.out) / "checkpoints"):
         raise ConfigError(f"{cfg.out} already holds checkpoints; use --resume auto, or another --out")
     out = pretrain(cfg, resume=resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     print(
         f"{out['method']}: {out['steps']} steps, validation perplexity {out['val_ppl']:.3f} over "
         f"{out['val_tokens']:,} tokens, {out['trainable_params']:,} trainable parameters, "

@@ -93,6 +93,7 @@ class BenchSection:
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     lr: dict[str, float] = field(default_factory=dict)  # per method; a method not listed uses train.lr
+    lr_note: str = ""  # where the per-method lrs come from (printed in the results)
     align_params: bool = (
         True  # lowrank/cola get the smallest rank whose parameters >= CR-Net's (the paper's ♢)
     )

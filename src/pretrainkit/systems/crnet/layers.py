@@ -144,7 +144,8 @@ class CRNetLinear(nn.Module):
         self.rank, self.init, self.beta_init, self.eps = rank, init, beta_init, eps
         self.A = nn.Parameter(torch.empty(h_in, rank))
         self.B = nn.Parameter(torch.empty(rank, h_out))
-        self.beta = nn.Parameter(torch.empty(()))
+        # 1 element, not 0-d: FSDP2 cannot shard 0-d parameters.
+        self.beta = nn.Parameter(torch.empty(1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

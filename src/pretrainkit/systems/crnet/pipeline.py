@@ -42,7 +42,13 @@ class LMObjective(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], sum_loss: bool = False
+    ) -> tuple[torch.Tensor, dict | int]:
+        """``sum_loss``: (summed token NLL, scored-token count) for perplexity. Evaluation goes through this
+        forward too, so FSDP2's root hooks gather the embedding and head like in training."""
+        if sum_loss:
+            return self.lm.loss_sum_and_count(batch["input_ids"].long(), batch["labels"].long())
         _, loss = self.lm(batch["input_ids"].long(), batch["labels"].long())
         return loss, {}
 
@@ -134,7 +140,7 @@ class _TimeUp(Exception):
 
 @torch.no_grad()
 def perplexity(
-    lm: nn.Module,
+    lm: LlamaLM | LMObjective,
     val: dict[str, torch.Tensor],
     batch_size: int,
     device: torch.device | str = "cpu",
@@ -162,7 +168,10 @@ def perplexity(
         if b >= n_batches:
             labels = torch.full_like(labels, -100)
         with ctx:
-            s, c = lm.loss_sum_and_count(ids, labels)
+            if isinstance(lm, LMObjective):
+                s, c = lm({"input_ids": ids, "labels": labels}, sum_loss=True)
+            else:
+                s, c = lm.loss_sum_and_count(ids, labels)
         total += s
         count += c
     lm.train(was_training)
@@ -219,7 +228,7 @@ def train_lm(
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and info.device.type == "cuda")
 
     def eval_hook(m: nn.Module, step: int) -> dict[str, float]:
-        return perplexity(unwrap_lm(m), val, cfg.eval_batch_size, bf16=bf16, dist_info=info)
+        return perplexity(getattr(m, "module", m), val, cfg.eval_batch_size, bf16=bf16, dist_info=info)
 
     stamps: list[float] = []
     hooks: list[Callable] = [lambda m, s: stamps.append(time.perf_counter())]

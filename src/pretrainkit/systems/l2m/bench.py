@@ -138,7 +138,9 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
     expert = ", ".join(f"{_short(t)} {v}" for t, v in data["expert_success"].items())
     params = next(iter(pre.values()))["params"]
     routed = (f" ({m.pretrain_keys} fixed keys per pre-training task, k-means centres of its queries, compete "
-              "with the pool; winning one = unmodulated backbone)") if m.pretrain_eval == "routed" else ""
+              "with the pool for every input; winning one = unmodulated backbone)") if m.pretrain_eval == "routed" \
+        else (" (the bare backbone: the evaluation knows these are pre-training tasks, so L2M's retention is "
+              "exact by construction; `--set method.pretrain_eval=routed` makes it task-agnostic)")
     return "\n\n".join([
         (f"Meta-World v3 ({env}), horizon 200, object and goal positions re-randomised at every reset. Data: "
          f"scripted experts, {d.episodes_per_task} episodes per task at action noise {d.noise_levels}, labels = "

@@ -60,8 +60,12 @@ class MethodSection:
     key_coef: float = 0.5
     count_penalty: bool = True
     ff_placement: Literal["output", "parallel"] = "output"  # output = L2M's code (h + B A h on the fc1 output)
-    pretrain_eval: Literal["routed", "unmodulated"] = "routed"  # how L2M meets pre-training tasks (see bench)
-    pretrain_keys: int = 4  # routed: fixed keys per pre-training task (k-means centres of its queries)
+    # How L2M meets pre-training tasks at evaluation. unmodulated: the bare backbone (the task is known to be a
+    # pre-training task; retention is then exact). routed: task-agnostic, fixed keys per pre-training task
+    # (k-means centres of its queries) compete with the pool and winning one means no modulation (L2M's
+    # n_pretrain_keys); on the CPU profile these keys also capture many continual-task rollout windows.
+    pretrain_eval: Literal["routed", "unmodulated"] = "unmodulated"
+    pretrain_keys: int = 4
     prompt_pool: int = 10  # L2P
     prompt_len: int = 3
     prompt_top_k: int = 2
@@ -70,9 +74,9 @@ class MethodSection:
 @dataclass
 class ContinualSection:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    steps_per_task: int = 500
+    steps_per_task: int = 400
     batch_size: int = 32
-    ckpt_every: int = 250
+    ckpt_every: int = 200
     log_every: int = 50
 
 

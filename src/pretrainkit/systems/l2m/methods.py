@@ -258,13 +258,14 @@ class L2MMethod(Method):
     """L2M: a pool of (key, LoRA modulator) pairs on q, v and MLP fc1 of every layer; top-1 by cosine.
 
     Training adds the key pull loss (``key_coef * mean(1 - cos)``) and steers new tasks to unused keys
-    (count penalty, committed at ``end_task``). At evaluation the selection is task-agnostic; with
-    ``pretrain_eval="routed"`` one fixed key per pre-training task (its mean query) competes with the pool
-    and, when it wins, the backbone runs unmodulated (L2M's ``n_pretrain_keys``).
+    (count penalty, committed at ``end_task``). At evaluation continual tasks are routed task-agnostically.
+    Pre-training tasks (``cfg.pretrain_eval``): ``unmodulated`` runs the bare backbone; ``routed`` lets fixed
+    keys per pre-training task (``pretrain_queries``, e.g. k-means centres of its queries) compete with the
+    pool for every input, and winning one means no modulation (L2M's ``n_pretrain_keys``).
     """
 
     frozen_backbone = True
-    needs_pretrain_queries = True
+    needs_pretrain_queries = True  # used when cfg.pretrain_eval == "routed"
     oracle: ClassVar[bool] = False
 
     def setup(self, pretrain_queries=None) -> None:
@@ -275,8 +276,9 @@ class L2MMethod(Method):
         )
         inject(self.dt, "modulation", ["attn.q_proj", "attn.v_proj"], pool=pool)  # registers dt.modulation_pool
         inject(self.dt, "modulation", ["mlp.fc1"], pool=pool, placement=c.ff_placement)
-        q = torch.zeros(0, d) if pretrain_queries is None else pretrain_queries.detach().reshape(-1, d)
-        self.register_buffer("pretrain_keys", q.clone())
+        routed = pretrain_queries is not None and c.pretrain_eval == "routed" and not self.oracle
+        q = pretrain_queries.detach().reshape(-1, d) if routed else torch.zeros(0, d)
+        self.register_buffer("pretrain_keys", q.clone())  # empty unless pre-training tasks are routed
 
     @property
     def pool(self) -> ModulationPool:

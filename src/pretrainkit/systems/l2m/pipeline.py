@@ -315,7 +315,7 @@ class ContinualRun:
         self.dir = Path(cfg.out) / "continual" / f"seed-{seed}" / method
         self.splits = load_tasks(cfg, [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks])
         queries = None
-        if METHODS.get(method).needs_pretrain_queries:
+        if METHODS.get(method).needs_pretrain_queries and cfg.method.pretrain_eval == "routed":
             queries = pretrain_queries(load_backbone(self.backbone), self.splits, cfg)
         self.method = build_method(method, cfg, self.backbone, seed, queries).to(self.device)
         self.tally = Throughput()

@@ -39,6 +39,7 @@ class PretrainSection:
     batch_size: int = 128
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=150, lr=1e-3, schedule="constant",
                                                                    log_every=10))
+    probe_label: str | None = "activity"  # label for the monitoring probe at train.eval_every steps (None: off)
     workers: int = 1  # reading B: encoders trained in parallel processes (one thread each)
     a_trial_steps: int = 10  # reading A: continued pre-training steps per weight-search trial
 

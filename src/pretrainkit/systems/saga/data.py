@@ -452,46 +452,6 @@ def time_split_within_group(
     )
 
 
-def stratified_budget(
-    labels: np.ndarray,
-    per_class: int,
-    seed: int,
-    exclude: np.ndarray | Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-) -> np.ndarray:
-    """Pick exactly ``per_class`` positions of each class in ``labels`` (seeded), never one in ``exclude``.
-
-    Classes are the distinct values of ``labels``; returns sorted positions into ``labels``.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise DataError(f"labels must be 1-D (one class per window), got shape {labels.shape}")
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ConfigError(f"per_class must be a positive integer, got {per_class!r}")
-    available = np.ones(len(labels), dtype=bool)
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64)
-        if exclude.size and (exclude.min() < 0 or exclude.max() >= len(labels)):
-            raise DataError(f"exclude holds positions outside 0..{len(labels) - 1}")
-        available[exclude] = False
-    classes = np.unique(labels)
-    pools = {c: np.flatnonzero(available & (labels == c)) for c in classes}
-    counts = {c: len(p) for c, p in pools.items()}
-    allowed = min(counts.values()) if counts else 0
-    for c in classes:
-        if counts[c] < per_class:
-            name = (
-                class_names[int(c)] if class_names is not None and 0 <= int(c) < len(class_names) else str(c)
-            )
-            raise DataError(
-                f"class {name} has only {counts[c]} windows available, fewer than per_class={per_class}; "
-                f"allowed per_class <= {allowed}"
-            )
-    rng = np.random.default_rng(seed)
-    chosen = [rng.choice(pools[c], size=per_class, replace=False) for c in classes]
-    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
-
-
 def __getattr__(name: str) -> Any:
     # HAPT loading lives in hapt.py (which imports this module); re-export lazily to avoid an import cycle.
     if name in ("load_hapt", "load_hapt_raw", "compare_with_reference", "HaptRaw"):

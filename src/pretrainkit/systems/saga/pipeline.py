@@ -20,7 +20,6 @@ import torch
 from pretrainkit.adapt.probe import HeadConfig, accuracy, fit_classifier, macro_f1, predict, stratified_budget
 from pretrainkit.core.checkpoint import load_weights
 from pretrainkit.core.data import EpochBatches
-from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.task import TASKS, MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
 from pretrainkit.errors import DataError
@@ -29,7 +28,7 @@ from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers s
 from pretrainkit.systems.saga.config import SagaConfig
 from pretrainkit.systems.saga.data import (IMUWindows, load_limu_folder, random_window_split, subject_split,
                                            time_split_within_group)
-from pretrainkit.systems.saga.features import embed, mix_features, stat_features, to_units, unit_index
+from pretrainkit.systems.saga.features import embed, to_units, unit_index
 from pretrainkit.systems.saga.hapt import load_hapt
 from pretrainkit.systems.saga.model import GRUClassifier, LimuBertEncoder, normalise_imu
 
@@ -125,14 +124,33 @@ class SagaPipeline:
                                seed=tcfg.seed)
         self.log(f"pre-training {tag} on {len(idx)} windows ({self.pool_name} training parts) for "
                  f"{tcfg.max_steps} steps")
+        hooks = [self._probe_hook(idx)] if self.cfg.pretrain.probe_label else []
         Trainer(model, batches, tcfg, run_dir=self.out / "pretrain" / self.pool_name / tag,
-                unit="windows").fit(resume="auto")
+                unit="windows", eval_hooks=hooks).fit(resume="auto")
         return model.backbone
+
+    def _probe_hook(self, idx: np.ndarray):
+        """Monitoring only (never used to select anything): ridge-probe accuracy of the encoder's pooled features,
+        fit on one half of up to 512 pre-training windows and scored on the other half."""
+        from sklearn.linear_model import RidgeClassifier
+
+        rng = np.random.default_rng(0)
+        sub = rng.permutation(idx)[:512]
+        y = self.windows.label(self.cfg.pretrain.probe_label)[sub]
+        half = len(sub) // 2
+
+        def hook(model: torch.nn.Module, step: int) -> dict[str, float]:
+            feats = embed(model.backbone, self.windows.x[sub]).mean(1).numpy()
+            clf = RidgeClassifier(alpha=1.0).fit(feats[:half], y[:half])
+            model.train()
+            return {f"probe_{self.cfg.pretrain.probe_label}_acc": float((clf.predict(feats[half:]) == y[half:]).mean())}
+
+        return hook
 
     def pretrain_jobs(self, with_a: bool = False) -> list[tuple[str, list[str], dict[str, float] | None]]:
         """(tag, tasks, weights): reading B's one-task encoders, and optionally reading A's equal mix."""
         tasks = self.cfg.pretrain.tasks
-        jobs = [(f"A-equal", tasks, {t: 1.0 / len(tasks) for t in tasks})] if with_a else []
+        jobs = [("A-equal", tasks, {t: 1.0 / len(tasks) for t in tasks})] if with_a else []
         return jobs + [(f"B-{t}", [t], None) for t in tasks]
 
     def pretrain_all(self, with_a: bool = False) -> None:

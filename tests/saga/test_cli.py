@@ -1,0 +1,65 @@
+"""User mistakes reach the command line as one line on stderr and exit status 2."""
+
+import numpy as np
+import pytest
+
+from pretrainkit.cli import main
+from pretrainkit.core.config import load_config
+from pretrainkit.errors import DataError
+from pretrainkit.systems.saga.config import SagaConfig
+from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+
+def _fails(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pretrainkit: error:"), err
+    assert match in err, err
+    return err
+
+
+def _limu_folder(tmp_path, n=12, length=120, channels=6, label_cols=2, drop=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if drop != "data":
+        np.save(tmp_path / "data_20_120.npy", np.zeros((n, length, channels), np.float32))
+    if drop != "label":
+        np.save(tmp_path / "label_20_120.npy", np.zeros((n, length, label_cols), np.float32))
+    return tmp_path
+
+
+def test_wrong_data_path(capsys, tmp_path):
+    _fails(capsys, ["saga", "finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "nope")
+
+
+def test_folder_missing_an_npy_file(capsys, tmp_path):
+    d = _limu_folder(tmp_path / "limu", drop="label")
+    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
+           "label_20_120.npy")
+
+
+def test_windows_of_the_wrong_shape(capsys, tmp_path):
+    d = _limu_folder(tmp_path / "limu", length=100)
+    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
+           "100")
+
+
+def test_label_column_out_of_range(capsys, tmp_path):
+    d = _limu_folder(tmp_path / "limu", label_cols=2)
+    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu",
+                    "--set", "data.label_columns={activity: 0, user: 5}", "--out", str(tmp_path / "r")], "5")
+
+
+def test_unknown_config_key_task_and_profile(capsys, tmp_path):
+    _fails(capsys, ["saga", "demo", "--set", "pretrain.stepz=3"], "pretrain.stepz")
+    _fails(capsys, ["saga", "demo", "--set", "pretrain.tasks=[saga.point,saga.nope]"], "saga.nope")
+    _fails(capsys, ["saga", "demo", "--config", "nosuchprofile"], "allowed: bench, paper, quick")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain: [\n")
+    _fails(capsys, ["saga", "demo", "--config", str(bad)], "not valid YAML")
+
+
+def test_budget_larger_than_a_class_has(shared_data):
+    cfg = load_config(SagaConfig, None, ["downstream.splits=[time]", "downstream.labels=[user]"])
+    pipe = SagaPipeline(cfg, progress=False)
+    with pytest.raises(DataError, match="larger than class"):
+        pipe.budget("user", "time", 100_000, seed=0)
