@@ -32,7 +32,8 @@ class EpochBatches:
 
     @property
     def items_per_batch(self) -> int:
-        return self.batch_size
+        """Items this process sees per batch (the trainer multiplies by the number of processes)."""
+        return self.batch_size // self.world
 
     def _order(self) -> torch.Tensor:
         if self._perm is None:

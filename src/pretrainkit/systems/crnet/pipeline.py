@@ -64,7 +64,7 @@ class TokenBatches(EpochBatches):
 
     @property
     def items_per_batch(self) -> int:
-        return self.batch_size // self.world * self.seq_len
+        return super().items_per_batch * self.seq_len
 
 
 def unwrap_lm(model: nn.Module) -> LlamaLM:

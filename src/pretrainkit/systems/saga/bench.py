@@ -64,7 +64,9 @@ def run_bench(cfg: SagaConfig, out_dir: Path | None = None) -> Path:
         "- Splits: **random** = LIMU-BERT's 80/10/10 over windows (seed 3431); **subject** = whole users to "
         "train/val/test (activity only); **time** = within each user the earliest 80 % of windows train, the "
         "latest 10 % test (user identification only).",
-        f"- Pre-training on the split's training windows only: reading B = four encoders (one per task) x "
+        f"- Pre-training on the {len(pipe.pretrain_windows())} windows that lie in the training part of every "
+        "split above (so no encoder sees a validation or test window of any split): reading B = four encoders "
+        f"(one per task) x "
         f"{pc.train.max_steps} steps of {pc.batch_size} windows; reading A = one encoder x {pc.train.max_steps} "
         "steps whose every step runs all four tasks (the same number of encoder passes as B in total).",
         "- Downstream unit = 1-s sub-window (20 steps) of a window, as LIMU-BERT. A budget of k labels per class "
