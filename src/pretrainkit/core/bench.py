@@ -70,9 +70,12 @@ def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
     for n in (1, 2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                str(worker), str(steps), str(batch)]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
-                                                                     "OMP_NUM_THREADS": "1"})
-        if r.returncode != 0:
+        for _attempt in range(2):  # one retry: gloo's rendezvous on a busy machine occasionally aborts a rank
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                         "OMP_NUM_THREADS": "1"})
+            if r.returncode == 0:
+                break
+        else:
             raise RuntimeError(r.stderr[-2000:])
         out.append(float(r.stdout.strip().splitlines()[-1]))
     return out[0], out[1]
