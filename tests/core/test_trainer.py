@@ -151,7 +151,10 @@ def _torchrun(parallel, out, run_dir, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(HERE / "dist_worker.py"), parallel, str(out), str(run_dir)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    for _attempt in range(2):  # one retry for a launcher-level crash of gloo on a busy shared CPU
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+        if r.returncode == 0:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     return load_weights(out)
 

@@ -52,7 +52,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while a peer is still finishing its
+    last write can make that peer abort (SIGABRT) on a busy machine."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
