@@ -8,22 +8,20 @@ class) is held out to pick epochs and to score weights. The validation and test 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pretrainkit.adapt.probe import HeadConfig, accuracy, fit_classifier, macro_f1, predict, stratified_budget
+from pretrainkit.adapt.probe import accuracy, fit_classifier, macro_f1, predict, stratified_budget
 from pretrainkit.core.checkpoint import load_weights
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.task import TASKS, MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
 from pretrainkit.errors import DataError
-from pretrainkit.search.task_weights import SearchConfig, search_task_weights
+from pretrainkit.search.task_weights import search_task_weights
 from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers saga.* tasks)
 from pretrainkit.systems.saga.config import SagaConfig
 from pretrainkit.systems.saga.data import (IMUWindows, load_limu_folder, random_window_split, subject_split,
@@ -260,11 +258,3 @@ def summarise(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
     for r in rows:
         groups.setdefault((r["label"], r["split"], r["budget"], r["method"]), []).append(r["acc"])
     return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
-
-
-def save_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
-
-
-__all__ = ["SagaPipeline", "load_windows", "summarise", "save_rows", "SearchConfig", "HeadConfig"]
