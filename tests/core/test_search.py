@@ -61,3 +61,26 @@ def test_bad_storage_and_config():
         search_task_weights(toy_objective, list(TARGET), SearchConfig(storage="redis://x"), progress=False)
     with pytest.raises(ConfigError, match="n_trials"):
         SearchConfig(n_trials=0).validate()
+
+
+def test_first_trial_is_the_equal_mix_and_can_be_switched_off(tmp_path):
+    seen = []
+
+    def obj(w):
+        seen.append(w)
+        return -sum((v - 1 / 3) ** 2 for v in w.values())  # best exactly at equal weights
+
+    res = search_task_weights(obj, list(TARGET), SearchConfig(n_trials=3, n_startup_trials=3, seed=0),
+                              progress=False)
+    assert seen[0] == pytest.approx({k: 1 / 3 for k in TARGET}) and res.best_weights == seen[0]
+    seen.clear()
+    search_task_weights(obj, list(TARGET), SearchConfig(n_trials=2, n_startup_trials=2, seed=0,
+                                                         start_at_equal=False), progress=False)
+    assert seen[0] != pytest.approx({k: 1 / 3 for k in TARGET})
+    # resuming a study does not enqueue the equal mix a second time
+    cfg = SearchConfig(n_trials=2, n_startup_trials=2, seed=0)
+    search_task_weights(obj, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    seen.clear()
+    cfg.n_trials = 3
+    search_task_weights(obj, list(TARGET), cfg, run_dir=tmp_path, progress=False)
+    assert len(seen) == 1 and seen[0] != pytest.approx({k: 1 / 3 for k in TARGET})

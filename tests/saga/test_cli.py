@@ -5,7 +5,7 @@ import pytest
 
 from pretrainkit.cli import main
 from pretrainkit.core.config import load_config
-from pretrainkit.errors import DataError
+from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.systems.saga.config import SagaConfig
 from pretrainkit.systems.saga.pipeline import SagaPipeline
 
@@ -63,3 +63,8 @@ def test_budget_larger_than_a_class_has(shared_data):
     pipe = SagaPipeline(cfg, progress=False)
     with pytest.raises(DataError, match="larger than class"):
         pipe.budget("user", "time", 100_000, seed=0)
+
+
+def test_head_restarts_below_one_is_refused():
+    with pytest.raises(ConfigError, match="head_restarts must be >= 1"):
+        load_config(SagaConfig, None, ["downstream.head_restarts=0"])

@@ -4,6 +4,7 @@ epoch selection, and mean ± std over seeds."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,22 @@ def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va
                 break
     head.load_state_dict(best_state)
     return head.eval(), best_acc
+
+
+def fit_restarts(make_head: Callable[[], nn.Module], x_tr: torch.Tensor, y_tr: torch.Tensor,
+                 x_val: torch.Tensor, y_val: torch.Tensor, cfg: HeadConfig,
+                 seeds: Sequence[int]) -> tuple[nn.Module, float, int]:
+    """``fit_classifier`` from one fresh head per seed; keeps the best validation accuracy (the earliest seed
+    wins ties). Returns (head, its validation accuracy, index of its seed). One seed = one plain fit."""
+    best: tuple[nn.Module, float, int] | None = None
+    for i, s in enumerate(seeds):
+        torch.manual_seed(s)
+        head, acc = fit_classifier(make_head(), x_tr, y_tr, x_val, y_val, cfg, s)
+        if best is None or acc > best[1]:
+            best = (head, acc, i)
+    if best is None:
+        raise ValueError("fit_restarts needs at least one seed")
+    return best
 
 
 @torch.no_grad()

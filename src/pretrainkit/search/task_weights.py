@@ -33,6 +33,9 @@ class SearchConfig:
     study_name: str = "task-weights"
     direction: Literal["maximize", "minimize"] = "maximize"
     deterministic_objective: bool = False
+    # Trial 0 = equal weights (the natural prior and a baseline): the search then moves away from the equal mix
+    # only where the objective says it is better.
+    start_at_equal: bool = True
 
     def validate(self) -> None:
         if self.n_trials < 1:
@@ -120,6 +123,9 @@ def search_task_weights(
             raise optuna.TrialPruned(f"objective returned {value}")
         return value
 
+    if cfg.start_at_equal and not study.get_trials(deepcopy=False):
+        level = 1.0 if cfg.space == "simplex" else min(cfg.high, max(cfg.low, 1.0))
+        study.enqueue_trial({f"w_{n}": level for n in names})
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     remaining = max(0, cfg.n_trials - done)
     if remaining:

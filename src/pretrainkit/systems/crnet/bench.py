@@ -63,6 +63,22 @@ def arm_configs(cfg: CRNetConfig, vocab: int) -> dict[str, LlamaConfig]:
     return arms
 
 
+def arm_cfg(cfg: CRNetConfig, method: str, seed: int, lr: float, block_scale: float) -> CRNetConfig:
+    """The config one training arm runs with. ``block_scale`` multiplies the lr of the blocks' projections;
+    for GaLore it is galore.scale, which plays that role (its embeddings, head and norms keep ``lr``)."""
+    out = replace(cfg, train=replace(cfg.train, seed=seed, lr=lr, progress=False))
+    if method == "galore":
+        return replace(out, galore=replace(cfg.galore, scale=block_scale))
+    return replace(out, block_lr_scale=block_scale)
+
+
+def arm_lr(cfg: CRNetConfig, method: str) -> tuple[float, float]:
+    """(lr, block scale) of ``method`` in the bench: bench.lr / bench.block_lr_scale, else the defaults."""
+    b = cfg.bench
+    default_scale = cfg.galore.scale if method == "galore" else cfg.block_lr_scale
+    return b.lr.get(method, cfg.train.lr), b.block_lr_scale.get(method, default_scale)
+
+
 def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -251,6 +267,7 @@ def summarise(rows: list[dict], arms: dict[str, LlamaConfig], memory: dict[str, 
             "steps": r0["steps"],
             "tokens": r0["tokens"],
             "lr": r0["lr"],
+            "block_lr_scale": r0.get("block_lr_scale", 1.0),
             "stopped_early": any(r["stopped_early"] for r in rs),
         }
     return out
@@ -327,10 +344,9 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
     for i, seed in enumerate(b.seeds):
         order = list(arms) if i % 2 == 0 else list(arms)[::-1]
         for m in order:
-            t = replace(tcfg, seed=seed, lr=b.lr.get(m, tcfg.lr), progress=False)
-            r = train_lm(
-                replace(cfg, train=t), data, method=m, mcfg=arms[m], time_limit_s=b.time_limit_s, log=log
-            )
+            arm = arm_cfg(replace(cfg, train=tcfg), m, seed, *arm_lr(cfg, m))
+            r = train_lm(arm, data, method=m, mcfg=arms[m], time_limit_s=b.time_limit_s, log=log)
+            r["block_lr_scale"] = arm_lr(cfg, m)[1]
             rows.append(r)
             elapsed = time.time() - t_start
             log(
@@ -467,9 +483,11 @@ def _body(
         f"{tcfg.grad_clip:g}, weight decay {tcfg.weight_decay:g}, model preset `{cfg.model.preset}`."
     )
     lr_line = (
-        f"- Learning rates (see the table): {cfg.bench.lr_note or 'as configured in bench.lr'}. No sweep runs "
-        f"inside the bench. GaLore: rank {cfg.galore.rank or 'as the model'}, projector refresh "
-        f"every {cfg.galore.update_proj_gap} steps, scale {cfg.galore.scale}. ReLoRA: merge every "
+        f"- Learning rates (see the table; embeddings, head and norms train at lr, the blocks' projections "
+        f"at lr x block scale, which for GaLore is its scale alpha): "
+        f"{cfg.bench.lr_note or 'as configured in bench.lr'}. No sweep runs inside the bench. GaLore: rank "
+        f"{cfg.galore.rank or 'as the model'}, projector refresh every {cfg.galore.update_proj_gap} steps. "
+        "ReLoRA: merge every "
         f"{cfg.relora.reset_every} steps, optimiser state of A, B cleared, lr re-warmed over "
         f"{cfg.relora.rewarm_steps} steps. LoRA/ReLoRA: alpha {cfg.model.lora_alpha:g}, dropout "
         f"{cfg.model.lora_dropout:g}, frozen random W."
@@ -506,7 +524,7 @@ def _body(
                 f"{s['tokens_per_s']:.0f}",
                 _mb(s["peak_activation_bytes"]),
                 _mb(s["optimizer_state_bytes"]),
-                f"{s['lr']:g}",
+                f"{s['lr']:g} x {s['block_lr_scale']:g}",
                 s["steps"] if not s["stopped_early"] else f"{s['steps']} (time limit)",
             ]
         )
@@ -522,7 +540,7 @@ def _body(
                 "train tok/s",
                 "peak act. MB",
                 "optim. state MB",
-                "lr",
+                "lr x block scale",
                 "steps",
             ],
             rows,

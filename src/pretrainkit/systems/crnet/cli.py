@@ -1,4 +1,4 @@
-"""`pretrainkit crnet <verb>`: pretrain, evaluate, generate, export-hf, bench."""
+"""`pretrainkit crnet <verb>`: pretrain, evaluate, generate, export-hf, sweep, bench."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ VERBS = {
     "evaluate": "validation perplexity of a run's newest checkpoint (its held-out documents, or another corpus)",
     "generate": "sample a continuation of a prompt from a run's checkpoint with its tokenizer",
     "export-hf": "write a full-rank (full or galore) run as a Hugging Face LLaMA folder",
+    "sweep": "the same lr x block-scale grid for every method, scored on a dev split of the training text; "
+    "writes docs/results/crnet-sweep.{md,json} with each method's best setting for the bench",
     "bench": "every method x seed on the same tokens, memory, recompute and HF throughput; writes "
     "docs/results/crnet.{md,json}",
 }
@@ -151,6 +153,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     _bench_args(p)
     p.set_defaults(func=_bench)
 
+    p = verb("sweep")
+    _bench_args(p)
+    p.set_defaults(func=_sweep)
+
 
 def _set_threads(n: int) -> None:
     if n > 0:
@@ -247,6 +253,18 @@ def _bench(args: argparse.Namespace) -> int:
     cfg = load(args, "bench")
     results = Path(args.results_dir) if args.results_dir else None
     print(f"wrote {run_bench(cfg, results_dir=results, name=args.name)}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.crnet.sweep import run_sweep
+
+    _set_threads(args.threads)
+    cfg = load(args, "bench")
+    if args.methods:
+        cfg.sweep.methods = cfg.bench.methods
+    results = Path(args.results_dir) if args.results_dir else None
+    print(f"wrote {run_sweep(cfg, results_dir=results)}")
     return 0
 
 

@@ -93,6 +93,8 @@ class BenchSection:
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     lr: dict[str, float] = field(default_factory=dict)  # per method; a method not listed uses train.lr
+    # per method; a method not listed uses block_lr_scale (galore: galore.scale, the same role for its arm)
+    block_lr_scale: dict[str, float] = field(default_factory=dict)
     lr_note: str = ""  # where the per-method lrs come from (printed in the results)
     align_params: bool = (
         True  # lowrank/cola get the smallest rank whose parameters >= CR-Net's (the paper's ♢)
@@ -102,6 +104,19 @@ class BenchSection:
     hf_steps: int = 3  # training steps per round
     arm_budget_s: float = 0.0  # > 0: cut train.max_steps (for every method alike) so the slowest arm fits
     time_limit_s: float = 0.0  # > 0: hard stop of one arm (its steps are then reported as fewer)
+
+
+@dataclass
+class SweepSection:
+    """`pretrainkit crnet sweep`: the lr grid every bench method gets, scored on a dev split of the training
+    documents (never on the validation documents the bench reports)."""
+
+    methods: list[str] = field(default_factory=lambda: ["full", "cola", "lora", "galore", "crnet"])
+    lrs: list[float] = field(default_factory=lambda: [0.003, 0.01])
+    block_scales: list[float] = field(default_factory=lambda: [1.0, 0.25, 0.1])
+    seed: int = 0
+    dev_fraction: float = 0.1  # the tail of the training stream, cut at a document end
+    workers: int = 2
 
 
 @dataclass
@@ -116,9 +131,13 @@ class CRNetConfig:
             max_steps=500, lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, grad_clip=1.0, log_every=10
         )
     )
+    # lr multiplier for the blocks' projection weights (embeddings, head, norms, betas keep train.lr). GaLore's
+    # arm gets this structure from its own scale (projected updates x galore.scale), so it ignores this key.
+    block_lr_scale: float = 1.0
     galore: GaLoreSection = field(default_factory=GaLoreSection)
     relora: ReLoRASection = field(default_factory=ReLoRASection)
     bench: BenchSection = field(default_factory=BenchSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
     device: str = "auto"  # auto (CUDA if present) | cpu | cuda
     out: str = "runs/crnet"
 
@@ -126,8 +145,12 @@ class CRNetConfig:
         check_method(self.model.method)
         for m in self.bench.methods:
             check_method(m)
-        for m in self.bench.lr:
+        for m in [*self.bench.lr, *self.bench.block_lr_scale, *self.sweep.methods]:
             check_method(m)
+        if not 0 < self.sweep.dev_fraction < 1:
+            raise ConfigError(f"sweep.dev_fraction must be in (0, 1), got {self.sweep.dev_fraction}")
+        if min([*self.sweep.lrs, *self.sweep.block_scales, *self.bench.block_lr_scale.values(), 1.0]) <= 0:
+            raise ConfigError("sweep.lrs, sweep.block_scales and bench.block_lr_scale must be > 0")
         if self.model.preset not in PRESETS:
             raise ConfigError(f"unknown model preset '{self.model.preset}'; allowed: {', '.join(PRESETS)}")
         for key in ("seq_len", "batch_size", "eval_batch_size"):
@@ -135,6 +158,8 @@ class CRNetConfig:
                 raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got '{self.device}'")
+        if not self.block_lr_scale > 0:
+            raise ConfigError(f"block_lr_scale must be > 0, got {self.block_lr_scale}")
         if self.relora.reset_every < 1:
             raise ConfigError(f"relora.reset_every must be >= 1, got {self.relora.reset_every}")
         mcfg = llama_config(self, vocab_size=self.data.vocab_size)  # raises on a bad rank / shape / name

@@ -326,12 +326,29 @@ class LlamaLM(nn.Module):
         """Parameter count (a tied embedding counted once); ``trainable_only`` skips frozen LoRA bases."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimizer groups: weight decay on matrices, none on norms and CR-Net's beta scalars."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        rest = [p for p in params if p.ndim < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    def param_groups(self, weight_decay: float, lr: float | None = None, block_lr_scale: float = 1.0) -> list[dict]:
+        """Optimizer groups: weight decay on matrices, none on norms and CR-Net's beta scalars. With
+        ``block_lr_scale`` != 1 the blocks' projections (and CR-Net's betas) train at ``lr`` times it while
+        embeddings, head and norms keep ``lr`` -- the lr structure GaLore's scale gives its arm."""
+        groups = []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            in_block = name.startswith("layers.") and "layernorm" not in name  # projections and betas
+            key = (p.ndim >= 2, in_block and block_lr_scale != 1.0)
+            groups.append((key, p))
+        out = []
+        for decays, scaled in ((True, False), (True, True), (False, False), (False, True)):
+            params = [p for k, p in groups if k == (decays, scaled)]
+            if not params:
+                continue
+            g = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+            if scaled:
+                if lr is None:
+                    raise ValueError("param_groups: block_lr_scale needs the base lr")
+                g["lr"] = lr * block_lr_scale
+            out.append(g)
+        return out
 
     def betas(self) -> dict[str, float]:
         """CR-Net's beta per (layer, projection), e.g. ``{"layers.1.q_proj": 0.98}``, for logging."""

@@ -93,7 +93,8 @@ def make_optimizer(
                 update_proj_gap=g.update_proj_gap,
                 scale=g.scale,
             )
-        return torch.optim.AdamW(lm.param_groups(tcfg.weight_decay), lr=tcfg.lr, betas=betas)
+        groups = lm.param_groups(tcfg.weight_decay, lr=tcfg.lr, block_lr_scale=cfg.block_lr_scale)
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=betas)
 
     return build
 

@@ -70,7 +70,11 @@ def run_bench(cfg: SagaConfig, out_dir: Path | None = None) -> Path:
         f"{pc.train.max_steps} steps of {pc.batch_size} windows; reading A = one encoder x {pc.train.max_steps} "
         "steps whose every step runs all four tasks (the same number of encoder passes as B in total).",
         "- Downstream unit = 1-s sub-window (20 steps) of a window, as LIMU-BERT. A budget of k labels per class "
-        "is drawn from the training units; 20 % of it (>= 1 per class) selects the GRU's epoch. The weight search "
+        "is drawn from the training units; 20 % of it (>= 1 per class) selects the GRU's epoch"
+        + (f" and, at budgets <= {cfg.downstream.restart_max_budget}, the best of "
+           f"{cfg.downstream.head_restarts} GRU inits (for every GRU method alike)"
+           if cfg.downstream.head_restarts > 1 else "")
+        + ". The weight search "
         f"(Optuna GP sampler, {cfg.search.n_trials} trials) maximises {cfg.downstream.cv_folds}-fold CV accuracy "
         "of a ridge probe inside the budget. No validation- or test-split label is used to tune anything "
         "except the full-label model, which selects its epoch on the validation split.",

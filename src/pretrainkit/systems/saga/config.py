@@ -55,6 +55,8 @@ class DownstreamSection:
     cv_folds: int = 5  # weight-search objective: stratified k-fold accuracy of a linear probe on the budget
     head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128))
     head_max_steps: int = 400  # cap on GRU optimiser steps per fit (CPU budget)
+    head_restarts: int = 1  # GRU fits per budgeted head from different inits; the best in-budget val acc is kept
+    restart_max_budget: int = 20  # ... only at budgets up to this many labels per class (where variance is worst)
     full_head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128,
                                                                      patience=15))
     full_max_steps: int = 3000
@@ -85,6 +87,8 @@ class SagaConfig:
         for b in self.downstream.budgets:
             if b < 2:
                 raise ConfigError(f"label budgets must be >= 2 per class (one to fit, one to validate), got {b}")
+        if self.downstream.head_restarts < 1:
+            raise ConfigError(f"downstream.head_restarts must be >= 1, got {self.downstream.head_restarts}")
         if not 0 < self.downstream.val_fraction < 1:
             raise ConfigError(f"downstream.val_fraction must be in (0, 1), got {self.downstream.val_fraction}")
 

@@ -101,6 +101,10 @@ class Grid:
 
     def _draw(self, split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test) -> None:
         pipe, key = self.pipe, (label, split, budget, seed)
+
+        def gru(f: torch.Tensor) -> dict:
+            return pipe.fit_gru(f, label, fit, val, test, seed, budget=budget)
+
         if all(not self._want(*key, m) for m in self.methods if m != "full-label"):
             return
         fit, val = pipe.budget(label, split, budget, seed)
@@ -110,29 +114,28 @@ class Grid:
             w, cv = pipe.search_b(feats, label, split, budget, seed, idx)
             mixed = mix_features(feats, w)
             if self._want(*key, "saga"):
-                self._add(dict(base, method="saga", weights=w, search_cv=cv,
-                               **pipe.fit_gru(mixed, label, fit, val, test, seed)))
+                self._add(dict(base, method="saga", weights=w, search_cv=cv, **gru(mixed)))
             if self._want(*key, "saga-linear"):
                 self._add(dict(base, method="saga-linear", weights=w,
                                **pipe.linear_probe(mixed.mean(1).numpy(), label, idx, test)))
         if self._want(*key, "equal"):
             eq = {t: 1.0 / len(feats) for t in feats}
-            self._add(dict(base, method="equal", **pipe.fit_gru(mix_features(feats, eq), label, fit, val, test, seed)))
+            self._add(dict(base, method="equal", **gru(mix_features(feats, eq))))
         point = feats.get("saga.point")
         if point is not None and self._want(*key, "limu-bert"):
-            self._add(dict(base, method="limu-bert", **pipe.fit_gru(point, label, fit, val, test, seed)))
+            self._add(dict(base, method="limu-bert", **gru(point)))
         if point is not None and self._want(*key, "limu-bert-linear"):
             self._add(dict(base, method="limu-bert-linear",
                            **pipe.linear_probe(point.mean(1).numpy(), label, idx, test)))
         if self._want(*key, "scratch"):
-            self._add(dict(base, method="scratch", **pipe.fit_gru(raw, label, fit, val, test, seed)))
+            self._add(dict(base, method="scratch", **gru(raw)))
         if self._want(*key, "floor"):
             self._add(dict(base, method="floor", **pipe.linear_probe(stats, label, idx, test)))
         if feats_a is not None and self._want(*key, "saga-A-equal"):
-            self._add(dict(base, method="saga-A-equal", **pipe.fit_gru(feats_a, label, fit, val, test, seed)))
+            self._add(dict(base, method="saga-A-equal", **gru(feats_a)))
         if a_feats is not None and budget >= self.a_budget and self._want(*key, "saga-A"):
             f, w = a_feats
-            self._add(dict(base, method="saga-A", weights=w, **pipe.fit_gru(f, label, fit, val, test, seed)))
+            self._add(dict(base, method="saga-A", weights=w, **gru(f)))
 
     def _reading_a_search(self, label: str):
         """Reading A's search: each trial continues A-equal's pre-training for a few steps with the trial's

@@ -1,0 +1,150 @@
+"""`pretrainkit crnet sweep`: the same learning-rate grid for every method, scored on a dev split.
+
+Each method trains at every (lr, block scale) of ``sweep.lrs`` x ``sweep.block_scales`` for the bench's steps,
+one seed, and is scored on a dev split cut from the end of the *training* token stream (at a document end), so
+the validation documents the bench reports never choose an lr. The embeddings, head and norms train at lr; the
+blocks' projections at lr x block scale (for GaLore the scale is its alpha, which does exactly that). Rows go to
+``<out>/sweep/rows.jsonl`` as they finish, so an interrupted sweep resumes; the table and the best setting per
+method go to ``docs/results/crnet-sweep.{md,json}``, ready to copy into bench.lr / bench.block_lr_scale.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrainkit.core.results import md_table, write_results
+from pretrainkit.errors import ConfigError
+from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs
+from pretrainkit.systems.crnet.config import CRNetConfig
+from pretrainkit.systems.crnet.data import TextData, prepare_text_data
+
+
+def dev_split(data: TextData, fraction: float) -> TextData:
+    """Training stream minus about its last ``fraction`` (cut at the nearest end of a document), and that tail
+    as the validation stream."""
+    stream, eos = data.train_stream, data.tokenizer.eos_id
+    ends = np.flatnonzero(stream == eos)
+    ends = ends[(ends > 0) & (ends < len(stream) - 1)]  # document ends with text on both sides
+    if len(ends) == 0:
+        raise ConfigError(
+            f"cannot cut a dev split from {len(data.train_docs)} training document(s): it needs at least two; "
+            "use more documents or data.documents=paragraphs"
+        )
+    target = len(stream) * (1 - fraction)
+    cut = int(ends[np.argmin(np.abs(ends - target))]) + 1  # the document end nearest the wanted share
+    return TextData(data.tokenizer, stream[:cut], stream[cut:], data.train_docs, ["dev: tail of training"])
+
+
+def grid(cfg: CRNetConfig) -> list[tuple[str, float, float]]:
+    s = cfg.sweep
+    return [(m, lr, sc) for m in s.methods for lr in s.lrs for sc in s.block_scales]
+
+
+def _key(m: str, lr: float, sc: float) -> str:
+    return f"{m}|{lr:g}|{sc:g}"
+
+
+def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
+    from pretrainkit.systems.crnet.pipeline import train_lm
+
+    torch.set_num_threads(1)
+    data = dev_split(prepare_text_data(cfg.data, Path(cfg.out), log=lambda *_: None), cfg.sweep.dev_fraction)
+    vocab = data.tokenizer.vocab_size
+    mcfg = arm_configs(replace(cfg, bench=replace(cfg.bench, methods=sorted({method, "crnet"}))), vocab)[method]
+    r = train_lm(arm_cfg(cfg, method, cfg.sweep.seed, lr, scale), data, method=method, mcfg=mcfg,
+                 log=lambda *_: None)
+    return {"method": method, "lr": lr, "block_scale": scale, "dev_ppl": r["val_ppl"],
+            "train_loss": r["train_loss"], "steps": r["steps"], "wall_s": r["wall_s"]}
+
+
+def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print) -> Path:
+    """Train the grid (resuming finished cells), then write the table and each method's best cell."""
+    t0 = time.time()
+    folder = Path(cfg.out) / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows_file = folder / "rows.jsonl"
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()] if rows_file.exists() else []
+    done = {_key(r["method"], r["lr"], r["block_scale"]) for r in rows}
+    data = prepare_text_data(cfg.data, Path(cfg.out), log=log)  # tokenise once; workers read the cache
+    dev = dev_split(data, cfg.sweep.dev_fraction)
+    todo = [g for g in grid(cfg) if _key(*g) not in done]
+    log(f"sweep: {len(grid(cfg))} cells, {len(todo)} to train; dev split {len(dev.val_stream):,} tokens, "
+        f"training {len(dev.train_stream):,}")
+
+    n_before = len(rows)
+
+    def record(r: dict) -> None:
+        rows.append(r)
+        with open(rows_file, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        log(f"[{len(rows) - n_before}/{len(todo)}] {r['method']} lr {r['lr']:g} x {r['block_scale']:g}: dev ppl "
+            f"{r['dev_ppl']:.2f} ({r['wall_s']:.0f} s, elapsed {(time.time() - t0) / 60:.1f} min)")
+
+    if cfg.sweep.workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(cfg.sweep.workers, len(todo))) as pool:
+            for r in pool.imap_unordered(_star, [(cfg, *g) for g in todo]):
+                record(r)
+    else:
+        for g in todo:
+            record(_train_one(cfg, *g))
+    return _write(cfg, rows, dev, results_dir, time.time() - t0)
+
+
+def _star(args) -> dict:
+    return _train_one(*args)
+
+
+def best_cells(rows: list[dict]) -> dict[str, dict]:
+    """Per method, the cell with the lowest dev perplexity (non-finite ones never win)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if not np.isfinite(r["dev_ppl"]):
+            continue
+        if r["method"] not in best or r["dev_ppl"] < best[r["method"]]["dev_ppl"]:
+            best[r["method"]] = r
+    return best
+
+
+def _write(cfg: CRNetConfig, rows: list[dict], dev: TextData, results_dir: Path | None, wall: float) -> Path:
+    s = cfg.sweep
+    best = best_cells(rows)
+    cells = {_key(r["method"], r["lr"], r["block_scale"]): r for r in rows}
+    # every cell in the rows file, also those of earlier calls with another grid
+    cols = sorted({(r["lr"], r["block_scale"]) for r in rows}, key=lambda c: (c[0], -c[1]))
+    table = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        line = [m]
+        for lr, sc in cols:
+            r = cells.get(_key(m, lr, sc))
+            txt = "—" if r is None else f"{r['dev_ppl']:.1f}"
+            line.append(f"**{txt}**" if r is not None and best.get(m) is r else txt)
+        table.append(line)
+    tokens = cfg.train.max_steps * cfg.batch_size * cfg.seq_len
+    body = "\n".join([
+        "## Protocol", "",
+        (f"- Each cell: one run of `{cfg.train.max_steps}` steps x {cfg.batch_size} x {cfg.seq_len} tokens "
+        f"({tokens:,} tokens), seed {s.seed}, the bench's schedule and model (`{cfg.model.preset}`)."),
+        (f"- Scored on a dev split: about the last {s.dev_fraction:g} of the training token stream, cut at the "
+        f"nearest document end ({len(dev.val_stream):,} tokens; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
+        "tokens), trained on the rest. The bench's validation documents are never used here."),
+        ("- lr applies to embeddings, head and norms; lr x block scale to the blocks' projections (and CR-Net's "
+        "betas). For GaLore the block scale is its alpha (projected updates x alpha), the same role."),
+        "", "## Dev perplexity (bold: the method's best)", "",
+        md_table(["method"] + [f"lr {lr:g} x {sc:g}" for lr, sc in cols], table), "",
+        "## Best setting per method", "",
+        md_table(["method", "lr", "block scale", "dev ppl"],
+                 [[m, f"{r['lr']:g}", f"{r['block_scale']:g}", f"{r['dev_ppl']:.2f}"] for m, r in best.items()]),
+        "", f"Wall time of this call: {wall / 60:.1f} min (cells already in the rows file are not re-run).",
+    ])
+    headline = {"best": {m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
+                         for m, r in best.items()}}
+    return write_results("crnet-sweep", headline, body, {"rows": rows}, seeds=[s.seed], out_dir=results_dir,
+                         title="CR-Net lr sweep")

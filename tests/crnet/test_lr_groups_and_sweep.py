@@ -1,0 +1,106 @@
+"""Block lr scale (the lr structure every bench arm can get) and the sweep's dev split."""
+
+import numpy as np
+import pytest
+
+from pretrainkit.core.config import load_config
+from pretrainkit.errors import ConfigError
+from pretrainkit.systems.crnet.bench import arm_cfg, arm_lr
+from pretrainkit.systems.crnet.config import CRNetConfig, llama_config
+from pretrainkit.systems.crnet.data import TextData
+from pretrainkit.systems.crnet.model import LlamaLM
+from pretrainkit.systems.crnet.pipeline import LMObjective, make_optimizer
+from pretrainkit.systems.crnet.sweep import best_cells, dev_split
+
+
+def _lrs_by_name(cfg: CRNetConfig, method: str) -> dict[str, float]:
+    mcfg = llama_config(cfg, 64, method=method)
+    lm = LlamaLM(mcfg)
+    opt = make_optimizer(method, cfg, mcfg)(LMObjective(lm), cfg.train)
+    names = {id(p): n for n, p in lm.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_block_scale_lowers_only_block_projections_and_betas():
+    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01", "block_lr_scale=0.1"])
+    lrs = _lrs_by_name(cfg, "crnet")
+    assert lrs["embed_tokens.weight"] == lrs["lm_head.weight"] == lrs["norm.weight"] == 0.01
+    assert lrs["layers.0.input_layernorm.weight"] == 0.01
+    assert lrs["layers.0.self_attn.q_proj.weight"] == pytest.approx(1e-3)
+    betas = [n for n in lrs if "beta" in n]
+    assert betas and all(lrs[n] == pytest.approx(1e-3) for n in betas)
+    low = [n for n in lrs if n.startswith("layers.1.mlp")]
+    assert low and all(lrs[n] == pytest.approx(1e-3) for n in low)
+
+
+def test_block_scale_one_gives_one_lr_and_the_same_training():
+    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01"])
+    assert set(_lrs_by_name(cfg, "full").values()) == {0.01}
+
+
+def test_galore_arm_takes_the_block_scale_as_its_alpha():
+    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "bench.lr={galore: 0.01, full: 0.003}",
+                                          "bench.block_lr_scale={galore: 0.1, full: 0.25}"])
+    assert arm_lr(cfg, "galore") == (0.01, 0.1) and arm_lr(cfg, "full") == (0.003, 0.25)
+    assert arm_lr(cfg, "crnet") == (cfg.train.lr, 1.0)
+    g = arm_cfg(cfg, "galore", 3, 0.01, 0.1)
+    assert g.galore.scale == 0.1 and g.block_lr_scale == 1.0 and g.train.seed == 3
+    f = arm_cfg(cfg, "full", 3, 0.003, 0.25)
+    assert f.block_lr_scale == 0.25 and f.galore.scale == cfg.galore.scale and f.train.lr == 0.003
+
+
+def test_bad_scales_and_sweep_methods_are_refused():
+    with pytest.raises(ConfigError, match="block_lr_scale"):
+        load_config(CRNetConfig, None, ["block_lr_scale=0"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        load_config(CRNetConfig, None, ["sweep.methods=[full, nosuch]"])
+    with pytest.raises(ConfigError, match="dev_fraction"):
+        load_config(CRNetConfig, None, ["sweep.dev_fraction=1.5"])
+
+
+class _Tok:
+    eos_id = 0
+
+
+def test_dev_split_cuts_at_the_document_end_nearest_the_share():
+    docs = [np.arange(1, 1 + n, dtype=np.int32) for n in (50, 30, 10, 10)]
+    stream = np.concatenate([np.zeros(1, np.int32)] + [np.concatenate([d, [0]]) for d in docs]).astype(np.int32)
+    data = TextData(_Tok(), stream, np.zeros(1, np.int32), ["a", "b", "c", "d"], ["v"])
+    out = dev_split(data, 0.1)  # 105 tokens: the wanted cut (94.5) is nearest the end of document c (at 93)
+    assert np.array_equal(np.concatenate([out.train_stream, out.val_stream]), stream)
+    assert out.train_stream[-1] == 0 and len(out.val_stream) == 11 and out.val_stream[-1] == 0
+    assert 0 not in out.val_stream[:-1]  # exactly one whole document (d) and its EOS
+
+
+def test_dev_split_needs_two_documents():
+    one = np.concatenate([[0], np.arange(1, 40), [0]]).astype(np.int32)
+    with pytest.raises(ConfigError, match="at least two"):
+        dev_split(TextData(_Tok(), one, one, ["a"], ["v"]), 0.1)
+
+
+def test_best_cell_ignores_diverged_runs():
+    rows = [{"method": "full", "lr": 0.01, "block_scale": 1.0, "dev_ppl": float("nan")},
+            {"method": "full", "lr": 0.003, "block_scale": 1.0, "dev_ppl": 200.0},
+            {"method": "full", "lr": 0.01, "block_scale": 0.1, "dev_ppl": 150.0}]
+    assert best_cells(rows)["full"]["block_scale"] == 0.1
+
+
+def test_sweep_trains_the_grid_resumes_and_writes_the_best(tmp_path, shared_data):
+    from pretrainkit.systems.crnet.data import strip_gutenberg
+    from pretrainkit.systems.crnet.sweep import run_sweep
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = strip_gutenberg((shared_data / "text" / "gutenberg" / "972.txt").read_text(encoding="utf-8"))
+    for k in range(4):
+        (corpus / f"d{k}.txt").write_text(text[10_000 + k * 6_000: 16_000 + k * 6_000])
+    cfg = load_config(CRNetConfig, None, [
+        f"data.source={corpus}", "data.vocab_size=300", "data.val_fraction=0.25", "model.preset=tiny",
+        "seq_len=32", "batch_size=4", "eval_batch_size=8", "train.max_steps=3", "train.warmup_steps=1",
+        f"out={tmp_path / 'run'}", "sweep.methods=[full]", "sweep.lrs=[0.003]", "sweep.block_scales=[1.0, 0.1]",
+        "sweep.workers=1", "sweep.dev_fraction=0.3"])
+    md = run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)
+    rows = (tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and md.is_file() and "Best setting per method" in md.read_text()
+    run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)  # nothing left to train
+    assert len((tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()) == 2
