@@ -142,7 +142,9 @@ def _write(cfg: CRNetConfig, rows: list[dict], dev: TextData, results_dir: Path 
         "## Best setting per method", "",
         md_table(["method", "lr", "block scale", "dev ppl"],
                  [[m, f"{r['lr']:g}", f"{r['block_scale']:g}", f"{r['dev_ppl']:.2f}"] for m, r in best.items()]),
-        "", f"Wall time of this call: {wall / 60:.1f} min (cells already in the rows file are not re-run).",
+        "", f"The tables hold every cell in `{Path(cfg.out) / 'sweep' / 'rows.jsonl'}`: this call's and those "
+        "of earlier calls with other grids (a call trains only the cells not in the file yet). "
+        f"Wall time of this call: {wall / 60:.1f} min.",
     ])
     headline = {"best": {m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
                          for m, r in best.items()}}
