@@ -344,9 +344,10 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
     for i, seed in enumerate(b.seeds):
         order = list(arms) if i % 2 == 0 else list(arms)[::-1]
         for m in order:
-            arm = arm_cfg(replace(cfg, train=tcfg), m, seed, *arm_lr(cfg, m))
-            r = train_lm(arm, data, method=m, mcfg=arms[m], time_limit_s=b.time_limit_s, log=log)
-            r["block_lr_scale"] = arm_lr(cfg, m)[1]
+            lr, scale = arm_lr(cfg, m)
+            r = train_lm(arm_cfg(replace(cfg, train=tcfg), m, seed, lr, scale), data, method=m, mcfg=arms[m],
+                         time_limit_s=b.time_limit_s, log=log)
+            r["block_lr_scale"] = scale
             rows.append(r)
             elapsed = time.time() - t_start
             log(

@@ -330,25 +330,18 @@ class LlamaLM(nn.Module):
         """Optimizer groups: weight decay on matrices, none on norms and CR-Net's beta scalars. With
         ``block_lr_scale`` != 1 the blocks' projections (and CR-Net's betas) train at ``lr`` times it while
         embeddings, head and norms keep ``lr`` -- the lr structure GaLore's scale gives its arm."""
-        groups = []
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (decays, lr scaled) -> params
         for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            in_block = name.startswith("layers.") and "layernorm" not in name  # projections and betas
-            key = (p.ndim >= 2, in_block and block_lr_scale != 1.0)
-            groups.append((key, p))
-        out = []
-        for decays, scaled in ((True, False), (True, True), (False, False), (False, True)):
-            params = [p for k, p in groups if k == (decays, scaled)]
-            if not params:
-                continue
-            g = {"params": params, "weight_decay": weight_decay if decays else 0.0}
-            if scaled:
-                if lr is None:
-                    raise ValueError("param_groups: block_lr_scale needs the base lr")
-                g["lr"] = lr * block_lr_scale
-            out.append(g)
-        return out
+            if p.requires_grad:
+                in_block = name.startswith("layers.") and "layernorm" not in name  # projections and betas
+                buckets.setdefault((p.ndim >= 2, in_block and block_lr_scale != 1.0), []).append(p)
+        if lr is None and any(scaled for _, scaled in buckets):
+            raise ValueError("param_groups: block_lr_scale needs the base lr")
+        return [
+            {"params": ps, "weight_decay": weight_decay if decays else 0.0}
+            | ({"lr": lr * block_lr_scale} if scaled else {})
+            for (decays, scaled), ps in buckets.items()
+        ]
 
     def betas(self) -> dict[str, float]:
         """CR-Net's beta per (layer, projection), e.g. ``{"layers.1.q_proj": 0.98}``, for logging."""
