@@ -131,8 +131,8 @@ class CRNetConfig:
             max_steps=500, lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, grad_clip=1.0, log_every=10
         )
     )
-    # lr multiplier for the blocks' projection weights (embeddings, head, norms, betas keep train.lr). GaLore's
-    # arm gets this structure from its own scale (projected updates x galore.scale), so it ignores this key.
+    # lr multiplier for the blocks' projections and CR-Net's betas (embeddings, head, norms keep train.lr).
+    # GaLore ignores it: its own scale (projected updates x galore.scale) gives its arm this structure.
     block_lr_scale: float = 1.0
     galore: GaLoreSection = field(default_factory=GaLoreSection)
     relora: ReLoRASection = field(default_factory=ReLoRASection)
@@ -149,8 +149,11 @@ class CRNetConfig:
             check_method(m)
         if not 0 < self.sweep.dev_fraction < 1:
             raise ConfigError(f"sweep.dev_fraction must be in (0, 1), got {self.sweep.dev_fraction}")
-        if min([*self.sweep.lrs, *self.sweep.block_scales, *self.bench.block_lr_scale.values(), 1.0]) <= 0:
-            raise ConfigError("sweep.lrs, sweep.block_scales and bench.block_lr_scale must be > 0")
+        b, sw = self.bench, self.sweep
+        if min([self.block_lr_scale, *b.block_lr_scale.values(), *sw.lrs, *sw.block_scales]) <= 0:
+            raise ConfigError(
+                "block_lr_scale, bench.block_lr_scale, sweep.lrs and sweep.block_scales must be > 0"
+            )
         if self.model.preset not in PRESETS:
             raise ConfigError(f"unknown model preset '{self.model.preset}'; allowed: {', '.join(PRESETS)}")
         for key in ("seq_len", "batch_size", "eval_batch_size"):
@@ -158,8 +161,6 @@ class CRNetConfig:
                 raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got '{self.device}'")
-        if not self.block_lr_scale > 0:
-            raise ConfigError(f"block_lr_scale must be > 0, got {self.block_lr_scale}")
         if self.relora.reset_every < 1:
             raise ConfigError(f"relora.reset_every must be >= 1, got {self.relora.reset_every}")
         mcfg = llama_config(self, vocab_size=self.data.vocab_size)  # raises on a bad rank / shape / name

@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--weights needs {len(feats)} non-negative numbers, not all zero; got {args.weights}")
         w = dict(zip(feats, values))
     test = unit_index(pipe.split(args.split)[2], pipe.per_window)
-    r = pipe.fit_gru(mix_features(feats, w), args.label, fit, val, test, args.seed, budget=args.budget)
+    r = pipe.fit_gru(mix_features(feats, w), args.label, fit, val, test, args.seed)
     print(f"{args.label} / {args.split} / {args.budget} per class: test accuracy {r['acc']:.4f}, macro-F1 {r['f1']:.4f}")
     return 0
 

@@ -103,7 +103,7 @@ class Grid:
         pipe, key = self.pipe, (label, split, budget, seed)
 
         def gru(f: torch.Tensor) -> dict:
-            return pipe.fit_gru(f, label, fit, val, test, seed, budget=budget)
+            return pipe.fit_gru(f, label, fit, val, test, seed)
 
         if all(not self._want(*key, m) for m in self.methods if m != "full-label"):
             return

@@ -192,7 +192,7 @@ class SagaPipeline:
         return np.setdiff1d(idx, val), np.sort(val)
 
     def fit_gru(self, feats: torch.Tensor, label: str, fit: np.ndarray, val: np.ndarray, test: np.ndarray,
-                seed: int, full: bool = False, budget: int = 0) -> dict[str, float]:
+                seed: int, full: bool = False) -> dict[str, float]:
         ds = self.cfg.downstream
         y = torch.from_numpy(self.unit_labels(label))
         n_classes = int(y.max()) + 1
@@ -203,7 +203,9 @@ class SagaPipeline:
         # A GRU fitted on a few dozen units now and then lands in a poor optimum (seen: 0.54 vs 0.82 on the same
         # features); at small budgets, restarts from other inits, chosen by the in-budget validation accuracy
         # (first wins ties), cut that variance for every GRU method alike. No label beyond the budget is used.
-        restarts = ds.head_restarts if not full and budget <= ds.restart_max_budget else 1
+        labelled = y[np.concatenate([fit, val])]
+        per_class = len(labelled) // len(labelled.unique())  # the budget: equal per class by construction
+        restarts = ds.head_restarts if not full and per_class <= ds.restart_max_budget else 1
         seeds = [seed] + [seed * 1000 + r for r in range(1, restarts)]
         head, val_acc, restart = fit_restarts(lambda: GRUClassifier(in_dim=feats.shape[-1], n_classes=n_classes),
                                               feats[fit], y[fit], feats[val], y[val], head_cfg, seeds)
