@@ -77,6 +77,19 @@ def test_run_stages_fills_the_matrix_and_evaluates_only_seen_tasks():
     assert s["retention"] == pytest.approx({"before": 1.0, "after": 0.5, "ratio": 0.5})
 
 
+def test_extra_tasks_only_before_and_after_the_sequence_when_asked():
+    toy, calls = Toy(), []
+
+    def ev(task, stage):
+        calls.append((task, stage))
+        return toy.evaluate(task, stage) if task == "pre" or task in toy.learned else {"success": 0.0}
+
+    rec = run_stages(["a", "b", "c"], toy, ev, extra_tasks=["pre"], extra_every_stage=False)
+    assert [c for c in calls if c[0] == "pre"] == [("pre", -1), ("pre", 2)]
+    assert [row[3] for row in rec.matrix("success")] == [None, None, 0.5]
+    assert summarise(rec)["retention"] == pytest.approx({"before": 1.0, "after": 0.5, "ratio": 0.5})
+
+
 def test_resume_continues_after_the_last_completed_stage(tmp_path):
     toy = Toy()
     rec = run_stages(["a", "b"], toy, lambda t, s: {"success": 1.0}, extra_tasks=["pre"])

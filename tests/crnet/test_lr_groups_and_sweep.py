@@ -1,5 +1,7 @@
 """Block lr scale (the lr structure every bench arm can get) and the sweep's dev split."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,28 @@ def test_block_scale_lowers_only_block_projections_and_betas():
     assert betas and all(lrs[n] == pytest.approx(1e-3) for n in betas)
     low = [n for n in lrs if n.startswith("layers.1.mlp")]
     assert low and all(lrs[n] == pytest.approx(1e-3) for n in low)
+
+
+def test_beta_lr_scale_moves_only_the_betas():
+    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01", "block_lr_scale=0.1",
+                                          "beta_lr_scale=1.0"])
+    lrs = _lrs_by_name(cfg, "crnet")
+    betas = [n for n in lrs if n.endswith(".beta")]
+    assert betas and all(lrs[n] == 0.01 for n in betas)
+    assert all(lrs[n] == pytest.approx(1e-3) for n in lrs if n.startswith("layers.1.") and "layernorm" not in n
+               and not n.endswith(".beta"))
+    with pytest.raises(ConfigError, match="beta_lr_scale"):
+        load_config(CRNetConfig, None, ["beta_lr_scale=-1"])
+
+
+def test_sweep_labels_crnet_variants_apart():
+    from pretrainkit.systems.crnet.sweep import arm_label
+
+    assert arm_label(load_config(CRNetConfig, None, []), "crnet") == "crnet"
+    cfg = load_config(CRNetConfig, None, ["model.crnet_init=cola", "model.crnet_beta_init=0.5",
+                                          "beta_lr_scale=1"])
+    assert arm_label(cfg, "crnet") == "crnet[crnet_init=cola,crnet_beta_init=0.5,beta_lr_scale=1]"
+    assert arm_label(cfg, "full") == "full"  # the open choices are CR-Net's only
 
 
 def test_block_scale_one_gives_one_lr_and_the_same_training():
@@ -104,3 +128,7 @@ def test_sweep_trains_the_grid_resumes_and_writes_the_best(tmp_path, shared_data
     assert len(rows) == 2 and md.is_file() and "Best setting per method" in md.read_text()
     run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)  # nothing left to train
     assert len((tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()) == 2
+    cfg.sweep.methods, cfg.sweep.block_scales, cfg.beta_lr_scale = ["crnet"], [1.0], 1.0
+    run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)  # a variant trains beside the others
+    rows = (tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and json.loads(rows[-1])["method"] == "crnet[beta_lr_scale=1]"

@@ -8,7 +8,7 @@ import torch
 
 from pretrainkit.cli import main
 from pretrainkit.core.config import load_config
-from pretrainkit.errors import DataError
+from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.systems.l2m import bench, pipeline
 from pretrainkit.systems.l2m.config import L2MConfig
 
@@ -40,21 +40,25 @@ def _fake_rollout(actor, task, episodes=10, target_return=0.0, seed=0, device="c
             "policy_seconds": 0.005}
 
 
-@pytest.fixture
-def cfg(tmp_path, monkeypatch):
+def _config(tmp_path, extra=()):
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     for i, t in enumerate([*PRE, *SEQ]):
         _write_task(data, t, offset=float(i) - 1.0)
-    monkeypatch.setattr(pipeline, "evaluate_task", _fake_rollout)
     return load_config(L2MConfig, None, [
         f"data.dir={data}", f"out={tmp_path / 'run'}", f"data.pretrain_tasks={PRE}", f"data.continual_tasks={SEQ}",
         "model.d_model=16", "model.n_layer=1", "model.n_head=2", "model.context=3",
         "pretrain.batch_size=8", "pretrain.train.max_steps=4", "pretrain.train.ckpt_every=2",
         "pretrain.train.warmup_steps=0", "continual.steps_per_task=3", "continual.batch_size=8",
         "continual.ckpt_every=2", "continual.methods=[ft,ewc,lora,l2m,l2m-oracle]", "method.pool_size=4",
-        "method.fisher_batches=2", "eval.episodes=3", "eval.reuse_envs=false", "eval.offline_windows=16", "bench.seeds=[0]", "data.val_fraction=0.2",
+        "method.fisher_batches=2", "eval.episodes=3", "eval.reuse_envs=false", "eval.offline_windows=16", "bench.seeds=[0]", "data.val_fraction=0.2", *extra,
     ])
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "evaluate_task", _fake_rollout)
+    return _config(tmp_path)
 
 
 def test_bench_runs_every_stage_and_writes_results(cfg, tmp_path):
@@ -97,3 +101,23 @@ def test_missing_dataset_and_cli_errors(cfg, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["l2m", "--help"])
     assert e.value.code == 0 and "collect" in capsys.readouterr().out
+
+
+def test_bench_in_two_processes_equals_one_process(tmp_path):
+    """Workers get the same seeds, so the records match a one-process run (real rollouts: a worker
+    process cannot see a monkeypatched rollout)."""
+    pytest.importorskip("metaworld")
+    extra = ["continual.methods=[ft,l2m]", "bench.seeds=[0,1]", "eval.episodes=2", "eval.pretrain_tasks=false"]
+    outs = []
+    for workers in (1, 2):
+        cfg = _config(tmp_path, [*extra, f"bench.workers={workers}", f"out={tmp_path / f'run{workers}'}"])
+        md = bench.run_bench(cfg, out_dir=tmp_path / f"results{workers}", log=lambda s: None)
+        outs.append(json.loads(md.with_suffix(".json").read_text()))
+    one, two = outs
+    for m in ("ft", "l2m"):
+        for seed in ("0", "1"):
+            assert one["records"][m][seed]["rows"] == two["records"][m][seed]["rows"]
+            assert one["records"][m][seed]["initial"] == two["records"][m][seed]["initial"]
+    assert one["headline"] == two["headline"]
+    with pytest.raises(ConfigError, match="bench.workers must be >= 1"):
+        _config(tmp_path, ["bench.workers=0"])

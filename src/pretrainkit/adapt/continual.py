@@ -89,8 +89,10 @@ def run_stages(
     record: ContinualRecord | None = None,
     initial: bool = True,
     on_stage_end: Callable[[int, ContinualRecord], None] | None = None,
+    extra_every_stage: bool = True,
 ) -> ContinualRecord:
-    """Train on ``tasks`` in order; after each, evaluate the tasks seen so far and ``extra_tasks``.
+    """Train on ``tasks`` in order; after each, evaluate the tasks seen so far and ``extra_tasks``
+    (``extra_every_stage=False``: the extra tasks after the last stage only, enough for retention).
 
     ``initial=True`` first evaluates every task before any training (the reference for retention and a
     zero-shot row); a ``record`` whose ``initial`` is already filled keeps it.
@@ -114,7 +116,9 @@ def run_stages(
         record.initial = {t: dict(evaluate(t, -1)) for t in record.columns}
     for stage in range(record.done, len(tasks)):
         info = learner.learn(stage, tasks[stage])
-        row = {t: dict(evaluate(t, stage)) for t in [*tasks[: stage + 1], *extra_tasks]}
+        last = stage == len(tasks) - 1
+        row = {t: dict(evaluate(t, stage))
+               for t in [*tasks[: stage + 1], *(extra_tasks if extra_every_stage or last else [])]}
         record.stages.append({"task": tasks[stage], **(info or {})})
         record.rows.append(row)
         if on_stage_end is not None:

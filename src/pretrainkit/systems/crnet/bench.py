@@ -491,7 +491,10 @@ def _body(
         "ReLoRA: merge every "
         f"{cfg.relora.reset_every} steps, optimiser state of A, B cleared, lr re-warmed over "
         f"{cfg.relora.rewarm_steps} steps. LoRA/ReLoRA: alpha {cfg.model.lora_alpha:g}, dropout "
-        f"{cfg.model.lora_dropout:g}, frozen random W."
+        f"{cfg.model.lora_dropout:g}, frozen random W. CR-Net: init {cfg.model.crnet_init}, beta init "
+        f"{cfg.model.crnet_beta_init:g}, betas at "
+        + ("the blocks' lr" if cfg.beta_lr_scale is None else f"lr x {cfg.beta_lr_scale:g}")
+        + f", layer 1 {cfg.model.crnet_anchor}-rank."
     )
     mem_line = (
         "- Peak activation memory: one forward + backward on a fixed batch (CPU: the profiler's allocation "

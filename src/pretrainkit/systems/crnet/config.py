@@ -134,6 +134,8 @@ class CRNetConfig:
     # lr multiplier for the blocks' projections and CR-Net's betas (embeddings, head, norms keep train.lr).
     # GaLore ignores it: its own scale (projected updates x galore.scale) gives its arm this structure.
     block_lr_scale: float = 1.0
+    # CR-Net's betas at train.lr x this instead (None: with the projections). An open choice of the paper.
+    beta_lr_scale: float | None = None
     galore: GaLoreSection = field(default_factory=GaLoreSection)
     relora: ReLoRASection = field(default_factory=ReLoRASection)
     bench: BenchSection = field(default_factory=BenchSection)
@@ -150,9 +152,10 @@ class CRNetConfig:
         if not 0 < self.sweep.dev_fraction < 1:
             raise ConfigError(f"sweep.dev_fraction must be in (0, 1), got {self.sweep.dev_fraction}")
         b, sw = self.bench, self.sweep
-        if min([self.block_lr_scale, *b.block_lr_scale.values(), *sw.lrs, *sw.block_scales]) <= 0:
+        scales = [self.block_lr_scale, *b.block_lr_scale.values(), *sw.lrs, *sw.block_scales]
+        if min([*scales, *([self.beta_lr_scale] if self.beta_lr_scale is not None else [])]) <= 0:
             raise ConfigError(
-                "block_lr_scale, bench.block_lr_scale, sweep.lrs and sweep.block_scales must be > 0"
+                "block_lr_scale, beta_lr_scale, bench.block_lr_scale, sweep.lrs and sweep.block_scales must be > 0"
             )
         if self.model.preset not in PRESETS:
             raise ConfigError(f"unknown model preset '{self.model.preset}'; allowed: {', '.join(PRESETS)}")

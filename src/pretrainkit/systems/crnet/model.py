@@ -326,21 +326,25 @@ class LlamaLM(nn.Module):
         """Parameter count (a tied embedding counted once); ``trainable_only`` skips frozen LoRA bases."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def param_groups(self, weight_decay: float, lr: float | None = None, block_lr_scale: float = 1.0) -> list[dict]:
+    def param_groups(self, weight_decay: float, lr: float | None = None, block_lr_scale: float = 1.0,
+                     beta_lr_scale: float | None = None) -> list[dict]:
         """Optimizer groups: weight decay on matrices, none on norms and CR-Net's beta scalars. With
         ``block_lr_scale`` != 1 the blocks' projections (and CR-Net's betas) train at ``lr`` times it while
-        embeddings, head and norms keep ``lr`` -- the lr structure GaLore's scale gives its arm."""
-        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (decays, lr scaled) -> params
+        embeddings, head and norms keep ``lr`` -- the lr structure GaLore's scale gives its arm.
+        ``beta_lr_scale``: the betas at ``lr`` times this instead (None: with the projections)."""
+        beta_scale = block_lr_scale if beta_lr_scale is None else beta_lr_scale
+        buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}  # (decays, lr multiplier) -> params
         for name, p in self.named_parameters():
             if p.requires_grad:
                 in_block = name.startswith("layers.") and "layernorm" not in name  # projections and betas
-                buckets.setdefault((p.ndim >= 2, in_block and block_lr_scale != 1.0), []).append(p)
-        if lr is None and any(scaled for _, scaled in buckets):
-            raise ValueError("param_groups: block_lr_scale needs the base lr")
+                scale = beta_scale if name.endswith(".beta") else block_lr_scale if in_block else 1.0
+                buckets.setdefault((p.ndim >= 2, scale), []).append(p)
+        if lr is None and any(scale != 1.0 for _, scale in buckets):
+            raise ValueError("param_groups: block_lr_scale / beta_lr_scale need the base lr")
         return [
             {"params": ps, "weight_decay": weight_decay if decays else 0.0}
-            | ({"lr": lr * block_lr_scale} if scaled else {})
-            for (decays, scaled), ps in buckets.items()
+            | ({"lr": lr * scale} if scale != 1.0 else {})
+            for (decays, scale), ps in buckets.items()
         ]
 
     def betas(self) -> dict[str, float]:

@@ -93,7 +93,8 @@ def make_optimizer(
                 update_proj_gap=g.update_proj_gap,
                 scale=g.scale,
             )
-        groups = lm.param_groups(tcfg.weight_decay, lr=tcfg.lr, block_lr_scale=cfg.block_lr_scale)
+        groups = lm.param_groups(tcfg.weight_decay, lr=tcfg.lr, block_lr_scale=cfg.block_lr_scale,
+                                 beta_lr_scale=cfg.beta_lr_scale)
         return torch.optim.AdamW(groups, lr=tcfg.lr, betas=betas)
 
     return build

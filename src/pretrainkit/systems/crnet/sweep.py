@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.results import md_table, write_results
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs
@@ -50,6 +51,20 @@ def _key(m: str, lr: float, sc: float) -> str:
     return f"{m}|{lr:g}|{sc:g}"
 
 
+def arm_label(cfg: CRNetConfig, method: str) -> str:
+    """The method's name in the rows, with CR-Net's open choices where they differ from the defaults
+    (e.g. ``crnet[crnet_init=cola]``), so variants sit beside each other in one rows file."""
+    if method != "crnet":
+        return method
+    base = CRNetConfig()
+    diffs = [f"{k}={getattr(cfg.model, k):g}" if isinstance(getattr(cfg.model, k), float)
+             else f"{k}={getattr(cfg.model, k)}"
+             for k in ("crnet_init", "crnet_beta_init", "crnet_anchor") if getattr(cfg.model, k) != getattr(base.model, k)]
+    if cfg.beta_lr_scale is not None:
+        diffs.append(f"beta_lr_scale={cfg.beta_lr_scale:g}")
+    return f"crnet[{','.join(diffs)}]" if diffs else "crnet"
+
+
 def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
     from pretrainkit.systems.crnet.pipeline import train_lm
 
@@ -59,7 +74,7 @@ def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
     mcfg = arm_configs(replace(cfg, bench=replace(cfg.bench, methods=sorted({method, "crnet"}))), vocab)[method]
     r = train_lm(arm_cfg(cfg, method, cfg.sweep.seed, lr, scale), data, method=method, mcfg=mcfg,
                  log=lambda *_: None)
-    return {"method": method, "lr": lr, "block_scale": scale, "dev_ppl": r["val_ppl"],
+    return {"method": arm_label(cfg, method), "lr": lr, "block_scale": scale, "dev_ppl": r["val_ppl"],
             "train_loss": r["train_loss"], "steps": r["steps"], "wall_s": r["wall_s"]}
 
 
@@ -73,7 +88,7 @@ def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print) -> P
     done = {_key(r["method"], r["lr"], r["block_scale"]) for r in rows}
     data = prepare_text_data(cfg.data, Path(cfg.out), log=log)  # tokenise once; workers read the cache
     dev = dev_split(data, cfg.sweep.dev_fraction)
-    todo = [g for g in grid(cfg) if _key(*g) not in done]
+    todo = [g for g in grid(cfg) if _key(arm_label(cfg, g[0]), *g[1:]) not in done]
     log(f"sweep: {len(grid(cfg))} cells, {len(todo)} to train; dev split {len(dev.val_stream):,} tokens, "
         f"training {len(dev.train_stream):,}")
 
@@ -86,20 +101,9 @@ def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print) -> P
         log(f"[{len(rows) - n_before}/{len(todo)}] {r['method']} lr {r['lr']:g} x {r['block_scale']:g}: dev ppl "
             f"{r['dev_ppl']:.2f} ({r['wall_s']:.0f} s, elapsed {(time.time() - t0) / 60:.1f} min)")
 
-    if cfg.sweep.workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(cfg.sweep.workers, len(todo))) as pool:
-            for r in pool.imap_unordered(_star, [(cfg, *g) for g in todo]):
-                record(r)
-    else:
-        for g in todo:
-            record(_train_one(cfg, *g))
+    for r in spawn_map(_train_one, [(cfg, *g) for g in todo], cfg.sweep.workers, ordered=False):
+        record(r)
     return _write(cfg, rows, dev, results_dir, time.time() - t0)
-
-
-def _star(args) -> dict:
-    return _train_one(*args)
 
 
 def best_cells(rows: list[dict]) -> dict[str, dict]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
 from pretrainkit.adapt.continual import ContinualRecord, summarise
 from pretrainkit.core.config import to_dict
+from pretrainkit.core.parallel import executor
 from pretrainkit.core.results import md_table, write_results
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.envs import versions
@@ -76,8 +78,28 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
     }
 
 
+def _seed_job(cfg: L2MConfig, seed: int, log: Log) -> tuple[int, dict[str, Any], dict[str, Any], Throughput]:
+    """Pre-train one seed's backbone and evaluate it as is (the shared 'before' row of every method)."""
+    stats = pretrain(cfg, seed, log=log, progress=False)
+    tally = Throughput()
+    initial = evaluate_backbone(cfg, seed, tally=tally)
+    log(f"[seed {seed}] backbone: " + ", ".join(f"{t} {r['success']:.2f}" for t, r in initial.items()))
+    return seed, stats, initial, tally
+
+
+def _method_job(cfg: L2MConfig, seed: int, method: str, initial: dict[str, Any],
+                log: Log) -> tuple[int, str, ContinualRecord, int, Throughput]:
+    """One method over the continual sequence for one seed (resumes finished stages)."""
+    run = ContinualRun(cfg, method, seed, log=log)
+    record = run.run(initial=initial)
+    return seed, method, record, run.method.trainable_parameters(), run.tally
+
+
 def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> Path:
-    """The whole protocol for ``cfg.bench.seeds`` x ``cfg.continual.methods``; returns the markdown path."""
+    """The whole protocol for ``cfg.bench.seeds`` x ``cfg.continual.methods``; returns the markdown path.
+
+    With ``bench.workers`` > 1 the seeds' pre-training, then the (seed, method) runs, go to that many
+    processes (one torch thread each). Every job seeds itself, so the results equal a one-process run."""
     t0 = time.perf_counter()
     setup_torch(cfg)
     coll = collect_data(cfg, progress=False)
@@ -87,18 +109,27 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> 
     tally, pre_stats = Throughput(), {}
     records: dict[str, dict[int, ContinualRecord]] = {m: {} for m in cfg.continual.methods}
     params: dict[str, int] = {}
+    workers = cfg.bench.workers
+    job_log = log if workers <= 1 else print  # a worker cannot carry the caller's function
     try:
-        for seed in cfg.bench.seeds:
-            pre_stats[seed] = pretrain(cfg, seed, log=log, progress=False)
-            initial = evaluate_backbone(cfg, seed, tally=tally)
-            log(f"[seed {seed}] backbone: " + ", ".join(f"{t} {r['success']:.2f}" for t, r in initial.items()))
-            for m in cfg.continual.methods:
-                run = ContinualRun(cfg, m, seed, log=log)
-                records[m][seed] = run.run(initial=initial)
-                params[m] = run.method.trainable_parameters()
-                tally.add(run.tally)
+        # A seed's methods are queued as soon as its backbone is ready, so no worker waits for the others.
+        with executor(workers) as pool:
+            pending = {pool.submit(_seed_job, cfg, s, job_log): "seed" for s in cfg.bench.seeds}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if pending.pop(future) == "seed":
+                        seed, stats, init, t = future.result()
+                        pre_stats[seed] = stats
+                        pending.update({pool.submit(_method_job, cfg, seed, m, init, job_log): "method"
+                                        for m in cfg.continual.methods})
+                    else:
+                        seed, m, record, n_params, t = future.result()
+                        records[m][seed], params[m] = record, n_params
+                    tally.add(t)
     finally:
         close_envs()
+    records = {m: dict(sorted(r.items())) for m, r in records.items()}  # seed order, whatever finished first
     wall = time.perf_counter() - t0
     summary = {m: summarise_method(records[m], params[m]) for m in cfg.continual.methods}
     pre_rate = [s["steps_per_cpu_s"] for s in pre_stats.values() if s.get("steps_per_cpu_s")]
@@ -115,6 +146,7 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> 
         "final_mean_success": {m: _round(s["final_mean_success"]["mean"]) for m, s in summary.items()},
         "forgetting": {m: _round(s["forgetting"]["mean"]) for m, s in summary.items()},
         "pretrain_success_after": {m: _round(s["pretrain_after"]["mean"]) for m, s in summary.items()},
+        "goal_met": _verdict(summary)[1],
     }
     data = {"config": to_dict(cfg), "methods": summary, "throughput": throughput, "pretrain": pre_stats,
             "expert_success": {t: coll["expert_success"].get(t) for t in tasks}, "versions": versions(),
@@ -199,7 +231,7 @@ def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: di
                   "Share of held-out windows per key (top two), one entry per seed; -1 = unmodulated backbone.", "",
                   md_table(["method", "task", "keys"], rows), ""]
     lines += ["## Throughput (one core, torch 1 thread)", "",
-              md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary), ""]
+              md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary)[0], ""]
     return "\n".join(lines)
 
 
@@ -210,22 +242,32 @@ def _keys(hist: dict[str, float] | None) -> str:
     return ", ".join(f"{k}: {v:.2f}" for k, v in top)
 
 
-def _verdict(summary: dict[str, Any]) -> str:
-    """Says plainly whether L2M met the issue's goal on this run."""
-    def fm(k: str) -> float | None:
-        return summary[k]["final_mean_success"]["mean"] if k in summary else None
-
-    l2m, others = fm("l2m"), {k: fm(k) for k in ("ft", "lora") if k in summary}
-    if l2m is None:
-        return "## Verdict\n\nL2M was not run."
-    beats = all(v is None or l2m > v for v in others.values())
-    forg = summary["l2m"]["forgetting"]["mean"]
-    text = (f"## Verdict\n\nL2M final mean success {l2m:.2f} vs "
-            + ", ".join(f"{k} {v:.2f}" for k, v in others.items() if v is not None)
-            + f"; L2M forgetting {forg if forg is None else round(forg, 3)}. ")
-    if beats:
-        return text + "Goal met: L2M above full fine-tuning and shared LoRA on this run."
-    return text + ("Goal not met on this run: at this CPU scale the tiny backbone's closed-loop success is low "
-                   "and noisy (see the paper note, section 7); the offline accuracy columns show the forgetting "
-                   "pattern with less noise. Tried: distinct-object tasks, noisy expert data, bin-centre "
-                   "decoding, higher adapter and key learning rates for short stages.")
+def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
+    """Says plainly whether L2M met the issue's goal on this run: above full fine-tuning and shared LoRA by
+    more than the two methods' seed standard deviations added, forgetting near zero (<= 0.05), pre-training
+    tasks retained (>= 0.9 of their success before)."""
+    if "l2m" not in summary:
+        return "## Verdict\n\nL2M was not run.", False
+    ours = summary["l2m"]
+    lines, clear = [], True
+    for k in ("ft", "lora"):
+        if k not in summary:
+            continue
+        a, b = ours["final_mean_success"], summary[k]["final_mean_success"]
+        diff, spread = a["mean"] - b["mean"], a["std"] + b["std"]
+        beyond = diff > spread
+        clear &= beyond
+        lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; "
+                     f"{'beyond' if beyond else 'within'} the summed seed spread {spread:.2f}).")
+    forg, ret = ours["forgetting"]["mean"], ours["pretrain_retention"]["mean"]
+    forg_ok = forg is not None and forg <= 0.05
+    ret_ok = ret is not None and ret >= 0.9
+    lines.append(f"- L2M forgetting {forg:.3f} ({'near zero' if forg_ok else 'NOT near zero'}); pre-training "
+                 f"retention {ret:.2f} ({'retained' if ret_ok else 'NOT retained'})." if forg is not None and
+                 ret is not None else "- L2M forgetting / retention not measured.")
+    met = clear and forg_ok and ret_ok
+    lines.append("- Goal met on this run." if met else
+                 "- Goal NOT met convincingly on this run (see the lines above). The CPU profile's DT is tiny "
+                 "(see Protocol) and its stages short, so closed-loop success stays low and noisy; "
+                 "configs/l2m/paper.yaml is the larger GPU profile.")
+    return "## Verdict\n\n" + "\n".join(lines), met

@@ -87,13 +87,15 @@ class EvalSection:
     offline_windows: int = 512  # held-out windows per task for offline action accuracy
     stop_on_success: bool = True  # stop acting for episodes that already succeeded (same success, less CPU)
     reuse_envs: bool = True  # keep each task's vector env between evaluations (MuJoCo set-up is costly)
-    pretrain_tasks: bool = True  # evaluate pre-training tasks after every stage (retention)
+    pretrain_tasks: bool = True  # evaluate pre-training tasks (retention)
+    pretrain_every_stage: bool = True  # False: before and after the sequence only (retention needs no more)
 
 
 @dataclass
 class BenchSection:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     name: str = "l2m"  # docs/results/<name>.md/.json
+    workers: int = 1  # processes for the seeds' pre-training and the (seed, method) runs; same results
 
 
 @dataclass
@@ -129,5 +131,7 @@ class L2MConfig:
             raise ConfigError("eval.episodes and continual.steps_per_task must be >= 1")
         if not self.bench.seeds:
             raise ConfigError("bench.seeds must list at least one seed")
+        if self.bench.workers < 1:
+            raise ConfigError(f"bench.workers must be >= 1, got {self.bench.workers}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")

@@ -384,7 +384,7 @@ class ContinualRun:
         if record is None and initial is not None:
             record = ContinualRecord(list(cfg.data.continual_tasks), list(extra), initial=dict(initial))
         return run_stages(cfg.data.continual_tasks, self, self.evaluate, extra, record, initial=True,
-                          on_stage_end=self._save_stage)
+                          on_stage_end=self._save_stage, extra_every_stage=cfg.eval.pretrain_every_stage)
 
 
 def evaluate_backbone(cfg: L2MConfig, seed: int, tasks: list[str] | None = None,

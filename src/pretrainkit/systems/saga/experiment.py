@@ -14,8 +14,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from pretrainkit.systems.saga.features import mix_features, stat_features, unit_index
+from pretrainkit.core.parallel import spawn_map
 from pretrainkit.search.task_weights import search_task_weights
+from pretrainkit.systems.saga.features import mix_features, stat_features, unit_index
 from pretrainkit.systems.saga.pipeline import SagaPipeline
 
 METHODS = ("saga", "saga-linear", "equal", "limu-bert", "limu-bert-linear", "scratch", "floor", "full-label",
@@ -68,10 +69,8 @@ class Grid:
         pipe.log(f"encoders ready ({time.time() - t0:.0f}s)")
         combos = pipe.cfg.combos()
         if workers > 1 and len(combos) > 1:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(min(workers, len(combos))) as pool:
-                pool.starmap(_combo_worker, [(pipe.cfg, self.methods, c) for c in combos])
+            for _ in spawn_map(_combo_worker, [(pipe.cfg, self.methods, c) for c in combos], workers):
+                pass
             return Grid(pipe, self.methods).rows
         for combo in combos:
             self.run_combo(*combo)

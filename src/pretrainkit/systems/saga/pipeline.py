@@ -18,6 +18,7 @@ import torch
 from pretrainkit.adapt.probe import accuracy, fit_restarts, macro_f1, predict, stratified_budget
 from pretrainkit.core.checkpoint import load_weights
 from pretrainkit.core.data import EpochBatches
+from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.task import TASKS, MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
 from pretrainkit.errors import DataError
@@ -155,12 +156,10 @@ class SagaPipeline:
         """Run every missing pre-training job, in ``pretrain.workers`` processes (one thread each) if > 1."""
         todo = [j for j in self.pretrain_jobs(with_a) if not self.final_weights(j[0]).is_file()]
         if self.cfg.pretrain.workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
             self.windows  # load (and validate) once in the parent so errors surface here
             self.log(f"pre-training {len(todo)} encoders in {self.cfg.pretrain.workers} processes")
-            with mp.get_context("spawn").Pool(min(self.cfg.pretrain.workers, len(todo))) as pool:
-                pool.starmap(_pretrain_worker, [(self.cfg, *j) for j in todo])
+            for _ in spawn_map(_pretrain_worker, [(self.cfg, *j) for j in todo], self.cfg.pretrain.workers):
+                pass
         for tag, tasks, weights in todo:
             self.pretrain(tasks, weights, tag)
 
