@@ -72,7 +72,7 @@ def test_run_stages_fills_the_matrix_and_evaluates_only_seen_tasks():
     assert ("b", 0) not in calls and ("c", 1) not in calls  # unseen tasks are not evaluated
     assert rec.matrix("success") == [[1.0, None, None, 0.5], [0.5, 1.0, None, 0.5], [0.25, 0.5, 1.0, 0.5]]
     s = summarise(rec)
-    assert s["final_mean"] == pytest.approx(1.75 / 3)
+    assert s["final_mean"] == pytest.approx(1.75 / 3) and s["just_learned"] == 1.0
     assert s["forgetting"] == {"a": pytest.approx(0.75), "b": pytest.approx(0.5), "c": None}
     assert s["retention"] == pytest.approx({"before": 1.0, "after": 0.5, "ratio": 0.5})
 

@@ -57,6 +57,14 @@ def test_sweep_labels_crnet_variants_apart():
     assert arm_label(cfg, "full") == "full"  # the open choices are CR-Net's only
 
 
+def test_sweep_at_bench_cells_trains_one_cell_per_method():
+    from pretrainkit.systems.crnet.sweep import grid
+
+    cfg = load_config(CRNetConfig, None, ["sweep.methods=[full, galore]", "sweep.bench_cells=true",
+                                          "bench.lr={full: 0.01, galore: 0.003}", "bench.block_lr_scale={full: 0.1}"])
+    assert grid(cfg) == [("full", 0.01, 0.1), ("galore", 0.003, cfg.galore.scale)]
+
+
 def test_block_scale_one_gives_one_lr_and_the_same_training():
     cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01"])
     assert set(_lrs_by_name(cfg, "full").values()) == {0.01}

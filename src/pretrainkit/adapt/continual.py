@@ -180,6 +180,7 @@ def summarise(record: ContinualRecord, metric: str = "success") -> dict[str, Any
     return {
         "final_mean": average_success(m, -1),
         "mean_over_stages": _mean([average_success(m, s) for s in range(len(m))]),
+        "just_learned": _mean([m[s][s] for s in range(len(m))]),  # each task right after its stage: plasticity
         "forgetting": dict(zip(record.tasks, per_task)),
         "mean_forgetting": _mean(per_task),
         "retention": retention(initial_extra, final_extra),

@@ -117,6 +117,8 @@ class SweepSection:
     seed: int = 0
     dev_fraction: float = 0.1  # the tail of the training stream, cut at a document end
     workers: int = 2
+    bench_cells: bool = False  # train each method at its bench cell only (bench.lr x bench.block_lr_scale)
+    name: str = "crnet-sweep"  # docs/results/<name>.{md,json}
 
 
 @dataclass

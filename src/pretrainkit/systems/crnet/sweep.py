@@ -21,7 +21,7 @@ import torch
 from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.results import md_table, write_results
 from pretrainkit.errors import ConfigError
-from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs
+from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs, arm_lr
 from pretrainkit.systems.crnet.config import CRNetConfig
 from pretrainkit.systems.crnet.data import TextData, prepare_text_data
 
@@ -44,6 +44,8 @@ def dev_split(data: TextData, fraction: float) -> TextData:
 
 def grid(cfg: CRNetConfig) -> list[tuple[str, float, float]]:
     s = cfg.sweep
+    if s.bench_cells:  # each method at the bench's cell only (e.g. the chosen settings at another length)
+        return [(m, *arm_lr(cfg, m)) for m in s.methods]
     return [(m, lr, sc) for m in s.methods for lr in s.lrs for sc in s.block_scales]
 
 
@@ -152,5 +154,5 @@ def _write(cfg: CRNetConfig, rows: list[dict], dev: TextData, results_dir: Path 
     ])
     headline = {"best": {m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
                          for m, r in best.items()}}
-    return write_results("crnet-sweep", headline, body, {"rows": rows}, seeds=[s.seed], out_dir=results_dir,
+    return write_results(s.name, headline, body, {"rows": rows}, seeds=[s.seed], out_dir=results_dir,
                          title="CR-Net lr sweep")

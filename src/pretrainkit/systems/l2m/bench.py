@@ -62,6 +62,8 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
 
     return {
         "final_mean_success": _stats([p["final_mean"] for p in per_seed.values()]),
+        "just_learned": _stats([p["just_learned"] for p in per_seed.values()]),
+        "mean_over_stages": _stats([p["mean_over_stages"] for p in per_seed.values()]),
         "forgetting": _stats([p["mean_forgetting"] for p in per_seed.values()]),
         "forgetting_per_task": {t: _stats([p["forgetting"].get(t) for p in per_seed.values()])["mean"]
                                 for t in first.tasks},
@@ -145,6 +147,7 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> 
     headline = {
         "final_mean_success": {m: _round(s["final_mean_success"]["mean"]) for m, s in summary.items()},
         "forgetting": {m: _round(s["forgetting"]["mean"]) for m, s in summary.items()},
+        "just_learned_success": {m: _round(s["just_learned"]["mean"]) for m, s in summary.items()},
         "pretrain_success_after": {m: _round(s["pretrain_after"]["mean"]) for m, s in summary.items()},
         "goal_met": _verdict(summary)[1],
     }
@@ -183,9 +186,11 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
          f"{', '.join(_short(t) for t in d.pretrain_tasks)}; one backbone per seed."),
         (f"Continual sequence (CW10 order; tasks whose expert succeeds >= 95 %): "
          f"{' -> '.join(_short(t) for t in d.continual_tasks)}; {c.steps_per_task} steps per task, batch "
-         f"{c.batch_size}. After every task: {cfg.eval.episodes} closed-loop episodes per task seen so far and per "
-         f"pre-training task (success = any step succeeds; same start positions at every stage), offline bin "
-         f"accuracy on {cfg.eval.offline_windows} held-out windows."),
+         f"{c.batch_size}. After every task: {cfg.eval.episodes} closed-loop episodes per task seen so far"
+         + (" and per pre-training task" if cfg.eval.pretrain_every_stage else
+            " (pre-training tasks: before the first and after the last stage)")
+         + f" (success = any step succeeds; same start positions at every stage), offline bin accuracy on "
+         f"{cfg.eval.offline_windows} held-out windows."),
         (f"L2M: pool {m.pool_size}, LoRA rank {m.rank} on q, v and MLP fc1 ({m.ff_placement} placement) of every "
          f"layer, top-1 by cosine to the mean state-token embedding, key pull coef {m.key_coef}, count penalty "
          f"{m.count_penalty}; pre-training tasks met '{m.pretrain_eval}'{routed}. L2M-oracle: task id given "
@@ -197,9 +202,11 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    heads = ["method", "final mean success", "forgetting", "pre-train success before -> after", "retention",
+    heads = ["method", "final mean success", "forgetting", "just-learned success", "mean over stages",
+             "pre-train success before -> after", "retention",
              "final offline acc", "offline forgetting", "trainable params"]
-    rows = [[k, _fmt(s["final_mean_success"]), _fmt(s["forgetting"]),
+    rows = [[k, _fmt(s["final_mean_success"]), _fmt(s["forgetting"]), _fmt(s["just_learned"]),
+             _fmt(s["mean_over_stages"]),
              f"{_fmt(s['pretrain_before'])} -> {_fmt(s['pretrain_after'])}", _fmt(s["pretrain_retention"]),
              _fmt(s["final_offline_acc"], 3), _fmt(s["offline_forgetting"], 3), s["trainable_params"]]
             for k, s in summary.items()]
@@ -221,7 +228,10 @@ def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: di
     lines = ["## Protocol", "", protocol(cfg, pre, data), "",
              "## Summary (mean ± std over seeds)", "", summary_table(summary), "",
              ("Forgetting = max success at earlier stages minus final success, mean over all but the last task "
-              "(negative = improved later). Retention = pre-training-task success after the sequence / before."), "",
+              "(negative = improved later). Just-learned success = each task's success right after its own stage "
+              "(how well a method learns; final mean success also depends on the last task, which only it "
+              "keeps under full fine-tuning). Mean over stages = average success over the tasks seen so far, "
+              "averaged over the stages. Retention = pre-training-task success after the sequence / before."), "",
              "## Success matrices (task x stage, mean over seeds)", "",
              *matrices(summary, cfg.data.pretrain_tasks)]
     keyed = {k: s for k, s in summary.items() if any(any(x) for x in s["keys"].values())}
@@ -259,6 +269,12 @@ def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
         clear &= beyond
         lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; "
                      f"{'beyond' if beyond else 'within'} the summed seed spread {spread:.2f}).")
+    if "ft" in summary:
+        a, b = ours["just_learned"]["mean"], summary["ft"]["just_learned"]["mean"]
+        if a is not None and b is not None:
+            lines.append(f"- Just-learned success (each task right after its stage): L2M {a:.2f} vs ft {b:.2f}"
+                         + (" -- full fine-tuning learns each task better; L2M's margin comes from keeping them."
+                            if b > a else "."))
     forg, ret = ours["forgetting"]["mean"], ours["pretrain_retention"]["mean"]
     forg_ok = forg is not None and forg <= 0.05
     ret_ok = ret is not None and ret >= 0.9
