@@ -58,10 +58,11 @@ def arm_label(cfg: CRNetConfig, method: str) -> str:
     (e.g. ``crnet[crnet_init=cola]``), so variants sit beside each other in one rows file."""
     if method != "crnet":
         return method
-    base = CRNetConfig()
-    diffs = [f"{k}={getattr(cfg.model, k):g}" if isinstance(getattr(cfg.model, k), float)
-             else f"{k}={getattr(cfg.model, k)}"
-             for k in ("crnet_init", "crnet_beta_init", "crnet_anchor") if getattr(cfg.model, k) != getattr(base.model, k)]
+    base, diffs = CRNetConfig().model, []
+    for k in ("crnet_init", "crnet_beta_init", "crnet_anchor"):
+        v = getattr(cfg.model, k)
+        if v != getattr(base, k):
+            diffs.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
     if cfg.beta_lr_scale is not None:
         diffs.append(f"beta_lr_scale={cfg.beta_lr_scale:g}")
     return f"crnet[{','.join(diffs)}]" if diffs else "crnet"
