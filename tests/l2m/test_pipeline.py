@@ -121,3 +121,18 @@ def test_bench_in_two_processes_equals_one_process(tmp_path):
     assert one["headline"] == two["headline"]
     with pytest.raises(ConfigError, match="bench.workers must be >= 1"):
         _config(tmp_path, ["bench.workers=0"])
+
+
+def _summary(final, std, forgetting=0.0, retention=1.0, just=0.5):
+    stat = lambda m, s=0.0: {"mean": m, "std": s}  # noqa: E731
+    return {"final_mean_success": stat(final, std), "forgetting": stat(forgetting),
+            "pretrain_retention": stat(retention), "just_learned": stat(just)}
+
+
+def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
+    win = {"l2m": _summary(0.5, 0.05), "ft": _summary(0.2, 0.05), "lora": _summary(0.1, 0.05)}
+    assert bench._verdict(win)[1] is True
+    assert bench._verdict({**win, "ft": _summary(0.45, 0.05)})[1] is False  # +0.05 is inside 0.10
+    assert bench._verdict({**win, "l2m": _summary(0.5, 0.05, forgetting=0.1)})[1] is False
+    text, met = bench._verdict({"l2m": win["l2m"]})  # a run without the baselines decides nothing
+    assert met is False and "no comparison" in text

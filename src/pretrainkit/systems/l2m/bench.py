@@ -259,10 +259,11 @@ def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
     if "l2m" not in summary:
         return "## Verdict\n\nL2M was not run.", False
     ours = summary["l2m"]
-    lines, clear = [], True
-    for k in ("ft", "lora"):
-        if k not in summary:
-            continue
+    compared = [k for k in ("ft", "lora") if k in summary]
+    lines, clear = [], len(compared) == 2
+    if not clear:
+        lines.append("- ft and lora were not both run: no comparison, so no verdict on the goal.")
+    for k in compared:
         a, b = ours["final_mean_success"], summary[k]["final_mean_success"]
         diff, spread = a["mean"] - b["mean"], a["std"] + b["std"]
         beyond = diff > spread
