@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from typing import Any
-
-
-def _call(fn_and_args: tuple[Callable[..., Any], tuple]) -> Any:
-    fn, args = fn_and_args
-    return fn(*args)
 
 
 def spawn_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int = 1,
               ordered: bool = True) -> Iterator[Any]:
     """Yield ``fn(*job)`` for every job: in ``workers`` spawned processes when > 1 (and there are at least
-    two jobs), else one after another here. ``ordered=False`` yields results as they finish."""
+    two jobs), else lazily one after another here (so a caller can save each result before the next job
+    runs). ``ordered=False`` yields results as they finish."""
     jobs = list(jobs)
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield fn(*job)
         return
-    with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        run = pool.imap if ordered else pool.imap_unordered
-        yield from run(_call, [(fn, tuple(job)) for job in jobs])
+    with executor(min(workers, len(jobs))) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        for future in futures if ordered else as_completed(futures):
+            yield future.result()
 
 
 class InlineExecutor(Executor):
