@@ -1,4 +1,4 @@
-"""`pretrainkit l2m collect | pretrain | continual | evaluate | bench`."""
+"""`pretrainkit l2m collect | pretrain | continual | evaluate | routing | bench`."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=_evaluate)
 
+    p = _parser(sub, "routing", "from a finished run: does each task still reach the keys it trained? "
+                               "(writes docs/results/<bench.name>-routing.{md,json})")
+    p.add_argument("--method", default="l2m", help="a pool method: l2m (default) or l2m-oracle")
+    p.add_argument("--name", help="results name (default: <bench.name>-routing)")
+    p.add_argument("--out-dir", type=Path, default=None, help="results folder (default docs/results)")
+    p.set_defaults(func=_routing)
+
     p = _parser(sub, "bench", "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}")
     _bench_args(p)
     p.set_defaults(func=lambda a: _bench(a))
@@ -125,6 +132,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{t:28s} success {r['success']:.2f}  offline acc {acc}  key {r.get('key', '-')}")
     if args.json:
         args.json.write_text(json.dumps(to_dict(res), indent=1))
+    return 0
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m.routing import routing_report
+
+    if args.method not in ("l2m", "l2m-oracle"):
+        from pretrainkit.errors import ConfigError
+
+        raise ConfigError(f"routing needs a modulation-pool method (l2m or l2m-oracle), got {args.method!r}")
+    print(f"wrote {routing_report(load(args), args.method, args.name, args.out_dir)}")
     return 0
 
 

@@ -1,0 +1,134 @@
+"""`pretrainkit l2m routing`: does each task still reach its own modulators? Read from a finished run.
+
+L2M can only forget through routing: a finished task's modulators are never trained again, so if its
+windows still select the keys it trained, its actions are unchanged. This report takes the keys each task
+trained (the pool's committed selection counts in consecutive stage checkpoints; a key belongs to the task
+that selected it most) and the keys recorded at every evaluation (closed-loop steps and held-out windows),
+and gives each task's *own-key share* right after its stage and at the end, beside its success. Nothing is
+re-run: it reads ``<out>/continual/seed-N/<method>/``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from pretrainkit.adapt.continual import ContinualRecord
+from pretrainkit.core.checkpoint import load_weights
+from pretrainkit.core.config import to_dict
+from pretrainkit.core.results import md_table, write_results
+from pretrainkit.errors import DataError
+from pretrainkit.systems.l2m.config import L2MConfig
+from pretrainkit.systems.l2m.pipeline import setup_torch
+
+COUNTS = "dt.modulation_pool.counts"
+UNMODULATED = -1  # the 'owner' of the bare backbone: pre-training tasks
+
+
+def stage_usage(run_dir: Path, stages: int) -> list[torch.Tensor]:
+    """Per stage, how often each key was selected while training that stage's task (committed counts
+    after the stage minus after the one before)."""
+    out, prev = [], None
+    for s in range(stages):
+        path = run_dir / f"stage-{s}" / "method.safetensors"
+        counts = load_weights(path).get(COUNTS) if path.is_file() else None
+        if counts is None:
+            raise DataError(f"{path} has no modulation-pool counts: routing needs a finished L2M-style run")
+        out.append(counts.long() - (0 if prev is None else prev))
+        prev = counts.long()
+    return out
+
+
+def key_owners(usage: list[torch.Tensor]) -> dict[int, int]:
+    """Key -> the stage (task index) that selected it most in training; keys never selected have no owner."""
+    table = torch.stack(usage)  # (stages, keys)
+    return {k: int(table[:, k].argmax()) for k in range(table.shape[1]) if int(table[:, k].sum()) > 0}
+
+
+def own_share(hist: dict[str, float] | None, owners: dict[int, int], task_id: int) -> float | None:
+    """Share of a key histogram ({key: share}, key -1 = unmodulated) that went to ``task_id``'s keys."""
+    if not hist:
+        return None
+    return sum(v for k, v in hist.items() if (UNMODULATED if int(k) < 0 else owners.get(int(k))) == task_id)
+
+
+def seed_routing(record: ContinualRecord, owners: dict[int, int]) -> dict[str, dict[str, float | None]]:
+    """Per task: own-key share (closed loop and held-out) and success, right after its stage and at the end."""
+    out = {}
+    for t in record.columns:
+        tid = record.tasks.index(t) if t in record.tasks else UNMODULATED
+        own_stage = tid if tid >= 0 else len(record.rows) - 1  # pre-training tasks: the end only
+        first, last = record.rows[own_stage].get(t, {}), record.rows[-1].get(t, {})
+        out[t] = {"rollout_own_after_stage": own_share(first.get("keys_rollout"), owners, tid),
+                  "rollout_own_final": own_share(last.get("keys_rollout"), owners, tid),
+                  "heldout_own_final": own_share(last.get("keys"), owners, tid),
+                  "success_after_stage": first.get("success"), "success_final": last.get("success")}
+    return out
+
+
+def _mean(vals: list[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
+                   out_dir: Path | None = None) -> Path:
+    """Write ``docs/results/<name>.{md,json}`` (default name ``<bench.name>-routing``) for ``method``."""
+    setup_torch(cfg)  # the thread count in the results' provenance line, as for the bench
+    seeds, per_seed, owners_by_seed = list(cfg.bench.seeds), {}, {}
+    for s in seeds:
+        run_dir = Path(cfg.out) / "continual" / f"seed-{s}" / method
+        rec_path = run_dir / "record.json"
+        if not rec_path.is_file():
+            raise DataError(f"no finished run at {run_dir}; run `pretrainkit bench l2m` (or `l2m continual`) first")
+        record = ContinualRecord.load(rec_path)
+        owners = key_owners(stage_usage(run_dir, record.done))
+        per_seed[s], owners_by_seed[s] = seed_routing(record, owners), owners
+    tasks = list(next(iter(per_seed.values())))
+    fields = ["success_after_stage", "success_final", "rollout_own_after_stage", "rollout_own_final",
+              "heldout_own_final"]
+    means = {t: {f: _mean([per_seed[s][t][f] for s in seeds]) for f in fields} for t in tasks}
+    seq = [t for t in tasks if t in cfg.data.continual_tasks]
+    earlier = seq[:-1]  # the tasks forgetting is measured on
+    headline = {
+        "rollout_own_share_after_stage": _round(_mean([means[t]["rollout_own_after_stage"] for t in earlier])),
+        "rollout_own_share_final": _round(_mean([means[t]["rollout_own_final"] for t in earlier])),
+        "heldout_own_share_final": _round(_mean([means[t]["heldout_own_final"] for t in earlier])),
+    }
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = [[t.removesuffix("-v3") + ("" if t in seq else " (pre-train)"),
+             f"{cell(m['success_after_stage'])} -> {cell(m['success_final'])}",
+             f"{cell(m['rollout_own_after_stage'])} -> {cell(m['rollout_own_final'])}",
+             cell(m["heldout_own_final"])] for t, m in means.items()]
+    per = [[s, t.removesuffix("-v3"), f"{cell(r['success_after_stage'])} -> {cell(r['success_final'])}",
+            f"{cell(r['rollout_own_after_stage'])} -> {cell(r['rollout_own_final'])}", cell(r["heldout_own_final"])]
+           for s in seeds for t, r in per_seed[s].items()]
+    body = "\n".join([
+        "## What this measures", "",
+        (f"Method `{method}`, run folder `{cfg.out}`. Own-key share = share of a task's windows routed to keys "
+         "that task trained (a key belongs to the task that selected it most in training; for pre-training tasks, "
+         "the unmodulated backbone). Closed loop = the steps of the evaluation rollouts; held-out = the offline "
+         "validation windows. 'After stage' = right after the task's own stage; pre-training tasks are read at "
+         "the end. Headline = mean over the sequence tasks but the last (those forgetting is measured on)."), "",
+        "## Mean over seeds", "",
+        md_table(["task", "success after stage -> final", "closed-loop own-key share after stage -> final",
+                  "held-out own-key share final"], rows), "",
+        "## Per seed", "",
+        md_table(["seed", "task", "success", "closed-loop own-key share", "held-out own-key share"], per), "",
+        "## Key owners (key: stage)", "",
+        md_table(["seed", "owners"], [[s, ", ".join(f"{k}: {v}" for k, v in sorted(o.items()))]
+                                      for s, o in owners_by_seed.items()]), "",
+    ])
+    data = {"config": to_dict(cfg), "method": method, "per_seed": per_seed, "mean": means,
+            "owners": {s: {str(k): v for k, v in o.items()} for s, o in owners_by_seed.items()}}
+    return write_results(name or f"{cfg.bench.name}-routing", headline, body, data, seeds=seeds, out_dir=out_dir,
+                         title=f"L2M routing ({method})")
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
