@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from pretrainkit.adapt.continual import ContinualRecord
 from pretrainkit.cli import main
+from pretrainkit.core.checkpoint import save_weights
 from pretrainkit.core.config import load_config
 from pretrainkit.errors import ConfigError, DataError
-from pretrainkit.systems.l2m import bench, pipeline
+from pretrainkit.systems.l2m import bench, pipeline, routing
 from pretrainkit.systems.l2m.config import L2MConfig
 
 PRE, SEQ = ["drawer-close-v3"], ["hammer-v3", "faucet-close-v3"]
@@ -124,7 +126,7 @@ def test_bench_in_two_processes_equals_one_process(tmp_path):
 
 
 def _summary(final, std, forgetting=0.0, retention=1.0, just=0.5):
-    stat = lambda m, s=0.0: {"mean": m, "std": s}  # noqa: E731
+    stat = lambda m, s=0.0: {"mean": m, "std": s}
     return {"final_mean_success": stat(final, std), "forgetting": stat(forgetting),
             "pretrain_retention": stat(retention), "just_learned": stat(just)}
 
@@ -136,3 +138,60 @@ def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
     assert bench._verdict({**win, "l2m": _summary(0.5, 0.05, forgetting=0.1)})[1] is False
     text, met = bench._verdict({"l2m": win["l2m"]})  # a run without the baselines decides nothing
     assert met is False and "no comparison" in text
+
+
+# ---- routing report --------------------------------------------------------------------------------
+def _stage_counts(run_dir, cumulative):
+    for s, counts in enumerate(cumulative):
+        (run_dir / f"stage-{s}").mkdir(parents=True)
+        save_weights(run_dir / f"stage-{s}" / "method.safetensors",
+                     {routing.COUNTS: torch.tensor(counts), "other": torch.zeros(1)})
+
+
+def test_owners_come_from_each_stages_own_selections(tmp_path):
+    # stage 0 selects keys 0 (90) and 1 (10); stage 1 selects key 1 (50) and key 2 (5); key 3 never
+    _stage_counts(tmp_path, [[90, 10, 0, 0], [90, 60, 5, 0]])
+    usage = routing.stage_usage(tmp_path, 2)
+    assert [u.tolist() for u in usage] == [[90, 10, 0, 0], [0, 50, 5, 0]]
+    assert routing.key_owners(usage) == {0: 0, 1: 1, 2: 1}  # key 1: stage 1 used it more; key 3: nobody
+    with pytest.raises(DataError, match="no modulation-pool counts"):
+        (tmp_path / "stage-2").mkdir()
+        save_weights(tmp_path / "stage-2" / "method.safetensors", {"other": torch.zeros(1)})
+        routing.stage_usage(tmp_path, 3)
+
+
+def test_own_share_and_seed_rows():
+    owners = {0: 0, 1: 1, 2: 1}
+    assert routing.own_share({"0": 0.25, "1": 0.75}, owners, 1) == 0.75
+    assert routing.own_share({"-1": 0.6, "2": 0.4}, owners, routing.UNMODULATED) == 0.6
+    assert routing.own_share({"3": 1.0}, owners, 0) == 0  # an unowned key belongs to no task
+    assert routing.own_share(None, owners, 0) is None
+    rec = ContinualRecord(["a", "b"], ["p"], rows=[
+        {"a": {"success": 0.8, "keys_rollout": {"0": 1.0}, "keys": {"0": 1.0}}},
+        {"a": {"success": 0.4, "keys_rollout": {"0": 0.5, "1": 0.5}, "keys": {"0": 0.9, "2": 0.1}},
+         "b": {"success": 0.6, "keys_rollout": {"1": 1.0}},
+         "p": {"success": 0.3, "keys_rollout": {"-1": 0.7, "0": 0.3}}},
+    ])
+    rows = routing.seed_routing(rec, owners)
+    assert rows["a"] == {"rollout_own_after_stage": 1.0, "rollout_own_final": 0.5, "heldout_own_final": 0.9,
+                         "success_after_stage": 0.8, "success_final": 0.4}
+    assert rows["p"]["rollout_own_after_stage"] == rows["p"]["rollout_own_final"] == 0.7  # read at the end
+    assert rows["b"]["heldout_own_final"] is None
+
+
+def test_report_from_a_finished_bench_and_cli_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "evaluate_task", _fake_rollout)
+    cfg = _config(tmp_path, ["continual.methods=[l2m]"])
+    bench.run_bench(cfg, out_dir=tmp_path / "results", log=lambda s: None)
+    md = routing.routing_report(cfg, "l2m", out_dir=tmp_path / "results")
+    out = json.loads(md.with_suffix(".json").read_text())
+    assert md.name == "l2m-routing.md" and set(out["mean"]) == {*SEQ, *cfg.data.pretrain_tasks}
+    owners = out["owners"]["0"]
+    assert owners and set(owners.values()) <= {0, 1}  # every used key belongs to one of the two stages
+    assert 0.0 <= out["headline"]["heldout_own_share_final"] <= 1.0
+    assert "## Per seed" in md.read_text()
+    assert main(["l2m", "routing", "--set", f"out={tmp_path / 'empty'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pretrainkit: error: no finished run at") and "\n" not in err
+    assert main(["l2m", "routing", "--method", "ft"]) == 2
+    assert "needs a modulation-pool method" in capsys.readouterr().err
