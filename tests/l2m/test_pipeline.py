@@ -80,6 +80,16 @@ def test_bench_runs_every_stage_and_writes_results(cfg, tmp_path):
     assert out["throughput"]["continual_dt_steps_per_s"] > 0 and out["throughput"]["eval_env_steps_per_s_per_core"] > 0
     text = md.read_text()
     assert "### l2m-oracle" in text and "## Throughput" in text and "## Verdict" in text
+    # re-rendering from the stored records changes no number and keeps the run's provenance
+    again = bench.rerender(md.with_suffix(".json"), out_dir=tmp_path / "again")
+    redo = json.loads(again.with_suffix(".json").read_text())
+    assert redo["headline"] == out["headline"] and redo["records"] == out["records"]
+    assert redo["methods"] == out["methods"] and redo["throughput"] == out["throughput"]
+    assert redo["provenance"]["date"] == out["provenance"]["date"] and "rerendered" in redo["provenance"]
+    assert "re-rendered from that run's stored records" in again.read_text()
+    (tmp_path / "bad.json").write_text('{"config": {}}')
+    with pytest.raises(DataError, match="not an L2M bench results file"):
+        bench.rerender(tmp_path / "bad.json")
 
 
 def test_continual_run_resumes_after_completed_stages(cfg):
@@ -138,6 +148,9 @@ def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
     assert bench._verdict({**win, "l2m": _summary(0.5, 0.05, forgetting=0.1)})[1] is False
     text, met = bench._verdict({"l2m": win["l2m"]})  # a run without the baselines decides nothing
     assert met is False and "no comparison" in text
+    # no forgetting because nothing was learned: L2M below half of ft's just-learned success decides nothing
+    text, met = bench._verdict({**win, "l2m": _summary(0.5, 0.05, just=0.2)})
+    assert met is False and "less than half as well" in text
 
 
 # ---- routing report --------------------------------------------------------------------------------

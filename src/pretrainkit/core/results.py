@@ -51,18 +51,28 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[str, Any],
-                  seeds: list[int] | None = None, out_dir: Path | None = None, title: str | None = None) -> Path:
-    """Write ``<name>.md`` and ``<name>.json`` with the same headline numbers and provenance."""
+                  seeds: list[int] | None = None, out_dir: Path | None = None, title: str | None = None,
+                  original: dict[str, Any] | None = None) -> Path:
+    """Write ``<name>.md`` and ``<name>.json`` with the same headline numbers and provenance.
+
+    ``original``: the provenance of the run whose stored records are being re-rendered (the report code
+    changed, the measurements did not); it stays the provenance, and this call is added as ``rerendered``."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prov = provenance(seeds)
+    now = provenance(seeds)
+    prov = now if original is None else {**original, "rerendered": {k: now[k] for k in ("command", "date",
+                                                                                         "git_commit")}}
     payload = {"headline": headline, **data, "provenance": prov}
     atomic_write_text(out_dir / f"{name}.json", json.dumps(payload, indent=2, default=str))
     m = prov["machine"]
+    again = prov.get("rerendered")
     head = [f"# {title or name} results", "",
             f"Written by `{prov['command']}` on {prov['date']}, commit `{prov['git_commit']}`; machine: "
             f"{m['cpu_cores']} cores, {m['device']}, torch {m['torch']}, {m['threads']} thread(s); "
-            f"seeds {prov['seeds']}.", "", "## Headline", "",
+            f"seeds {prov['seeds']}."
+            + (f" Report re-rendered from that run's stored records (nothing re-run) by `{again['command']}` on "
+               f"{again['date']}, commit `{again['git_commit']}`." if again else ""),
+            "", "## Headline", "",
             md_table(["figure", "value"], [[k, v] for k, v in headline.items()]), "", body_md.strip(), ""]
     atomic_write_text(out_dir / f"{name}.md", "\n".join(head))
     return out_dir / f"{name}.md"

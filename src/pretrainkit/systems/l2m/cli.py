@@ -79,6 +79,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma-separated seeds (default: bench.seeds)")
     p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)}")
     p.add_argument("--out-dir", type=Path, default=None, help="results folder (default docs/results)")
+    p.add_argument("--rerender", type=Path, metavar="RESULTS_JSON",
+                   help="re-write a finished bench's results from the records in its JSON (no training, no "
+                        "rollouts; e.g. after a change to the verdict); --config/--set are ignored")
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -147,8 +150,11 @@ def _routing(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from pretrainkit.systems.l2m.bench import run_bench
+    from pretrainkit.systems.l2m.bench import rerender, run_bench
 
+    if args.rerender is not None:
+        print(f"wrote {rerender(args.rerender, out_dir=args.out_dir)}")
+        return 0
     print(f"wrote {run_bench(load(args), out_dir=args.out_dir)}")
     return 0
 
