@@ -179,6 +179,7 @@ def test_own_share_and_seed_rows():
     assert routing.own_share({"-1": 0.6, "2": 0.4}, owners, routing.UNMODULATED) == 0.6
     assert routing.own_share({"3": 1.0}, owners, 0) == 0  # an unowned key belongs to no task
     assert routing.own_share(None, owners, 0) is None
+    assert routing.own_share({"0": 0.334, "1": 0.667}, owners, 1) == pytest.approx(0.667 / 1.001)  # rounded shares
     rec = ContinualRecord(["a", "b"], ["p"], rows=[
         {"a": {"success": 0.8, "keys_rollout": {"0": 1.0}, "keys": {"0": 1.0}}},
         {"a": {"success": 0.4, "keys_rollout": {"0": 0.5, "1": 0.5}, "keys": {"0": 0.9, "2": 0.1}},

@@ -49,9 +49,11 @@ def key_owners(usage: list[torch.Tensor]) -> dict[int, int]:
 
 def own_share(hist: dict[str, float] | None, owners: dict[int, int], task_id: int) -> float | None:
     """Share of a key histogram ({key: share}, key -1 = unmodulated) that went to ``task_id``'s keys."""
-    if not hist:
+    total = sum(hist.values()) if hist else 0
+    if not total:
         return None
-    return sum(v for k, v in hist.items() if (UNMODULATED if int(k) < 0 else owners.get(int(k))) == task_id)
+    own = sum(v for k, v in hist.items() if (UNMODULATED if int(k) < 0 else owners.get(int(k))) == task_id)
+    return own / total  # recorded shares are rounded, so they need not add up to exactly 1
 
 
 def seed_routing(record: ContinualRecord, owners: dict[int, int]) -> dict[str, dict[str, float | None]]:
