@@ -26,19 +26,21 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = git("rev-parse", "--short", "HEAD")
         # results files rewritten by an earlier bench do not make the code that produced them dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                f":!{RESULTS_DIR.as_posix()}"], capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS_DIR.as_posix()}")
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def provenance(seeds: list[int] | None = None) -> dict[str, Any]:
     return {"command": " ".join(["pretrainkit", *sys.argv[1:]]) if sys.argv else "", "seeds": seeds or [],
-            "git_commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "git_commit": git_commit(), "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info()}
 
 
