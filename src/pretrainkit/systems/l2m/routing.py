@@ -1,7 +1,8 @@
 """`pretrainkit l2m routing`: does each task still reach its own modulators? Read from a finished run.
 
-L2M can only forget through routing: a finished task's modulators are never trained again, so if its
-windows still select the keys it trained, its actions are unchanged. This report takes the keys each task
+L2M forgets mainly through routing: the count penalty keeps later tasks off a finished task's keys, so its
+modulators barely change (the bench's offline forgetting), and if its windows still select the keys it
+trained, its actions are unchanged. This report takes the keys each task
 trained (the pool's committed selection counts in consecutive stage checkpoints; a key belongs to the task
 that selected it most) and the keys recorded at every evaluation (closed-loop steps and held-out windows),
 and gives each task's *own-key share* right after its stage and at the end, beside its success. Nothing is
