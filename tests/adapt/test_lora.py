@@ -24,7 +24,7 @@ def test_lora_formula_and_default_alpha():
     inp = torch.randn(4, 6)
     expect = lin(inp) + 1.5 * inp @ layer.lora_A.T @ layer.lora_B.T
     torch.testing.assert_close(layer(inp), expect)
-    assert LoRALinear(nn.Linear(6, 5), rank=4).scale == 2.0  # alpha defaults to 2 * rank
+    assert LoRALinear(nn.Linear(6, 5), rank=4).scale == 1.0  # alpha defaults to rank
 
 
 def test_only_a_and_b_train(make_model, x):

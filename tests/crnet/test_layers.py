@@ -11,9 +11,9 @@ from pretrainkit.systems.crnet.layers import (
     Chain,
     ColaLinear,
     CRNetLinear,
-    LoRALinear,
     LowRankLinear,
     check_rank,
+    scratch_lora,
 )
 from pretrainkit.systems.crnet.model import LlamaConfig, LlamaLM
 
@@ -52,16 +52,17 @@ def test_baseline_projections_known_outputs():
     torch.testing.assert_close(lr(x), x @ lr.A @ lr.B)
     cola = ColaLinear(10, 7, 4)
     torch.testing.assert_close(cola(x), F.silu(x @ cola.A) @ cola.B)
-    lora = LoRALinear(10, 7, 4, alpha=32.0, dropout=0.0, init_std=0.02)
-    assert not lora.weight.requires_grad and lora.A.requires_grad and lora.B.requires_grad
-    torch.testing.assert_close(lora(x), F.linear(x, lora.weight))  # B = 0 at start
+    lora = scratch_lora(10, 7, 4, alpha=32.0, dropout=0.0, init_std=0.02)
+    w = lora.base.weight
+    assert not w.requires_grad and lora.lora_A.requires_grad and lora.lora_B.requires_grad
+    torch.testing.assert_close(lora(x), F.linear(x, w))  # B = 0 at start
     with torch.no_grad():
-        lora.B.normal_()
+        lora.lora_B.normal_()
     before = lora(x)
-    torch.testing.assert_close(before, F.linear(x, lora.weight) + 8.0 * (x @ lora.A @ lora.B))
+    torch.testing.assert_close(before, F.linear(x, w) + 8.0 * (x @ lora.lora_A @ lora.lora_B))
     lora.merge_and_reset()
     torch.testing.assert_close(lora(x), before, rtol=1e-5, atol=1e-5)  # merge keeps the function
-    assert torch.count_nonzero(lora.B) == 0
+    assert torch.count_nonzero(lora.lora_B) == 0
 
 
 def test_rank_checks():

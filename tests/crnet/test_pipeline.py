@@ -148,7 +148,7 @@ def test_relora_merge_keeps_the_function_and_clears_optimizer_state():
     hook(model, 5)
     assert hook.resets == [5]
     torch.testing.assert_close(lm(x)[0], before, rtol=1e-5, atol=1e-5)  # W absorbed A B; B restarted at 0
-    lora_params = {id(p) for n, p in lm.named_parameters() if n.endswith((".A", ".B"))}
+    lora_params = {id(p) for n, p in lm.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
     assert lora_params and not any(id(p) in lora_params for p in opt.state)
     assert any(id(p) not in lora_params for p in opt.state)  # norms / embeddings keep their moments
 

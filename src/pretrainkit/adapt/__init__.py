@@ -1,12 +1,17 @@
 """Parameter-efficient adaptation of a frozen backbone: LoRA, (IA)^3, L2M's modulation pool, prompt pools,
-and continual-learning regularisers. All usable from plain PyTorch."""
+and continual-learning regularisers. All usable from plain PyTorch.
+
+Adapters wrap Linear, Conv1d/2d/3d and Embedding modules; PyG's HeteroDictLinear / HeteroLinear wrappers
+(``adapt.pyg``) register themselves once torch_geometric is imported."""
 
 from pretrainkit.adapt.base import (
     ADAPTERS,
+    AdapterFamily,
     AdapterLayer,
     AdapterState,
     adapter_layers,
     adapter_state_dict,
+    find_modules,
     inject,
     load_adapter,
     merge,
@@ -14,8 +19,8 @@ from pretrainkit.adapt.base import (
     save_adapter,
     trainable_parameters,
 )
-from pretrainkit.adapt.ia3 import IA3Linear
-from pretrainkit.adapt.lora import LoRALinear
+from pretrainkit.adapt.ia3 import IA3Conv, IA3Linear
+from pretrainkit.adapt.lora import LoRAConv, LoRAEmbedding, LoRALayer, LoRALinear
 from pretrainkit.adapt.modulation import ModulatedLinear, ModulationPool, Selection
 from pretrainkit.adapt.prompts import PromptHook, PromptPool, PromptSelection, extend_mask, prepend
 from pretrainkit.adapt.regularisers import EWC, L2Anchor
@@ -23,10 +28,15 @@ from pretrainkit.adapt.regularisers import EWC, L2Anchor
 __all__ = [
     "ADAPTERS",
     "EWC",
+    "AdapterFamily",
     "AdapterLayer",
     "AdapterState",
+    "IA3Conv",
     "IA3Linear",
     "L2Anchor",
+    "LoRAConv",
+    "LoRAEmbedding",
+    "LoRALayer",
     "LoRALinear",
     "ModulatedLinear",
     "ModulationPool",
@@ -37,6 +47,7 @@ __all__ = [
     "adapter_layers",
     "adapter_state_dict",
     "extend_mask",
+    "find_modules",
     "inject",
     "load_adapter",
     "merge",

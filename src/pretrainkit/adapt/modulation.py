@@ -73,7 +73,7 @@ class ModulationPool(AdapterState):
         if not 1 <= top_k <= per_task:
             raise ConfigError(f"top_k must be in 1..{per_task} (keys a sample may choose from), got {top_k}")
         self.n_modulators, self.key_dim, self.rank, self.top_k = n_modulators, key_dim, rank, top_k
-        self.alpha = float(2 * rank if alpha is None else alpha)
+        self.alpha = float(rank if alpha is None else alpha)  # scale alpha / rank: 1 unless set (L2M sets 2)
         self.scale = self.alpha / rank
         self.count_penalty, self.oracle_tasks = bool(count_penalty), oracle_tasks
         self.keys = nn.Parameter(torch.empty(n_modulators, key_dim).uniform_(-1.0, 1.0))
@@ -103,6 +103,11 @@ class ModulationPool(AdapterState):
     def add_target(self, name: str, in_features: int, out_features: int, like: torch.Tensor) -> str:
         """Create (or reuse, if shapes agree) the n LoRA pairs for one Linear; returns their key in the pool."""
         key = name.replace(".", "-")  # parameter names cannot hold dots
+        if self.rank > min(in_features, out_features):
+            raise ConfigError(
+                f"modulator rank {self.rank} is larger than min(in {in_features}, out {out_features}) of "
+                f"'{name}'; use rank <= {min(in_features, out_features)}"
+            )
         shape_a, shape_b = (
             (self.n_modulators, self.rank, in_features),
             (self.n_modulators, out_features, self.rank),
@@ -234,7 +239,7 @@ class ModulationPool(AdapterState):
 _POOL_OPTIONS = [p for p in inspect.signature(ModulationPool.__init__).parameters if p != "self"]
 
 
-@register_adapter("modulation")
+@register_adapter("modulation", base=nn.Linear)
 class ModulatedLinear(AdapterLayer):
     """A frozen Linear plus the pool's selected modulator: ``parallel`` (W x + dW x) or ``output`` (y + dW y)."""
 

@@ -15,13 +15,13 @@ stack with a :class:`Chain` (one per block call). The paper does not state how A
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrainkit.adapt.lora import LoRALinear
 from pretrainkit.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -87,41 +87,30 @@ class ColaLinear(LowRankLinear):
         return F.silu(x @ self.A) @ self.B
 
 
-class LoRALinear(nn.Module):
-    """LoRA trained from scratch: a frozen full-rank W (random init) plus a trainable (alpha / r) * A @ B.
+# LoRA / ReLoRA checkpoints written before CR-Net's LoRA moved onto adapt's layer used these names.
+_OLD_LORA_NAMES = {"weight": "base.weight", "A": "lora_A", "B": "lora_B"}
 
-    This is GaLore's "LoRA" pre-training baseline (alpha 32, dropout 0.05). ``merge_and_reset`` folds A @ B into
-    W and restarts A, B, which turns it into ReLoRA when the trainer calls it every N steps.
+
+def _load_old_lora_names(module, state_dict, prefix, *_) -> None:
+    for old, new in _OLD_LORA_NAMES.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+
+def scratch_lora(h_in: int, h_out: int, rank: int, alpha: float, dropout: float, init_std: float) -> LoRALinear:
+    """LoRA trained from scratch: a frozen full-rank W ~ N(0, init_std) plus a trainable (alpha / r) * A @ B.
+
+    This is GaLore's "LoRA" pre-training baseline (alpha 32, dropout 0.05): adapt's LoRA layer in its "xab"
+    layout (A (h_in, r) ~ U(+-1/sqrt(h_in)), B (r, h_out) = 0, y = W x + s x A B). Its ``merge_and_reset``
+    folds A @ B into W and restarts A, B, which turns it into ReLoRA when the trainer calls it every N steps.
     """
-
-    def __init__(self, h_in: int, h_out: int, rank: int, alpha: float, dropout: float, init_std: float):
-        super().__init__()
-        self.rank, self.scaling, self.init_std = rank, alpha / rank, init_std
-        # Frozen but a Parameter (not a buffer) so it is saved, sharded and merged like any weight.
-        self.weight = nn.Parameter(torch.randn(h_out, h_in) * init_std, requires_grad=False)
-        self.A = nn.Parameter(torch.empty(h_in, rank))
-        self.B = nn.Parameter(torch.zeros(rank, h_out))
-        self.dropout = nn.Dropout(dropout)
-        self.reset_lora()
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=self.init_std)
-        self.reset_lora()
-
-    def reset_lora(self) -> None:
-        # PEFT's choice: A uniform with bound 1/sqrt(h_in) (kaiming, a = sqrt 5), B zero, so A @ B starts at zero.
-        bound = 1.0 / math.sqrt(self.A.shape[0])
-        nn.init.uniform_(self.A, -bound, bound)
-        nn.init.zeros_(self.B)
-
-    @torch.no_grad()
-    def merge_and_reset(self) -> None:
-        """W += (alpha / r) * (A @ B)^T, then restart A and B (ReLoRA's periodic merge)."""
-        self.weight += self.scaling * (self.A @ self.B).T.to(self.weight.dtype)
-        self.reset_lora()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight) + self.scaling * (self.dropout(x) @ self.A @ self.B)
+    # A meta Linear draws nothing; W is drawn here, before A, as CR-Net always drew them. Frozen but a
+    # Parameter (not a buffer) so it is saved, sharded and merged like any weight.
+    base = nn.Linear(h_in, h_out, bias=False, device="meta")
+    base.weight = nn.Parameter(torch.randn(h_out, h_in) * init_std, requires_grad=False)
+    layer = LoRALinear(base, rank, alpha, dropout, layout="xab")
+    layer.register_load_state_dict_pre_hook(_load_old_lora_names)
+    return layer
 
 
 class CRNetLinear(nn.Module):
@@ -240,7 +229,7 @@ def build_projection(
     if method == "cola":
         return ColaLinear(h_in, h_out, r)
     if method in ("lora", "relora"):
-        return LoRALinear(h_in, h_out, r, cfg.lora_alpha, cfg.lora_dropout, cfg.init_std)
+        return scratch_lora(h_in, h_out, r, cfg.lora_alpha, cfg.lora_dropout, cfg.init_std)
     if method == "crnet":
         return CRNetLinear(h_in, h_out, r, cfg.crnet_init, cfg.crnet_beta_init, cfg.crnet_eps)
     raise ConfigError(f"unknown method '{method}'; allowed: {', '.join(METHODS)}")

@@ -273,9 +273,11 @@ class LlamaLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        # N(0, init_std) for embeddings and plain linear maps (GaLore/HF LLaMA); factored layers init themselves.
+        # N(0, init_std) for embeddings and plain linear maps (GaLore/HF LLaMA); factored layers init themselves,
+        # and so do the frozen Linears inside LoRA layers (drawing them again would shift every later draw).
+        lora_bases = {id(m.base) for m in self.modules() if isinstance(m, LoRALinear)}
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
+            if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in lora_bases:
                 nn.init.normal_(m.weight, std=cfg.init_std)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -366,7 +368,7 @@ class LlamaLM(nn.Module):
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.merge_and_reset()
-                restarted += [m.A, m.B]
+                restarted += [m.lora_A, m.lora_B]
         return restarted
 
     @torch.no_grad()

@@ -211,7 +211,8 @@ class SharedLoRA(Method):
     frozen_backbone = True
 
     def setup(self, pretrain_queries=None) -> None:
-        inject(self.dt, "lora", self.cfg.lora_targets, rank=self.cfg.rank)
+        # alpha = 2 * rank (scale 2, as in L2M's code); adapt's default is alpha = rank.
+        inject(self.dt, "lora", self.cfg.lora_targets, rank=self.cfg.rank, alpha=2.0 * self.cfg.rank)
 
 
 @register_method("ia3")
@@ -271,7 +272,7 @@ class L2MMethod(Method):
     def setup(self, pretrain_queries=None) -> None:
         c, d = self.cfg, self.dt.cfg.d_model
         pool = ModulationPool(
-            c.pool_size, d, rank=c.rank, count_penalty=c.count_penalty,
+            c.pool_size, d, rank=c.rank, alpha=2.0 * c.rank, count_penalty=c.count_penalty,  # scale 2 (L2M)
             oracle_tasks=self.n_tasks if self.oracle else None,
         )
         inject(self.dt, "modulation", ["attn.q_proj", "attn.v_proj"], pool=pool)  # registers dt.modulation_pool
