@@ -10,6 +10,7 @@ linears are in ``adapt/pyg.py``. Every ``merged()`` folds ``scale * B A`` into a
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
