@@ -69,6 +69,7 @@ def _hgt_inputs(g):
 
 
 # (id, base factory, inputs from a generator, adapter, options, targets, needs PyG)
+# fmt: off
 CASES = [
     ("linear-lora", lambda: nn.Linear(8, 5), lambda g: (torch.randn(3, 4, 8, generator=g),), "lora",
      {"rank": 3}, ["layer"], False),
@@ -87,7 +88,8 @@ CASES = [
     ("conv1d-ia3-nobias", lambda: nn.Conv1d(3, 4, 2, bias=False), lambda g: (torch.randn(2, 3, 6, generator=g),),
      "ia3", {}, ["layer"], False),
     ("embedding-lora", lambda: nn.Embedding(20, 6, padding_idx=0),
-     lambda g: (torch.randint(0, 20, (3, 5), generator=g),), "lora", {"rank": 3, "alpha": 1.5}, ["layer"], False),
+     lambda g: (torch.randint(0, 20, (3, 5), generator=g),), "lora", {"rank": 3, "alpha": 1.5}, ["layer"],
+     False),
     ("heterodictlinear-lora", _hetero_dict_linear,
      lambda g: ({"paper": torch.randn(4, 6, generator=g), "author": torch.randn(3, 4, generator=g)},),
      "lora", {"rank": 2, "alpha": 5.0}, ["layer"], True),
@@ -95,11 +97,12 @@ CASES = [
      lambda g: ({"paper": torch.randn(4, 6, generator=g), "author": torch.randn(3, 4, generator=g)},),
      "ia3", {}, ["layer"], True),
     ("heterolinear-lora", _hetero_linear,
-     lambda g: (torch.randn(7, 6, generator=g), torch.tensor([2, 0, 1, 0, 2, 2, 0])), "lora", {"rank": 3, "alpha": 6.0},
-     ["layer"], True),
+     lambda g: (torch.randn(7, 6, generator=g), torch.tensor([2, 0, 1, 0, 2, 2, 0])), "lora",
+     {"rank": 3, "alpha": 6.0}, ["layer"], True),
     ("hgtconv-lora", _hgt, _hgt_inputs, "lora", {"rank": 2, "alpha": 3.0},
      ["layer.kqv_lin", "layer.out_lin", "layer.k_rel", "layer.v_rel"], True),
 ]
+# fmt: on
 
 
 def _build(case, seed=0):
@@ -188,11 +191,16 @@ def test_one_injection_over_several_types_round_trips(tmp_path):
     ids = torch.randint(0, 10, (2, 7), generator=torch.Generator().manual_seed(1))
     assert inject(m, "lora", ["embed", "conv", "out"], rank=2) == ["embed", "conv", "out"]
     assert {type(layer).__name__ for layer in adapter_layers(m).values()} == {
-        "LoRAEmbedding", "LoRAConv", "LoRALinear"
+        "LoRAEmbedding",
+        "LoRAConv",
+        "LoRALinear",
     }
     _randomise(m)
     path = save_adapter(m, tmp_path / "a.safetensors")
-    assert json.loads(path.with_suffix(".json").read_text())["groups"][0]["options"] == {"rank": 2, "alpha": 2.0}
+    assert json.loads(path.with_suffix(".json").read_text())["groups"][0]["options"] == {
+        "rank": 2,
+        "alpha": 2.0,
+    }
     torch.manual_seed(0)
     fresh = Mixed()
     load_adapter(fresh, path)

@@ -25,7 +25,9 @@ LAYOUTS = ("linear", "xab")
 class LoRALayer(AdapterLayer):
     """What every LoRA wrapper shares: rank / alpha / dropout checks and ``scale = alpha / rank``."""
 
-    def __init__(self, base: nn.Module, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self, base: nn.Module, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
+    ):
         super().__init__(base)
         if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {rank}")
@@ -139,7 +141,9 @@ class LoRAConv(LoRALayer):
     """Low-rank update beside a frozen convolution: A (r, in, *kernel) uses the base's stride, padding and
     dilation; B (out, r, 1, ...) mixes its r channels. Merged, ``B A`` is one kernel of the base's shape."""
 
-    def __init__(self, base: nn.Conv2d, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self, base: nn.Conv2d, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
+    ):
         super().__init__(base, rank, alpha, dropout)
         if base.groups != 1:
             raise ConfigError(f"LoRA on a grouped convolution (groups={base.groups}) is not supported")
@@ -168,12 +172,18 @@ class LoRAEmbedding(LoRALayer):
     """Low-rank update of a frozen embedding table: ``E[i] + scale * B A[:, i]`` with A (r, num_embeddings)
     ~ N(0, 1) (nn.Embedding's own init) and B (dim, r) zero. Dropout does not apply to integer ids."""
 
-    def __init__(self, base: nn.Embedding, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self, base: nn.Embedding, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
+    ):
         super().__init__(base, rank, alpha, dropout)
         if dropout:
-            raise ConfigError("LoRA dropout does not apply to an Embedding (its inputs are ids); use dropout=0")
+            raise ConfigError(
+                "LoRA dropout does not apply to an Embedding (its inputs are ids); use dropout=0"
+            )
         if base.max_norm is not None:
-            raise ConfigError("LoRA on an Embedding with max_norm (it renormalises its weight) is not supported")
+            raise ConfigError(
+                "LoRA on an Embedding with max_norm (it renormalises its weight) is not supported"
+            )
         self.check_rank(base.num_embeddings, base.embedding_dim)
         w, r = base.weight, self.rank
         self.lora_A = nn.Parameter(torch.empty(r, base.num_embeddings, device=w.device, dtype=w.dtype))
@@ -191,4 +201,3 @@ class LoRAEmbedding(LoRALayer):
         w = self.base.weight
         with torch.no_grad():
             return module_like(self.base, weight=w + self.scale * self.delta_weight().to(w.dtype))
-

@@ -26,7 +26,9 @@ from pretrainkit.errors import ConfigError
 
 def _check_initialised(*params: Tensor) -> None:
     if any(isinstance(p, UninitializedParameter) for p in params):
-        raise ConfigError("the layer is lazily initialised (in_channels=-1): run one forward before injecting")
+        raise ConfigError(
+            "the layer is lazily initialised (in_channels=-1): run one forward before injecting"
+        )
 
 
 @register_adapter("lora", base=HeteroDictLinear)
@@ -34,7 +36,11 @@ class LoRAHeteroDictLinear(LoRALayer):
     """One low-rank update per node type beside a frozen ``HeteroDictLinear``."""
 
     def __init__(
-        self, base: HeteroDictLinear, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
+        self,
+        base: HeteroDictLinear,
+        rank: int = DEFAULT_RANK,
+        alpha: float | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__(base, rank, alpha, dropout)
         _check_initialised(*(lin.weight for lin in base.lins.values()))
@@ -45,7 +51,9 @@ class LoRAHeteroDictLinear(LoRALayer):
             a = torch.empty(self.rank, w.shape[1], device=w.device, dtype=w.dtype)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
             self.lora_A[key] = nn.Parameter(a)
-            self.lora_B[key] = nn.Parameter(torch.zeros(w.shape[0], self.rank, device=w.device, dtype=w.dtype))
+            self.lora_B[key] = nn.Parameter(
+                torch.zeros(w.shape[0], self.rank, device=w.device, dtype=w.dtype)
+            )
 
     def forward(self, x_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         out = self.base(x_dict)
@@ -57,7 +65,8 @@ class LoRAHeteroDictLinear(LoRALayer):
     def merged(self) -> HeteroDictLinear:
         with torch.no_grad():
             new = {
-                f"lins.{k}.weight": lin.weight + self.scale * (self.lora_B[k] @ self.lora_A[k]).to(lin.weight.dtype)
+                f"lins.{k}.weight": lin.weight
+                + self.scale * (self.lora_B[k] @ self.lora_A[k]).to(lin.weight.dtype)
                 for k, lin in self.base.lins.items()
             }
             return module_like(self.base, **new)
@@ -67,7 +76,9 @@ class LoRAHeteroDictLinear(LoRALayer):
 class LoRAHeteroLinear(LoRALayer):
     """One low-rank update per type beside a frozen ``HeteroLinear``: ``x W_t + s x A_t^T B_t^T``."""
 
-    def __init__(self, base: HeteroLinear, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self, base: HeteroLinear, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
+    ):
         super().__init__(base, rank, alpha, dropout)
         w = base.weight  # (T, in, out)
         _check_initialised(w)
@@ -105,7 +116,9 @@ class IA3HeteroDictLinear(AdapterLayer):
         _check_initialised(*(lin.weight for lin in base.lins.values()))
         self.ia3_scale = nn.ParameterDict(
             {
-                k: nn.Parameter(torch.ones(lin.weight.shape[0], device=lin.weight.device, dtype=lin.weight.dtype))
+                k: nn.Parameter(
+                    torch.ones(lin.weight.shape[0], device=lin.weight.device, dtype=lin.weight.dtype)
+                )
                 for k, lin in base.lins.items()
             }
         )

@@ -97,7 +97,9 @@ def _load_old_lora_names(module, state_dict, prefix, *_) -> None:
             state_dict[prefix + new] = state_dict.pop(prefix + old)
 
 
-def scratch_lora(h_in: int, h_out: int, rank: int, alpha: float, dropout: float, init_std: float) -> LoRALinear:
+def scratch_lora(
+    h_in: int, h_out: int, rank: int, alpha: float, dropout: float, init_std: float
+) -> LoRALinear:
     """LoRA trained from scratch: a frozen full-rank W ~ N(0, init_std) plus a trainable (alpha / r) * A @ B.
 
     This is GaLore's "LoRA" pre-training baseline (alpha 32, dropout 0.05): adapt's LoRA layer in its "xab"
