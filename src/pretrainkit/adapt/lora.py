@@ -29,8 +29,8 @@ class LoRALayer(AdapterLayer):
         self, base: nn.Module, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0
     ):
         super().__init__(base)
-        if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
-            raise ConfigError(f"LoRA rank must be a positive integer, got {rank}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or int(rank) != rank or rank < 1:
+            raise ConfigError(f"LoRA rank must be a positive integer, got {rank!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout}")
         self.rank = int(rank)
