@@ -171,6 +171,7 @@ def find_modules(
     ``family``: an adapter family, or plain module types. A pattern that names only modules of other types
     is refused with their type named; one that names nothing lists the modules that could be matched.
     """
+    register_optional_wrappers()
     if not isinstance(family, AdapterFamily):
         types = tuple(family)
         family = AdapterFamily("/".join(t.__name__ for t in types))
