@@ -20,8 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # atomic_write_bytes/text are re-exported for existing callers; their home is pretrainkit.core.io.
-from pretrainkit.core.io import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401
-from pretrainkit.core.io import file_sha256, fsync_dir, temp_name
+from pretrainkit.core.io import (  # noqa: F401
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    fsync_dir,
+    temp_name,
+)
 from pretrainkit.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"

@@ -26,8 +26,8 @@ from torch import nn
 
 from pretrainkit.adapt.continual import ContinualRecord, run_stages
 from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_weights
-from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.device import resolve_device
+from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.trainer import TrainConfig, Trainer
 from pretrainkit.errors import CheckpointError, DataError

@@ -75,8 +75,8 @@ class SagaConfig:
     out: str = "runs/saga"
 
     def validate(self) -> None:
-        from pretrainkit.core.task import TASKS
         import pretrainkit.systems.saga.tasks  # noqa: F401  (registers the four tasks)
+        from pretrainkit.core.task import TASKS
 
         for t in self.pretrain.tasks:
             TASKS.get(t)  # raises a one-line error naming the allowed tasks

@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from pretrainkit.core.splits import group_split, random_split
-from pretrainkit.core.splits import time_split_within_group  # noqa: F401 - Saga's pipeline imports it from here
+from pretrainkit.core.splits import (
+    group_split,
+    random_split,
+    time_split_within_group,  # noqa: F401 - Saga's pipeline imports it from here
+)
 from pretrainkit.errors import DataError
 
 IMU6_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
