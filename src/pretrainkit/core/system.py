@@ -85,7 +85,7 @@ def discover() -> dict[str, System]:
             continue
         try:
             obj = ep.load()
-        except Exception as e:  # noqa: BLE001 - any failure in a third-party import must stay local
+        except Exception as e:  # any failure in a third-party import must stay local to that system
             found[ep.name] = broken_system(ep.name, e)
             continue
         if not isinstance(obj, System):
