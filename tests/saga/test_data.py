@@ -127,15 +127,15 @@ def test_limu_folder_known_map_and_custom_columns(tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d, l: (d[0], l), r"shape \(120, 6\); expected \(N, L=120, F\)"),
-        (lambda d, l: (d[:, :100], l[:, :100]), r"shape \(5, 100, 6\); expected \(N, L=120, F\)"),
-        (lambda d, l: (d, l[:4]), "has 5 windows but label_20_120.npy has 4"),
-        (lambda d, l: (d, l[:, :, :1]), r"'model'=1 out of range: label_20_120.npy has K=1"),
+        (lambda d, lab: (d[0], lab), r"shape \(120, 6\); expected \(N, L=120, F\)"),
+        (lambda d, lab: (d[:, :100], lab[:, :100]), r"shape \(5, 100, 6\); expected \(N, L=120, F\)"),
+        (lambda d, lab: (d, lab[:4]), "has 5 windows but label_20_120.npy has 4"),
+        (lambda d, lab: (d, lab[:, :, :1]), r"'model'=1 out of range: label_20_120.npy has K=1"),
         (
-            lambda d, l: (d, np.concatenate([l[:, :60], l[:, 60:] + 1], axis=1)),
+            lambda d, lab: (d, np.concatenate([lab[:, :60], lab[:, 60:] + 1], axis=1)),
             "labels change within 5 windows",
         ),
-        (lambda d, l: (np.where(np.arange(6) == 2, np.nan, d), l), "non-finite values"),
+        (lambda d, lab: (np.where(np.arange(6) == 2, np.nan, d), lab), "non-finite values"),
     ],
 )
 def test_limu_folder_errors(tmp_path, mutate, message):
@@ -274,9 +274,7 @@ def test_hapt_falls_back_to_pypi_package(shared_data, tmp_path, monkeypatch):
     monkeypatch.delenv("PRETRAINKIT_HAPT", raising=False)
     monkeypatch.delenv("PRETRAINKIT_SHARED_DATA", raising=False)
     # pretend the module lives in a checkout with no shared data beside it
-    monkeypatch.setattr(
-        hapt, "__file__", str(tmp_path / "repo" / "src" / "pretrainkit" / "systems" / "saga" / "hapt.py")
-    )
+    monkeypatch.setattr(hapt, "checkout_shared_data", lambda: tmp_path / "shared" / "data")
     sources = hapt.default_hapt_sources()
     assert sources[-1] == hapt._package_pickle() and not sources[0].exists()
     w = hapt.load_hapt()

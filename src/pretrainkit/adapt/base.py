@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import importlib
 import inspect
 import json
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pretrainkit.core.io import atomic_write, file_sha256
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.registry import Registry
 
@@ -332,16 +332,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_adapter(
     model: nn.Module, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None
 ) -> Path:
@@ -361,10 +351,10 @@ def save_adapter(
         groups.setdefault(id(rec), {**rec, "layers": []})["layers"].append(name)
     state = {k: t.contiguous().cpu() for k, t in adapter_state_dict(model, extra_modules).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: save_file(state, str(p)))
+    atomic_write(path, lambda p: save_file(state, str(p)))
     meta = {
         "format": SIDECAR_FORMAT,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "groups": list(groups.values()),
         "extra_modules": sorted(extra_modules or {}),
     }
@@ -372,7 +362,7 @@ def save_adapter(
         text = json.dumps(meta, indent=1)
     except TypeError as e:
         raise ConfigError(f"adapter options must be JSON values to be saved: {e}") from None
-    _atomic_write(_sidecar(path), lambda p: p.write_text(text))
+    atomic_write(_sidecar(path), lambda p: p.write_text(text))
     return path
 
 
@@ -385,7 +375,7 @@ def _read_adapter_files(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{side} is not a pretrainkit adapter sidecar (format {SIDECAR_FORMAT})")
     try:
-        if _sha256(path) != meta.get("sha256"):
+        if file_sha256(path) != meta.get("sha256"):
             raise CheckpointError(
                 f"adapter file {path} is corrupted or was changed (checksum differs from {side})"
             )

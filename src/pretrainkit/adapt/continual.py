@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pretrainkit.core.io import atomic_write_text
 from pretrainkit.errors import ConfigError, DataError
 
 Row = dict[str, dict[str, Any]]  # task -> metric -> value (numbers, or e.g. a key histogram)
@@ -64,10 +65,7 @@ class ContinualRecord:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON atomically (temp file, then rename), so a kill never leaves half a record."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, default=_num))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1, default=_num))
 
     @classmethod
     def load(cls, path: str | Path) -> ContinualRecord:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrainkit.errors import DataError
+from pretrainkit.errors import ConfigError, DataError
 
 
 def stratified_budget(labels: np.ndarray, per_class: int, seed: int, pool: np.ndarray | None = None,
@@ -51,6 +51,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+# Metrics a system may select epochs and restarts by: name -> (pred, y) -> score, higher is better.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": accuracy, "macro_f1": macro_f1}
+
+
 @dataclass
 class HeadConfig:
     epochs: int = 200
@@ -58,11 +62,17 @@ class HeadConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     patience: int = 0  # 0 = run all epochs; else stop after this many epochs without a better validation score
+    metric: str = "accuracy"  # validation score that picks the epoch and the restart: accuracy | macro_f1
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"unknown selection metric '{self.metric}'; allowed: {', '.join(METRICS)}")
 
 
 def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor,
                    y_val: torch.Tensor, cfg: HeadConfig, seed: int) -> tuple[nn.Module, float]:
-    """Train ``head`` (inputs -> logits) with Adam; keep the epoch with the best validation accuracy.
+    """Train ``head`` (inputs -> logits) with Adam; keep the epoch with the best validation ``cfg.metric``
+    (accuracy by default); returns the head and that score.
 
     Validation data must come from the labelled budget itself, never from labels beyond it.
     """
@@ -70,6 +80,7 @@ def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va
     head = head.train()
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
+    score = METRICS[cfg.metric]
     best_acc, best_state, since = -1.0, copy.deepcopy(head.state_dict()), 0
     n = len(x_tr)
     for _ in range(cfg.epochs):
@@ -79,7 +90,7 @@ def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        acc = accuracy(predict(head, x_val), y_val.numpy())
+        acc = score(predict(head, x_val), y_val.numpy())
         if acc > best_acc:
             best_acc, best_state, since = acc, copy.deepcopy(head.state_dict()), 0
         else:
@@ -93,8 +104,8 @@ def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va
 def fit_restarts(make_head: Callable[[], nn.Module], x_tr: torch.Tensor, y_tr: torch.Tensor,
                  x_val: torch.Tensor, y_val: torch.Tensor, cfg: HeadConfig,
                  seeds: Sequence[int]) -> tuple[nn.Module, float, int]:
-    """``fit_classifier`` from one fresh head per seed; keeps the best validation accuracy (the earliest seed
-    wins ties). Returns (head, its validation accuracy, index of its seed). One seed = one plain fit."""
+    """``fit_classifier`` from one fresh head per seed; keeps the best validation ``cfg.metric`` (the earliest
+    seed wins ties). Returns (head, its validation score, index of its seed). One seed = one plain fit."""
     best: tuple[nn.Module, float, int] | None = None
     for i, s in enumerate(seeds):
         torch.manual_seed(s)

@@ -109,3 +109,14 @@ def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None
     return write_results("core", headline, body, {"bare_s_per_step": bare, "trainer_s_per_step": trainer,
                                                   "ddp_s_per_step": {"1": one, "2": two}},
                          seeds=[0], out_dir=out_dir, title="Core trainer")
+
+
+def bench_main(argv: list[str]) -> int:
+    """`pretrainkit bench core [--steps N]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="pretrainkit bench core", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=60, help="timed steps (default 60)")
+    args = p.parse_args(argv)
+    print(f"wrote {run(steps=args.steps)}")
+    return 0

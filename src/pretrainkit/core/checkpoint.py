@@ -7,7 +7,6 @@ none. On resume a checkpoint whose files do not match their manifest is refused 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,46 +19,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+# atomic_write_bytes/text are re-exported for existing callers; their home is pretrainkit.core.io.
+from pretrainkit.core.io import (  # noqa: F401
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    fsync_dir,
+    temp_name,
+)
 from pretrainkit.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so readers see either the old content or the new, never a torn file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,10 +42,8 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Weights to safetensors, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(_contiguous(state), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    state = _contiguous(state)
+    atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,7 +66,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    tmp = temp_name(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -103,7 +74,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     buf = io.BytesIO()
     torch.save(train_state, buf)
     (tmp / STATE_FILE).write_bytes(buf.getvalue())
-    files = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+    files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
              for name in (MODEL_FILE, STATE_FILE)}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
     for name in (MODEL_FILE, STATE_FILE, MANIFEST):
@@ -112,7 +83,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     prune(root, keep_last)
     return final
 
@@ -155,7 +126,7 @@ def verify(ckpt: str | Path) -> None:
             raise CheckpointError(f"checkpoint {ckpt} is missing {name}")
         if f.stat().st_size != info["bytes"]:
             raise CheckpointError(f"checkpoint {ckpt}: {name} is truncated ({f.stat().st_size} of {info['bytes']} bytes)")
-        if _sha256(f) != info["sha256"]:
+        if file_sha256(f) != info["sha256"]:
             raise CheckpointError(f"checkpoint {ckpt}: {name} is corrupted (checksum mismatch)")
 
 

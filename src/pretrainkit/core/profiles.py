@@ -1,12 +1,18 @@
-"""Find a system's YAML profile (configs/<system>/<profile>.yaml) or take an explicit file path."""
+"""Find a system's YAML profile (configs/<system>/<profile>.yaml) or take an explicit file path.
+
+The profiles are package data (``pretrainkit/configs/``), so they resolve the same from a checkout, an
+editable install or a wheel, from any working directory. The checkout's top-level ``configs`` is a link
+to them, so paths such as ``--config configs/l2m/quick.yaml`` work from the repository root.
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from pretrainkit.errors import ConfigError
 
-CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_ROOT = Path(str(files("pretrainkit") / "configs"))
 
 
 def profile_path(system: str, profile: str) -> Path:

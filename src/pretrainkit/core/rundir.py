@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretrainkit.core.checkpoint import atomic_write_text
 from pretrainkit.core.config import save_config, to_dict
+from pretrainkit.core.io import atomic_write_text
 
 
 class RunDir:

@@ -22,6 +22,7 @@ from torch import nn
 
 from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core import distributed as dist_
+from pretrainkit.core.device import autocast
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.errors import CheckpointError, ConfigError, NonFiniteLossError
 
@@ -118,10 +119,7 @@ class Trainer:
         return dist_.apply_fsdp(model, fsdp_units(model) if fsdp_units else None)
 
     def _autocast(self):
-        use_bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.info.device.type == "cuda")
-        if use_bf16:
-            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.info.device, self.cfg.precision)
 
     # ---- state -------------------------------------------------------------------------------------
     def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrainkit.core.io import atomic_write
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.paths import shared_data_root
 from pretrainkit.systems.crnet.tokenizer import TextTokenizer
@@ -405,9 +406,12 @@ def prepare_text_data(dcfg, folder: str | Path, log=print) -> TextData:
     train = token_stream(tok.encode_batch([d.text for d in train_docs]), tok.eos_id)
     val = token_stream(tok.encode_batch([d.text for d in val_docs]), tok.eos_id)
     names = {"train": [d.name for d in train_docs], "val": [d.name for d in val_docs]}
-    tmp = folder / "data" / f".tokens-{key}.tmp.npz"
-    np.savez(tmp, train=train, val=val, names=np.array(json.dumps(names)))
-    tmp.replace(cache)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file handle stops numpy from appending ".npz" to the temp name
+            np.savez(f, train=train, val=val, names=np.array(json.dumps(names)))
+
+    atomic_write(cache, write)
     return TextData(tok, train, val, names["train"], names["val"])
 
 

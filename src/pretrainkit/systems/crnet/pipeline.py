@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from pretrainkit.core import distributed as dist_
 from pretrainkit.core.checkpoint import MODEL_FILE, latest_valid, load_weights, verify
 from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
+from pretrainkit.core.device import autocast, resolve_device, uses_bf16
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.trainer import TrainConfig, Trainer, lr_factor
 from pretrainkit.errors import CheckpointError, ConfigError
@@ -161,7 +161,7 @@ def perplexity(
     count = torch.zeros((), dtype=torch.int64, device=info.device)
     was_training = lm.training
     lm.eval()
-    ctx = torch.autocast(info.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    ctx = autocast(info.device, "bf16" if bf16 else "fp32")
     for k in range(math.ceil(n_batches / info.world)):
         b = k * info.world + info.rank
         sl = slice(b * batch_size, (b + 1) * batch_size) if b < n_batches else slice(0, batch_size)
@@ -227,7 +227,7 @@ def train_lm(
     train = data.train_tensors(cfg.seq_len)
     val = data.val_tensors(cfg.seq_len, cfg.data.val_max_tokens)
     batches = TokenBatches(train, cfg.batch_size, seed=tcfg.seed, rank=info.rank, world=info.world)
-    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and info.device.type == "cuda")
+    bf16 = uses_bf16(info.device, tcfg.precision)
 
     def eval_hook(m: nn.Module, step: int) -> dict[str, float]:
         return perplexity(getattr(m, "module", m), val, cfg.eval_batch_size, bf16=bf16, dist_info=info)
@@ -300,11 +300,7 @@ def train_lm(
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for but torch sees no CUDA device; use device=cpu or auto")
-    return name
+    return str(resolve_device(name))
 
 
 # --------------------------------------------------------------------------------------------------- verbs

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import queue
 import time
 import warnings
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pretrainkit.core.io import atomic_write, atomic_write_text
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.l2m.envs import HORIZON, MT50, check_tasks, make_env, versions
 
@@ -147,15 +147,11 @@ def collect_task(
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file handle stops numpy from appending ".npz" to the temp name
             np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def _record_from_file(path: Path) -> dict[str, Any]:
@@ -170,10 +166,7 @@ def _init_worker(q) -> None:
 
 
 def _write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
-    path = out_dir / SUMMARY_NAME
-    tmp = path.with_name(f".{SUMMARY_NAME}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
 
 
 def collect(

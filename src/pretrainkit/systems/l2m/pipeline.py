@@ -26,6 +26,7 @@ from torch import nn
 
 from pretrainkit.adapt.continual import ContinualRecord, run_stages
 from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_weights
+from pretrainkit.core.device import resolve_device
 from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.trainer import TrainConfig, Trainer
@@ -44,9 +45,7 @@ Log = Callable[[str], None]
 def setup_torch(cfg: L2MConfig) -> torch.device:
     """Apply the thread count and resolve ``cfg.device`` (auto = CUDA when present)."""
     torch.set_num_threads(cfg.threads)
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return resolve_device(cfg.device)
 
 
 # ---- data ------------------------------------------------------------------------------------------

@@ -53,12 +53,14 @@ class DownstreamSection:
     unit: int = 20  # steps per classified unit (LIMU-BERT: 1-s sub-windows of the 6-s window)
     val_fraction: float = 0.2  # share of each class's budget held out to select epochs (>= 1 per class)
     cv_folds: int = 5  # weight-search objective: stratified k-fold accuracy of a linear probe on the budget
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128))
+    # Epochs and restarts are selected by in-budget validation accuracy (metric: accuracy | macro_f1).
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128,
+                                                                metric="accuracy"))
     head_max_steps: int = 400  # cap on GRU optimiser steps per fit (CPU budget)
     head_restarts: int = 1  # GRU fits per budgeted head from different inits; the best in-budget val acc is kept
     restart_max_budget: int = 20  # ... only at budgets up to this many labels per class (where variance is worst)
     full_head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128,
-                                                                     patience=15))
+                                                                     patience=15, metric="accuracy"))
     full_max_steps: int = 3000
     workers: int = 1  # (label, split) combos evaluated in parallel processes (one thread each)
 
@@ -73,8 +75,8 @@ class SagaConfig:
     out: str = "runs/saga"
 
     def validate(self) -> None:
-        from pretrainkit.core.task import TASKS
         import pretrainkit.systems.saga.tasks  # noqa: F401  (registers the four tasks)
+        from pretrainkit.core.task import TASKS
 
         for t in self.pretrain.tasks:
             TASKS.get(t)  # raises a one-line error naming the allowed tasks

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from pretrainkit.errors import ConfigError, DataError
+from pretrainkit.core.splits import (
+    group_split,
+    random_split,
+    time_split_within_group,  # noqa: F401 - Saga's pipeline imports it from here
+)
+from pretrainkit.errors import DataError
 
 IMU6_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
 IMU9_CHANNELS = IMU6_CHANNELS + ("mag_x", "mag_y", "mag_z")
@@ -349,107 +354,16 @@ def load_basicmotions(folder: str | Path) -> tuple[IMUWindows, IMUWindows]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Splits (pure functions returning index arrays) and label budgets
+# Splits: the generic ones live in pretrainkit.core.splits; these are Saga's names for them.
 
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or any(not np.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ConfigError(
-            f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
-        )
-    return fr  # type: ignore[return-value]
-
-
-def _part_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
-    # Truncate train and val like LIMU-BERT (int(n * rate)); test takes the rest. The epsilon keeps
-    # 30 * 0.1 = 3.0000000000000004 and 0.29 * 100 = 28.999999999999996 from rounding the wrong way.
-    return int(n * fractions[0] + 1e-9), int(n * fractions[1] + 1e-9)
-
-
-def random_window_split(
-    n: int, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LIMU-BERT's split: shuffle all n windows (``np.random.seed(seed); shuffle``), cut 80/10/10.
-
-    LIMU-BERT uses seed 3431. Each part is returned sorted.
-    """
-    fr = _check_fractions(fractions)
-    if n < 0:
-        raise DataError(f"number of windows must be >= 0, got {n}")
-    order = np.arange(n, dtype=np.int64)
-    np.random.RandomState(seed).shuffle(order)  # same stream as LIMU's seeded global np.random.shuffle
-    n_train, n_val = _part_sizes(n, fr)
-    parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
-    return tuple(np.sort(p) for p in parts)  # type: ignore[return-value]
+random_window_split = random_split  # LIMU-BERT's split of all windows (it uses seed 3431)
 
 
 def subject_split(
     users: np.ndarray, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Subject-disjoint split: shuffle the distinct users (seeded), give whole users to train/val/test.
-
-    Fractions count users, not windows. Returns sorted window indices per part.
-    """
-    fr = _check_fractions(fractions)
-    users = np.asarray(users)
-    if users.ndim != 1:
-        raise DataError(f"users must be a 1-D array (one user id per window), got shape {users.shape}")
-    distinct = np.unique(users)
-    wanted = sum(f > 0 for f in fr)
-    if len(distinct) < wanted:
-        raise DataError(
-            f"subject_split needs at least {wanted} users for fractions {fr}, got {len(distinct)}"
-        )
-    np.random.default_rng(seed).shuffle(distinct)
-    n_train, n_val = _part_sizes(len(distinct), fr)
-    # Every part with a non-zero fraction gets at least one user (taken from the largest part).
-    sizes = [n_train, n_val, len(distinct) - n_train - n_val]
-    for i in range(3):
-        while fr[i] > 0 and sizes[i] == 0:
-            sizes[int(np.argmax(sizes))] -= 1
-            sizes[i] += 1
-    bounds = np.cumsum([0] + sizes)
-    return tuple(  # type: ignore[return-value]
-        np.flatnonzero(np.isin(users, distinct[bounds[i] : bounds[i + 1]])).astype(np.int64) for i in range(3)
-    )
-
-
-def time_split_within_group(
-    groups: np.ndarray,
-    order: np.ndarray | Sequence[np.ndarray],
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Within each group (e.g. user), the earliest windows go to train, later ones to val, the latest to test.
-
-    ``order`` is a time key (N,) or a sequence of keys, most significant first, e.g.
-    ``(windows.experiment, windows.start)``. Ties keep index order. Deterministic, so no seed.
-    """
-    fr = _check_fractions(fractions)
-    groups = np.asarray(groups)
-    if groups.ndim != 1:
-        raise DataError(f"groups must be a 1-D array, got shape {groups.shape}")
-    keys = [np.asarray(order)] if np.asarray(order).ndim == 1 else [np.asarray(k) for k in order]
-    for k in keys:
-        if k.shape != groups.shape:
-            raise DataError(f"order keys must have shape {groups.shape} like groups, got {k.shape}")
-        if np.issubdtype(k.dtype, np.integer) and (k < 0).any():
-            raise DataError(
-                "order keys contain negative values (unknown start?); time splits need known times"
-            )
-    # lexsort sorts by its last key first; index as the final tie-breaker keeps the sort stable.
-    ranked = np.lexsort([np.arange(len(groups))] + keys[::-1] + [groups])
-    parts: list[list[np.ndarray]] = [[], [], []]
-    sorted_groups = groups[ranked]
-    cuts = np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1
-    for block in np.split(ranked, cuts) if len(ranked) else []:
-        n_train, n_val = _part_sizes(len(block), fr)
-        parts[0].append(block[:n_train])
-        parts[1].append(block[n_train : n_train + n_val])
-        parts[2].append(block[n_train + n_val :])
-    return tuple(  # type: ignore[return-value]
-        np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts
-    )
+    """Subject-disjoint split: whole users to train/val/test; fractions count users, not windows."""
+    return group_split(users, seed, fractions, unit="users")
 
 
 def __getattr__(name: str) -> Any:

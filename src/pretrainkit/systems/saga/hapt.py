@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pretrainkit.errors import DataError
+from pretrainkit.paths import checkout_shared_data, installed_data_root
 from pretrainkit.systems.saga.data import IMU6_CHANNELS, LIMU_ACTIVITY_NAMES, IMUWindows, load_limu_folder
 from pretrainkit.systems.saga.safe_unpickle import frame_columns, restricted_load
 
@@ -199,8 +200,8 @@ def default_hapt_sources() -> list[Path]:
     candidates = []
     if os.environ.get("PRETRAINKIT_SHARED_DATA"):
         candidates.append(Path(os.environ["PRETRAINKIT_SHARED_DATA"]) / "imu" / "hapt")
-    # src/pretrainkit/systems/saga/hapt.py → repo root is parents[4]; shared data sits beside the repo.
-    candidates.append(Path(__file__).resolve().parents[4].parent / "shared" / "data" / "imu" / "hapt")
+    # Shared data beside the checkout, or the installed package's default data folder.
+    candidates.append((checkout_shared_data() or installed_data_root()) / "imu" / "hapt")
     package = _package_pickle()
     if package is not None:
         candidates.append(package)

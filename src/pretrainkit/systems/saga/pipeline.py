@@ -25,8 +25,13 @@ from pretrainkit.errors import DataError
 from pretrainkit.search.task_weights import search_task_weights
 from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers saga.* tasks)
 from pretrainkit.systems.saga.config import SagaConfig
-from pretrainkit.systems.saga.data import (IMUWindows, load_limu_folder, random_window_split, subject_split,
-                                           time_split_within_group)
+from pretrainkit.systems.saga.data import (
+    IMUWindows,
+    load_limu_folder,
+    random_window_split,
+    subject_split,
+    time_split_within_group,
+)
 from pretrainkit.systems.saga.features import embed, to_units, unit_index
 from pretrainkit.systems.saga.hapt import load_hapt
 from pretrainkit.systems.saga.model import GRUClassifier, LimuBertEncoder, normalise_imu
