@@ -12,7 +12,8 @@ import io
 import json
 import os
 import shutil
-import warnings
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +140,33 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def verify(ckpt: str | Path) -> None:
-    """Raise CheckpointError unless every file matches the manifest's size and checksum."""
-    ckpt = Path(ckpt)
+def _manifest_files(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` table, checked for shape: a crafted or half-written manifest is refused like
+    any other bad checkpoint instead of raising deep inside the loader."""
     man = ckpt / MANIFEST
     if not man.is_file():
         raise CheckpointError(f"checkpoint {ckpt} has no manifest (incomplete write)")
     try:
         files = json.loads(man.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {ckpt} has an unreadable manifest") from None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"checkpoint {ckpt} has a manifest whose 'files' is not a table of files")
     for name, info in files.items():
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"checkpoint {ckpt} has a manifest naming {name!r}, outside its folder")
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str)
+                and isinstance(info.get("bytes"), int)):
+            raise CheckpointError(f"checkpoint {ckpt} has a manifest entry for {name} without sha256 and bytes")
+    return files
+
+
+def verify(ckpt: str | Path) -> None:
+    """Raise CheckpointError unless every file matches the manifest's size and checksum."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint not found: {ckpt}")
+    for name, info in _manifest_files(ckpt).items():
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is missing {name}")
@@ -171,12 +188,13 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return model_state, train_state
 
 
-def latest_valid(root: str | Path) -> Path | None:
-    """Newest checkpoint that verifies; corrupted newer ones are reported and skipped."""
+def latest_valid(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """Newest checkpoint that verifies; corrupted newer ones are reported (one line each) and skipped."""
+    warn = warn or (lambda msg: print(f"pretrainkit: {msg}", file=sys.stderr))
     for step, p in reversed(list_checkpoints(root)):
         try:
             verify(p)
             return p
         except CheckpointError as e:
-            warnings.warn(f"skipping bad checkpoint: {e}", stacklevel=2)
+            warn(f"skipping bad checkpoint: {e}")
     return None
