@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pretrainkit.errors import CheckpointError
@@ -68,22 +68,51 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+WEIGHTS_DIGEST_KEY = "pretrainkit.sha256"
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in name order: the checksum a weight file carries in its
+    own safetensors metadata, so a standalone file is verified without a sidecar that could go astray."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Weights to safetensors, atomically."""
+    """Weights to safetensors, atomically, with their checksum in the file's metadata."""
     path = Path(path)
+    state = _contiguous(state)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(_contiguous(state), str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata={**(metadata or {}), WEIGHTS_DIGEST_KEY: tensors_digest(state)})
     os.replace(tmp, path)
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, verified: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, checked against the checksum it carries.
+
+    ``verified=True``: the caller has already checked the file against a checkpoint manifest, so a file without
+    an embedded checksum (a checkpoint's model file) is accepted; otherwise such a file is refused, since a
+    flipped bit would otherwise go unnoticed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"weights file {path} is corrupted or not safetensors ({str(e).splitlines()[0]})") from None
+    digest = meta.get(WEIGHTS_DIGEST_KEY)
+    if digest is None and not verified:
+        raise CheckpointError(f"weights file {path} carries no checksum (written by an older pretrainkit or another "
+                              "tool), so it cannot be verified; delete it to have it re-created")
+    if digest is not None and tensors_digest(state) != digest:
+        raise CheckpointError(f"weights file {path} is corrupted (checksum mismatch)")
+    return state
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -100,7 +129,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+    model_state = _contiguous(model_state)  # its own checksum too, so the file is verifiable on its own
+    save_file(model_state, str(tmp / MODEL_FILE), metadata={WEIGHTS_DIGEST_KEY: tensors_digest(model_state)})
     buf = io.BytesIO()
     torch.save(train_state, buf)
     (tmp / STATE_FILE).write_bytes(buf.getvalue())
@@ -180,7 +210,7 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """Verified (model_state, train_state). ``state.pt`` is read with ``weights_only=True``: no code runs."""
     ckpt = Path(ckpt)
     verify(ckpt)
-    model_state = load_weights(ckpt / MODEL_FILE)
+    model_state = load_weights(ckpt / MODEL_FILE, verified=True)
     try:
         train_state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file

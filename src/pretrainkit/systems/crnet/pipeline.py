@@ -377,7 +377,7 @@ def load_run(
     if path is None:
         raise CheckpointError(f"no complete checkpoint under {run / 'checkpoints'}; train (or resume) first")
     verify(path)
-    state = {k.removeprefix("lm."): v for k, v in load_weights(path / MODEL_FILE).items()}
+    state = {k.removeprefix("lm."): v for k, v in load_weights(path / MODEL_FILE, verified=True).items()}
     missing, unexpected = lm.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
