@@ -133,6 +133,14 @@ def test_pretrain_evaluate_generate_end_to_end(tmp_path, capsys, shared_data):
     assert capsys.readouterr().out.startswith("ROMEO:")
     # a fresh start over existing checkpoints is refused rather than silently mixing runs
     one_line_error(capsys, [*argv, "--resume", "none"], "already holds checkpoints")
+    # a resume that does not fit the checkpoints is refused before anything in the run directory changes
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file() and f.name != ".lock"}
+    one_line_error(capsys, [*argv[:-1], "full"], "method: 'lowrank' there, 'full' asked for")
+    one_line_error(capsys, [*argv, "--set", "model.hidden=96"], "another model", "hidden")
+    one_line_error(capsys, [*argv, "--set", "data.split_seed=5"], "'data'")
+    assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file() and f.name != ".lock"} == before
+    assert main(["crnet", "evaluate", "--run", str(run)]) == 0
+    capsys.readouterr()
     # exporting a low-rank run to the HF layout is refused in one line
     one_line_error(
         capsys, ["crnet", "export-hf", "--run", str(run), "--to", str(tmp_path / "hf")], "full-rank"

@@ -7,16 +7,18 @@ none. On resume a checkpoint whose files do not match their manifest is refused 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
-import warnings
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 # atomic_write_bytes/text are re-exported for existing callers; their home is pretrainkit.core.io.
@@ -40,20 +42,49 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+WEIGHTS_DIGEST_KEY = "pretrainkit.sha256"
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in name order: the checksum a weight file carries in its
+    own safetensors metadata, so a standalone file is verified without a sidecar that could go astray."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Weights to safetensors, atomically."""
+    """Weights to safetensors, atomically, with their checksum in the file's metadata."""
     state = _contiguous(state)
-    atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+    meta = {**(metadata or {}), WEIGHTS_DIGEST_KEY: tensors_digest(state)}
+    atomic_write(path, lambda p: save_file(state, str(p), metadata=meta))
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, verified: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, checked against the checksum it carries.
+
+    ``verified=True``: the caller has already checked the file against a checkpoint manifest, so a file without
+    an embedded checksum (a checkpoint's model file) is accepted; otherwise such a file is refused, since a
+    flipped bit would otherwise go unnoticed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"weights file {path} is corrupted or not safetensors ({str(e).splitlines()[0]})") from None
+    digest = meta.get(WEIGHTS_DIGEST_KEY)
+    if digest is None and not verified:
+        raise CheckpointError(f"weights file {path} carries no checksum (written by an older pretrainkit or another "
+                              "tool), so it cannot be verified; delete it to have it re-created")
+    if digest is not None and tensors_digest(state) != digest:
+        raise CheckpointError(f"weights file {path} is corrupted (checksum mismatch)")
+    return state
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -70,7 +101,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+    model_state = _contiguous(model_state)  # its own checksum too, so the file is verifiable on its own
+    save_file(model_state, str(tmp / MODEL_FILE), metadata={WEIGHTS_DIGEST_KEY: tensors_digest(model_state)})
     buf = io.BytesIO()
     torch.save(train_state, buf)
     (tmp / STATE_FILE).write_bytes(buf.getvalue())
@@ -110,17 +142,33 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def verify(ckpt: str | Path) -> None:
-    """Raise CheckpointError unless every file matches the manifest's size and checksum."""
-    ckpt = Path(ckpt)
+def _manifest_files(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` table, checked for shape: a crafted or half-written manifest is refused like
+    any other bad checkpoint instead of raising deep inside the loader."""
     man = ckpt / MANIFEST
     if not man.is_file():
         raise CheckpointError(f"checkpoint {ckpt} has no manifest (incomplete write)")
     try:
         files = json.loads(man.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {ckpt} has an unreadable manifest") from None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"checkpoint {ckpt} has a manifest whose 'files' is not a table of files")
     for name, info in files.items():
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"checkpoint {ckpt} has a manifest naming {name!r}, outside its folder")
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str)
+                and isinstance(info.get("bytes"), int)):
+            raise CheckpointError(f"checkpoint {ckpt} has a manifest entry for {name} without sha256 and bytes")
+    return files
+
+
+def verify(ckpt: str | Path) -> None:
+    """Raise CheckpointError unless every file matches the manifest's size and checksum."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint not found: {ckpt}")
+    for name, info in _manifest_files(ckpt).items():
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is missing {name}")
@@ -134,7 +182,7 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """Verified (model_state, train_state). ``state.pt`` is read with ``weights_only=True``: no code runs."""
     ckpt = Path(ckpt)
     verify(ckpt)
-    model_state = load_weights(ckpt / MODEL_FILE)
+    model_state = load_weights(ckpt / MODEL_FILE, verified=True)
     try:
         train_state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
@@ -142,12 +190,13 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return model_state, train_state
 
 
-def latest_valid(root: str | Path) -> Path | None:
-    """Newest checkpoint that verifies; corrupted newer ones are reported and skipped."""
+def latest_valid(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """Newest checkpoint that verifies; corrupted newer ones are reported (one line each) and skipped."""
+    warn = warn or (lambda msg: print(f"pretrainkit: {msg}", file=sys.stderr))
     for step, p in reversed(list_checkpoints(root)):
         try:
             verify(p)
             return p
         except CheckpointError as e:
-            warnings.warn(f"skipping bad checkpoint: {e}", stacklevel=2)
+            warn(f"skipping bad checkpoint: {e}")
     return None

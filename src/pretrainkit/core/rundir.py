@@ -1,15 +1,22 @@
-"""Run directory: resolved config, metrics.jsonl, plots, results.json."""
+"""Run directory: resolved config, metrics.jsonl, plots, results.json, and the one-writer lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from pretrainkit.core.config import save_config, to_dict
 from pretrainkit.core.io import atomic_write_text
+from pretrainkit.errors import PretrainkitError
+
+LOCK_FILE = ".lock"
+# Locks this process holds, by resolved run path: the pipeline and its trainer lock the same run (re-entrant).
+_HELD: dict[Path, list] = {}
 
 
 class RunDir:
@@ -19,6 +26,47 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "plots").mkdir(exist_ok=True)
+
+    def lock(self) -> None:
+        """Take the run's exclusive writer lock, or raise a one-line error naming the process that holds it.
+
+        An advisory ``flock`` on ``<run>/.lock``: the kernel drops it when the holder exits, however it dies, so
+        a lock left by a killed run is stale by construction and taken over without asking. Re-entrant within
+        one process; released by ``unlock`` (as often as it was taken) or at exit."""
+        key = self.path.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise PretrainkitError(f"run directory {self.path} is in use by another process (pid {holder}); "
+                                   "wait for it to finish, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[key] = [fd, 1]
+
+    def unlock(self) -> None:
+        key = self.path.resolve()
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[key]
+            os.close(held[0])  # closing the descriptor releases the flock
+
+    def clear_for_fresh_start(self) -> None:
+        """Remove the checkpoints and metrics of an earlier run before starting over in this folder, so a later
+        ``--resume auto`` cannot pick up a stale, newer checkpoint of the old run."""
+        import shutil
+
+        if self.checkpoints.is_dir():
+            shutil.rmtree(self.checkpoints)
+        self.metrics_path.unlink(missing_ok=True)
 
     @property
     def checkpoints(self) -> Path:

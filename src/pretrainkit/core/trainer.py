@@ -175,14 +175,26 @@ class Trainer:
         self.last_checkpoint = path
 
     def resume(self, resume: str | Path | None) -> None:
-        """``None``: fresh; ``"auto"``: newest valid checkpoint in the run dir, if any; else a path."""
+        """``None``: fresh (an earlier run's checkpoints and metrics in the run dir are removed first);
+        ``"auto"``: newest valid checkpoint in the run dir, if any, refusing when every one found is bad;
+        else a checkpoint path."""
         if resume is None:
+            # a trainer that already loaded a checkpoint (resume() called before fit(None)) keeps its run dir
+            if self.run_dir is not None and self.info.is_main and self.last_checkpoint is None and self.step == 0:
+                self.run_dir.clear_for_fresh_start()
+            dist_.barrier()
             return
         if str(resume) == "auto":
             if self.run_dir is None:
                 raise ConfigError("--resume auto needs a run directory")
+            found = ckpt.list_checkpoints(self.run_dir.checkpoints)
             path = ckpt.latest_valid(self.run_dir.checkpoints)
             if path is None:
+                if found:
+                    raise CheckpointError(
+                        f"none of the {len(found)} checkpoint(s) under {self.run_dir.checkpoints} verifies, so "
+                        "--resume auto will not start over silently; delete that folder (or use another --out) "
+                        "to start over")
                 return
         else:
             path = Path(resume)
@@ -192,6 +204,16 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> dict[str, float]:
+        cfg = self.cfg
+        if self.run_dir is not None and self.info.is_main:
+            self.run_dir.lock()  # one writer per run directory
+        try:
+            return self._fit(resume)
+        finally:
+            if self.run_dir is not None and self.info.is_main:
+                self.run_dir.unlock()
+
+    def _fit(self, resume: str | Path | None) -> dict[str, float]:
         cfg = self.cfg
         self.resume(resume)
         self.model.train()

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from pretrainkit.core import distributed as dist_
-from pretrainkit.core.checkpoint import MODEL_FILE, latest_valid, load_weights, verify
+from pretrainkit.core.checkpoint import MODEL_FILE, latest_valid, list_checkpoints, load_weights, verify
 from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.device import autocast, resolve_device, uses_bf16
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.trainer import TrainConfig, Trainer, lr_factor
-from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.systems.crnet.config import CRNetConfig, galore_rank, llama_config, replace
 from pretrainkit.systems.crnet.data import TextData, corpus_as_validation, prepare_text_data
 from pretrainkit.systems.crnet.galore import GaLoreAdamW, galore_param_groups
@@ -317,6 +317,9 @@ def pretrain(
     _device(cfg.device)
     run = RunDir(cfg.out)
     if info.is_main:
+        run.lock()  # held until the process ends: nothing below may race another writer of this run
+        if resume is not None:
+            check_resumable(run.path, cfg)  # before anything in the run directory is written
         data = prepare_text_data(cfg.data, run.path, log=log)
     dist_.barrier()
     if not info.is_main:
@@ -355,6 +358,33 @@ def pretrain(
         dist_.shutdown()
 
 
+def check_resumable(run_dir: Path, cfg: CRNetConfig) -> None:
+    """Refuse, before writing anything, a resume whose model or data would not fit the run's checkpoints.
+
+    A run directory that holds checkpoints was trained with the model in its ``model.json`` on the data of its
+    ``config.yaml``; a resume with another method, shape or corpus would overwrite both and then fail (or mix two
+    runs). Training-schedule settings (steps, lr, logging) may change on resume."""
+    if not list_checkpoints(run_dir / "checkpoints") or not (run_dir / "model.json").is_file():
+        return
+    try:
+        old_model = json.loads((run_dir / "model.json").read_text())
+        old_cfg = load_config(CRNetConfig, run_dir / "config.yaml")
+        vocab = TextTokenizer.load(run_dir / "tokenizer.json").vocab_size
+    except (OSError, ValueError, ConfigError, PretrainkitError) as e:
+        raise CheckpointError(f"{run_dir} holds checkpoints but its config.yaml, model.json or tokenizer.json "
+                              f"cannot be read ({str(e).splitlines()[0]}); use another --out") from None
+    new_model = {**llama_config(cfg, vocab).to_dict(), "pipeline_method": cfg.model.method}
+    changed = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
+    if changed:
+        what = "; ".join(f"{k}: {old_model.get(k)!r} there, {new_model.get(k)!r} asked for" for k in changed[:3])
+        raise ConfigError(f"{run_dir} holds checkpoints of another model ({what}); resume with the run's own "
+                          "settings or use another --out")
+    for key in ("data", "seq_len"):
+        if getattr(old_cfg, key) != getattr(cfg, key):
+            raise ConfigError(f"{run_dir} holds checkpoints trained with other '{key}' settings; resume with the "
+                              "run's own settings or use another --out")
+
+
 def load_run(
     run_dir: str | Path, checkpoint: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> tuple[CRNetConfig, LlamaLM, TextTokenizer, Path]:
@@ -373,7 +403,7 @@ def load_run(
     if path is None:
         raise CheckpointError(f"no complete checkpoint under {run / 'checkpoints'}; train (or resume) first")
     verify(path)
-    state = {k.removeprefix("lm."): v for k, v in load_weights(path / MODEL_FILE).items()}
+    state = {k.removeprefix("lm."): v for k, v in load_weights(path / MODEL_FILE, verified=True).items()}
     missing, unexpected = lm.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -137,8 +137,13 @@ def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Lo
     path = backbone_path(cfg, seed)
     stats_path = path.with_name("pretrain.json")
     if resume is not None and path.is_file() and stats_path.is_file():
-        log(f"pre-trained backbone exists: {path} (delete it to train again)")
-        return json.loads(stats_path.read_text())
+        try:
+            load_weights(path)  # checked against its checksum before it is reused
+            log(f"pre-trained backbone exists: {path} (delete it to train again)")
+            return json.loads(stats_path.read_text())
+        except CheckpointError as e:  # rebuilt below from the run's newest good checkpoint
+            log(f"{e}; rebuilding it from the newest good checkpoint")
+            path.unlink()
     splits = load_tasks(cfg, cfg.data.pretrain_tasks)
     ds = windows(cfg, [s.train for s in splits.values()])
     torch.manual_seed(seed)

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from pretrainkit.adapt.probe import accuracy, fit_restarts, macro_f1, predict, stratified_budget
-from pretrainkit.core.checkpoint import load_weights
+from pretrainkit.core.checkpoint import MODEL_FILE, load_weights, verify
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.task import TASKS, MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
-from pretrainkit.errors import DataError
+from pretrainkit.errors import CheckpointError, DataError
 from pretrainkit.search.task_weights import search_task_weights
 from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers saga.* tasks)
 from pretrainkit.systems.saga.config import SagaConfig
@@ -119,10 +119,17 @@ class SagaPipeline:
                        for t in tasks], weights=weights)
         model = MixModel(self.new_encoder(), mix)
         if final.is_file():
-            model.load_state_dict(load_weights(final))
-            return model.backbone
+            try:  # the finished run's last checkpoint, checked against its manifest like any resume
+                verify(final.parent)
+                model.load_state_dict(load_weights(final, verified=True))
+                return model.backbone
+            except CheckpointError as e:  # the trainer below resumes from the newest good checkpoint instead
+                self.log(f"{e}; resuming {tag} from its newest good checkpoint")
         if init_from is not None:
-            model.load_state_dict(load_weights(init_from))
+            init_from = Path(init_from)
+            if init_from.name == MODEL_FILE:
+                verify(init_from.parent)
+            model.load_state_dict(load_weights(init_from, verified=init_from.name == MODEL_FILE))
         idx = self.pretrain_windows()
         batches = EpochBatches({"x": torch.from_numpy(self.windows.x[idx])}, self.cfg.pretrain.batch_size,
                                seed=tcfg.seed)
