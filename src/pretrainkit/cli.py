@@ -49,10 +49,9 @@ def _version() -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "core":
-        from pretrainkit.core import bench
+        from pretrainkit.core.bench import bench_main
 
-        print(f"wrote {bench.run(steps=args.steps)}")
-        return 0
+        return bench_main(args.rest)
     mod = importlib.import_module(SYSTEMS[args.target][0])
     return mod.bench_main(args.rest)
 
@@ -66,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     bench = sub.add_parser("bench", help="run a benchmark and write docs/results/<target>.{md,json}")
     bench.add_argument("target", choices=BENCHES, help="which benchmark")
-    bench.add_argument("--steps", type=int, default=60, help="timed steps (core bench)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the system's bench")
+    bench.add_argument("rest", nargs=argparse.REMAINDER,
+                       help="options passed to the target's bench (`pretrainkit bench TARGET --help` lists them)")
     bench.set_defaults(func=_bench)
     for name, (module, help_) in SYSTEMS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
