@@ -186,7 +186,8 @@ def publish(name: str, data: dict[str, Any], render: Render, *, kind: str, seeds
                          profile=profile, kind=kind)
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_results(path: str | Path, what: str = "a pretrainkit") -> dict[str, Any]:
+    """A stored results JSON; ``what`` names the expected kind in the error ("an L2M bench")."""
     from pretrainkit.errors import DataError
 
     p = Path(path)
@@ -195,22 +196,23 @@ def load_results(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read results file {p} ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or "provenance" not in payload or "headline" not in payload:
-        raise DataError(f"{p} is not a pretrainkit results file (no headline / provenance)")
+        raise DataError(f"{p} is not {what} results file (no headline / provenance)")
     return payload
 
 
 def rerender(path: str | Path, render: Render, out_dir: Path | None = None, kind: str | None = None,
-             title: str | None = None, what: str = "bench") -> Path:
+             title: str | None = None, what: str = "a pretrainkit bench") -> Path:
     """Re-write ``<name>.md/.json`` from the records stored in a results JSON (nothing re-run): the original
     command, date and commit stay its provenance; figures that differ from the stored ones are listed."""
     from pretrainkit.errors import DataError
 
     p = Path(path)
-    payload = load_results(p)
+    payload = load_results(p, what)
     try:
         headline, body, derived = render(payload)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise DataError(f"{p} does not hold what the {what} report needs ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise DataError(f"{p} is not {what} results file its report can be drawn from "
+                        f"({type(e).__name__}: {e})") from None
     changes = [f"{k}: {a} -> {b}" for k, (a, b) in _diff(payload["headline"], headline).items()]
     changes += [f"{k}: {a} -> {b}" for k, (a, b) in _diff({k: payload.get(k) for k in derived}, derived).items()
                 if isinstance(a, bool) or isinstance(b, bool)]  # verdicts; moved stds are in the tables

@@ -249,7 +249,7 @@ def _rerender(path: Path, results_dir: Path | None) -> int:
     kind = payload.get("kind") or (report.KIND if "runs" in payload else sweep.KIND)
     if kind == report.KIND:
         title = "CR-Net" if Path(path).stem == "crnet" else Path(path).stem  # as run_bench names it
-        out = rerender(path, report.render, results_dir, kind, title=title, what="CR-Net bench")
+        out = rerender(path, report.render, results_dir, kind, title=title, what="a CR-Net bench")
     else:
         render = sweep.render
         if "config" not in payload:
@@ -261,7 +261,7 @@ def _rerender(path: Path, results_dir: Path | None) -> int:
                 head, body, derived = sweep.render({**p, "config": c, "config_source": note})
                 return head, body, {**derived, "config": c, "config_source": note}
 
-        out = rerender(path, render, results_dir, kind, title=sweep.TITLE, what="CR-Net sweep")
+        out = rerender(path, render, results_dir, kind, title=sweep.TITLE, what="a CR-Net sweep")
     print(f"wrote {out}")
     return 0
 

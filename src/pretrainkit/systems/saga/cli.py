@@ -145,7 +145,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         name = Path(args.rerender).stem
         path = rerender(args.rerender, lambda p: bench.render(p, plot_name=f"{name}_accuracy.png"),
-                        out_dir=args.results_dir, kind=bench.KIND, title=bench.TITLE, what="Saga bench")
+                        out_dir=args.results_dir, kind=bench.KIND, title=bench.TITLE, what="a Saga bench")
         plot(load_results(path.with_suffix(".json"))["rows"], path.parent / f"{name}_accuracy.png")
         print(f"wrote {path}")
         return 0
