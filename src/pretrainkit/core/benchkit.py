@@ -96,6 +96,8 @@ class StampedBatches:
         return next(self.batches)
 
     def __getattr__(self, name: str):  # items_per_batch, state_dict, load_state_dict, ...
+        if name == "batches":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.batches, name)
 
     def seconds_per_step(self, steps: int, warmup: int, per_step: int = 1) -> float:

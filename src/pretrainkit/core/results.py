@@ -161,7 +161,7 @@ def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[
             + (f" Report re-rendered from that run's stored records (nothing re-run) by `{again['command']}` on "
                f"{again['date']}, commit `{again['git_commit']}`." if again else ""),
             "", *(_changes_md(changes) if again else []),
-            "## Headline", "",
+            "## Headline", "", f"Seeds: n={len(used)}; each table below states the n of its figures.", "",
             md_table(["figure", "value"], [[k, v] for k, v in headline.items()]), "", body_md.strip(), ""]
     atomic_write_text(out_dir / f"{name}.md", "\n".join(head))
     return out_dir / f"{name}.md"

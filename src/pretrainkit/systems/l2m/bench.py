@@ -253,7 +253,7 @@ def matrices(summary: dict[str, Any], pretrain_tasks: list[str]) -> list[str]:
     for k, s in summary.items():
         rows = [[_short(t) + (" (pre-train)" if t in pretrain_tasks else ""),
                  *[("-" if v is None else f"{v:.2f}") for v in vals]] for t, vals in s["success_matrix"].items()]
-        out += [f"### {k}", "", md_table(["task", *s["columns"]], rows), ""]
+        out += [f"### {k} (mean over n={s['n_seeds']} seeds)", "", md_table(["task", *s["columns"]], rows), ""]
     return out
 
 
@@ -273,9 +273,12 @@ def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: di
     if keyed:
         rows = [[k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])] for k, s in keyed.items() for t in s["keys"]]
         lines += ["## Keys selected at the end", "",
-                  "Share of held-out windows per key (top two), one entry per seed; -1 = unmodulated backbone.", "",
+                  f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); -1 = "
+                  "unmodulated backbone.", "",
                   md_table(["method", "task", "keys"], rows), ""]
     lines += ["## Throughput (one core, torch 1 thread)", "",
+              f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
+              "seeds); the data are collected once.", "",
               md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary)[0], ""]
     return "\n".join(lines)
 
