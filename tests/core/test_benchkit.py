@@ -20,8 +20,8 @@ from pretrainkit.core.trainer import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from results_helpers import assert_rerender_equals, body_of, tables_without_n  # noqa: E402
-from toy import ToyRegressor, toy_data  # noqa: E402
+from results_helpers import assert_rerender_equals, body_of, tables_without_n
+from toy import ToyRegressor, toy_data
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 BENCHES = ("core", "saga", "crnet", "l2m")

@@ -12,7 +12,7 @@ from pretrainkit.systems.crnet import report, sweep
 from pretrainkit.systems.crnet.config import CRNetConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from results_helpers import assert_rerender_equals, tables_without_n  # noqa: E402
+from results_helpers import assert_rerender_equals, tables_without_n
 
 PPL = {"full": [113.0, 113.4], "lowrank": [136.6, 135.9], "crnet": [112.9, 113.9]}
 

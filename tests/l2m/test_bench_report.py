@@ -11,7 +11,7 @@ from pretrainkit.systems.l2m import bench, routing
 from pretrainkit.systems.l2m.config import L2MConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from results_helpers import assert_rerender_equals, tables_without_n  # noqa: E402
+from results_helpers import assert_rerender_equals, tables_without_n
 
 
 def _summary(final: list[float], forgetting=0.0, retention=1.0, just=0.5):

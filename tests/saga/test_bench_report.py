@@ -11,7 +11,7 @@ from pretrainkit.systems.saga import bench
 from pretrainkit.systems.saga.config import SagaConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from results_helpers import assert_rerender_equals, tables_without_n  # noqa: E402
+from results_helpers import assert_rerender_equals, tables_without_n
 
 
 def _rows():

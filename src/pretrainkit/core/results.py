@@ -170,8 +170,8 @@ def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[
 def _changes_md(changes: list[str] | None) -> list[str]:
     if not changes:
         return ["No headline figure and no verdict differs from the stored report.", ""]
-    return ["Figures and verdicts that differ from the stored report (the report code changed since it was "
-            "written; the project's std is now the sample std, ddof 1, with n stated):", "",
+    return [("Figures and verdicts that differ from the stored report (the report code changed since it was "
+             "written; the project's std is now the sample std, ddof 1, with n stated):"), "",
             *[f"- {c}" for c in changes], ""]
 
 

@@ -253,11 +253,11 @@ def _rerender(path: Path, results_dir: Path | None) -> int:
     else:
         render = sweep.render
         if "config" not in payload:
-            cfg = _sweep_config(replay_args(_sweep_parser(), payload["provenance"]["command"], 3))
+            c = to_dict(_sweep_config(replay_args(_sweep_parser(), payload["provenance"]["command"], 3)))
             note = ("reconstructed at re-rendering from the stored command and the profile it names (this results "
                     "file predates stored configs)")
 
-            def render(p: dict, c=to_dict(cfg), note=note):
+            def render(p: dict, c=c, note=note):
                 head, body, derived = sweep.render({**p, "config": c, "config_source": note})
                 return head, body, {**derived, "config": c, "config_source": note}
 

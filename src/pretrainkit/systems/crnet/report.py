@@ -236,8 +236,8 @@ def body(
         )
     )
     lines += ["", "## Recomputation (CR-Net model, no training)", "",
-              "One measurement per shape and mode (n=1): peak memory of one forward + backward, the best step "
-              "time of interleaved rounds.", ""]
+              ("One measurement per shape and mode (n=1): peak memory of one forward + backward, the best step "
+               "time of interleaved rounds."), ""]
     prow = []
     for p in probes:
         prow.append(

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.config import from_dict
+from pretrainkit.core.parallel import spawn_map
 from pretrainkit.core.results import md_table, publish
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs, arm_lr

@@ -31,7 +31,6 @@ from pretrainkit.systems.l2m.pipeline import (
     setup_torch,
 )
 
-
 KIND, TITLE = "l2m.bench", "L2M"
 
 
@@ -273,12 +272,12 @@ def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: di
     if keyed:
         rows = [[k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])] for k, s in keyed.items() for t in s["keys"]]
         lines += ["## Keys selected at the end", "",
-                  f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); -1 = "
-                  "unmodulated backbone.", "",
+                  (f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); "
+                   "-1 = unmodulated backbone."), "",
                   md_table(["method", "task", "keys"], rows), ""]
     lines += ["## Throughput (one core, torch 1 thread)", "",
-              f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
-              "seeds); the data are collected once.", "",
+              (f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
+               "seeds); the data are collected once."), "",
               md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary)[0], ""]
     return "\n".join(lines)
 

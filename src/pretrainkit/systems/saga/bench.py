@@ -76,14 +76,14 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
         (f"- Data: UCI HAPT ({info['windows']} windows of 120 steps at 20 Hz, 6 channels), loaded from "
          f"`{info['source']}`." if info else "- Data: UCI HAPT (windows of 120 steps at 20 Hz, 6 channels; the "
          f"window count and source {NOT_STORED})."),
-        "- Splits: **random** = LIMU-BERT's 80/10/10 over windows (seed 3431); **subject** = whole users to "
-        "train/val/test (activity only); **time** = within each user the earliest 80 % of windows train, the "
-        "latest 10 % test (user identification only).",
-        f"- Pre-training on the {str(info['pretrain_windows']) + ' ' if info else ''}windows that lie in the training part of "
-        "every split above (so no encoder sees a validation or test window of any split): reading B = four "
-        f"encoders (one per task) x "
-        f"{pc.train.max_steps} steps of {pc.batch_size} windows; reading A = one encoder x {pc.train.max_steps} "
-        "steps whose every step runs all four tasks (the same number of encoder passes as B in total).",
+        ("- Splits: **random** = LIMU-BERT's 80/10/10 over windows (seed 3431); **subject** = whole users to "
+         "train/val/test (activity only); **time** = within each user the earliest 80 % of windows train, the "
+         "latest 10 % test (user identification only)."),
+        (f"- Pre-training on the {str(info['pretrain_windows']) + ' ' if info else ''}windows that lie in the "
+         "training part of every split above (so no encoder sees a validation or test window of any split): "
+         f"reading B = four encoders (one per task) x {pc.train.max_steps} steps of {pc.batch_size} windows; "
+         f"reading A = one encoder x {pc.train.max_steps} steps whose every step runs all four tasks (the same "
+         "number of encoder passes as B in total)."),
         "- Downstream unit = 1-s sub-window (20 steps) of a window, as LIMU-BERT. A budget of k labels per class "
         "is drawn from the training units; 20 % of it (>= 1 per class) selects the GRU's epoch"
         + (f" and, at budgets <= {cfg.downstream.restart_max_budget}, the best of "
@@ -93,13 +93,13 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
         f"(Optuna GP sampler, {cfg.search.n_trials} trials) maximises {cfg.downstream.cv_folds}-fold CV accuracy "
         "of a ridge probe inside the budget. No validation- or test-split label is used to tune anything "
         "except the full-label model, which selects its epoch on the validation split.",
-        "- saga-A's search uses one budget-20 draw (seed 0) per task, so at budgets 50 and 100 with seeds 1-2 it "
-        "has seen up to 20 extra labels per class; it is reported for budgets >= 20 only.",
+        ("- saga-A's search uses one budget-20 draw (seed 0) per task, so at budgets 50 and 100 with seeds 1-2 "
+         "it has seen up to 20 extra labels per class; it is reported for budgets >= 20 only."),
         "", "## Results", "", report.tables(rows), "",
         f"![accuracy against labels per class]({plot_name})", "",
         "## Pre-training throughput (same model, same batches, same run)", "",
-        f"{tp.get('steps', 12)} timed steps of {tp.get('batch', 128)} windows after {tp.get('warmup', 2)} warm-up "
-        "steps, one run each (n=1).", "",
+        (f"{tp.get('steps', 12)} timed steps of {tp.get('batch', 128)} windows after {tp.get('warmup', 2)} "
+         "warm-up steps, one run each (n=1)."), "",
         md_table(["loop", "windows/s", "n"], [["bare PyTorch loop", round(tp["bare_windows_per_s"], 1), 1],
                                                ["pretrainkit Trainer", round(tp["trainer_windows_per_s"], 1),
                                                 1]]),
