@@ -278,7 +278,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _sweep_config(args: argparse.Namespace) -> CRNetConfig:
+    from pretrainkit.core.benchkit import parse_seeds
+    from pretrainkit.errors import ConfigError
+
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None and len(seeds) != 1:
+        raise ConfigError(f"the sweep trains each cell with one seed (sweep.seed); got --seeds {args.seeds}")
     cfg = load(args, "bench")
+    if seeds:
+        cfg.sweep.seed = seeds[0]
     if args.methods:
         cfg.sweep.methods = cfg.bench.methods
     if args.name:

@@ -10,7 +10,7 @@ import torch
 
 from pretrainkit.core import benchkit
 from pretrainkit.core.data import EpochBatches
-from pretrainkit.core.results import md_table, publish
+from pretrainkit.core.results import RESULTS_DIR, md_table, publish
 from pretrainkit.core.task import TASKS, MixModel, TaskMix
 from pretrainkit.core.trainer import TrainConfig, Trainer
 from pretrainkit.systems.saga import report
@@ -48,7 +48,7 @@ def run_bench(cfg: SagaConfig, out_dir: Path | None = None, name: str = "saga", 
     pipe = SagaPipeline(cfg)
     rows = Grid(pipe, methods=METHODS).run(workers=cfg.downstream.workers)
     tp = throughput(pipe)
-    out = Path(out_dir or "docs/results")
+    out = Path(out_dir or RESULTS_DIR)
     report.plot(rows, out / f"{name}_accuracy.png")
     data = {"rows": rows, "throughput": tp, "wall_s": time.time() - t0,
             "data_info": {"windows": len(pipe.windows), "source": pipe.windows.source,
