@@ -4,7 +4,7 @@ refused in one line, and where a good earlier copy exists (Saga's encoder, L2M's
 import pytest
 import torch
 
-from pretrainkit.core.checkpoint import MODEL_FILE, list_checkpoints, load_weights, save_weights
+from pretrainkit.core.checkpoint import list_checkpoints, load_weights, save_weights
 from pretrainkit.errors import CheckpointError
 
 

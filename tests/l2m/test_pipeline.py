@@ -87,6 +87,7 @@ def test_bench_runs_every_stage_and_writes_results(cfg, tmp_path):
     assert redo["methods"] == out["methods"] and redo["throughput"] == out["throughput"]
     assert redo["provenance"]["date"] == out["provenance"]["date"] and "rerendered" in redo["provenance"]
     assert "re-rendered from that run's stored records" in again.read_text()
+    assert again.read_text().split("## Headline")[1] == text.split("## Headline")[1]  # the same report
     (tmp_path / "bad.json").write_text('{"config": {}}')
     with pytest.raises(DataError, match="not an L2M bench results file"):
         bench.rerender(tmp_path / "bad.json")

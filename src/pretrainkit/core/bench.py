@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from pretrainkit.core import benchkit
 from pretrainkit.core.data import EpochBatches
-from pretrainkit.core.results import md_table, write_results
+from pretrainkit.core.results import fmt_mean_std, md_table, mean_std, publish, rerender
 from pretrainkit.core.trainer import TrainConfig, Trainer
+from pretrainkit.errors import ConfigError
+
+KIND, TITLE = "core.bench", "Core trainer"
+
+
+@dataclass
+class CoreBenchConfig:
+    steps: int = 60
+    warmup: int = 3
+    batch: int = 32
+    repeats: int = 3
+    seed: int = 0
+    name: str = "core"
 
 
 class BenchModel(nn.Module):
@@ -35,32 +52,24 @@ def bench_data(n: int = 2048, seq: int = 32, d: int = 128) -> dict[str, torch.Te
     return {"x": torch.randn(n, seq, d, generator=g), "y": torch.randn(n, seq, generator=g)}
 
 
-def time_bare(steps: int, batch: int) -> float:
-    torch.manual_seed(0)
-    model, data = BenchModel(), EpochBatches(bench_data(), batch, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(3):  # warm-up
-        loss, _ = model(next(data))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss, _ = model(next(data))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - t) / steps
+def _model(seed: int) -> BenchModel:
+    torch.manual_seed(seed)
+    return BenchModel()
 
 
-def time_trainer(steps: int, batch: int, run_dir: Path | None = None) -> float:
-    torch.manual_seed(0)
-    cfg = TrainConfig(max_steps=steps + 3, lr=1e-3, log_every=10, progress=True)
-    times = []
-    trainer = Trainer(BenchModel(), EpochBatches(bench_data(), batch, seed=0), cfg, run_dir=run_dir,
-                      step_hooks=[lambda m, s: times.append(time.perf_counter())])
-    trainer.fit()
-    return (times[-1] - times[2]) / steps  # after the same 3 warm-up steps
+def time_bare(steps: int, batch: int, warmup: int = 3, seed: int = 0) -> float:
+    data = bench_data()
+    return benchkit.time_bare(lambda: _model(seed), lambda: EpochBatches(data, batch, seed=seed), steps, warmup)
+
+
+def time_trainer(steps: int, batch: int, run_dir: Path | None = None, warmup: int = 3, seed: int = 0) -> float:
+    data = bench_data()
+
+    def trainer(stream, max_steps: int) -> Trainer:
+        cfg = TrainConfig(max_steps=max_steps, lr=1e-3, log_every=10, progress=True, seed=seed)
+        return Trainer(_model(seed), stream, cfg, run_dir=run_dir)
+
+    return benchkit.time_trainer(trainer, lambda: EpochBatches(data, batch, seed=seed), steps, warmup)
 
 
 def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
@@ -71,8 +80,8 @@ def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                str(worker), str(steps), str(batch)]
         for _attempt in range(2):  # one retry: gloo's rendezvous on a busy machine occasionally aborts a rank
-            r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
-                                                                         "OMP_NUM_THREADS": "1"})
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
             if r.returncode == 0:
                 break
         else:
@@ -81,42 +90,87 @@ def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None = None) -> Path:
+def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None = None,
+        cfg: CoreBenchConfig | None = None, profile: str | None = None) -> Path:
+    cfg = cfg or CoreBenchConfig(steps=steps, batch=batch, repeats=repeats)
     torch.set_num_threads(1)
     bare, trainer = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):  # interleaved so drift on a shared machine hits both alike
-            bare.append(time_bare(steps, batch))
-            trainer.append(time_trainer(steps, batch, Path(tmp) / f"r{r}"))
+        for r in range(cfg.repeats):  # interleaved so drift on a shared machine hits both alike
+            bare.append(time_bare(cfg.steps, cfg.batch, cfg.warmup, cfg.seed))
+            trainer.append(time_trainer(cfg.steps, cfg.batch, Path(tmp) / f"r{r}", cfg.warmup, cfg.seed))
+    one, two = ddp_speedup(cfg.steps // 2, cfg.batch)
+    data = {"bare_s_per_step": bare, "trainer_s_per_step": trainer, "ddp_s_per_step": {"1": one, "2": two}}
+    return publish(cfg.name, data, render, kind=KIND, seeds=[cfg.seed], out_dir=out_dir, title=TITLE, config=cfg,
+                   profile=profile)
+
+
+def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Headline and report from a stored core results JSON (older files without a config: the stored
+    command's options against today's defaults)."""
+    c = payload.get("config") or vars(_legacy_config(payload))
+    bare, trainer = payload["bare_s_per_step"], payload["trainer_s_per_step"]
+    one, two = payload["ddp_s_per_step"]["1"], payload["ddp_s_per_step"]["2"]
     b, t = min(bare), min(trainer)
-    one, two = ddp_speedup(steps // 2, batch)
-    headline = {"trainer_overhead_ratio": round(t / b, 4), "ddp_2proc_speedup": round(one / two, 3)}
+    headline = {"trainer_overhead_ratio": round(t / b, 4), "ddp_2proc_speedup": round(one / two, 3),
+                "n_repeats": len(bare)}
     body = "\n".join([
         "## Trainer against a bare loop", "",
-        f"Same model (2-layer transformer encoder, d=128), same batches (batch {batch}, seq 32), AdamW, {steps} "
-        f"timed steps after 3 warm-up steps, best of {repeats} interleaved repeats, 1 thread. The trainer run "
-        "includes its progress bar, metrics.jsonl logging every 10 steps, per-step reseeding and the final checkpoint"
-        " is outside the timed window.", "",
-        md_table(["loop", "s/step (best)", "all repeats"],
-                 [["bare PyTorch", b, ", ".join(f"{v:.4f}" for v in bare)],
-                  ["pretrainkit Trainer", t, ", ".join(f"{v:.4f}" for v in trainer)]]),
+        (f"Same model (2-layer transformer encoder, d=128), same batches (batch {c['batch']}, seq 32), AdamW, "
+         f"{c['steps']} timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(bare)} interleaved "
+         "repeats, 1 thread. The trainer run includes its progress bar, metrics.jsonl logging every 10 steps, "
+         "per-step reseeding and the final checkpoint is outside the timed window."), "",
+        md_table(["loop", "s/step (best)", "mean ± std", "n", "all repeats"],
+                 [["bare PyTorch", b, fmt_mean_std(mean_std(bare), 4, n=False), len(bare),
+                   ", ".join(f"{v:.4f}" for v in bare)],
+                  ["pretrainkit Trainer", t, fmt_mean_std(mean_std(trainer), 4, n=False), len(trainer),
+                   ", ".join(f"{v:.4f}" for v in trainer)]]),
         "", f"Goal: overhead ratio <= 1.05; measured {t / b:.3f}.", "",
         "## DDP on CPU (gloo)", "",
-        "The same global batch split over 2 processes (1 thread each) against 1 process; the machine has 2 cores.",
-        "", md_table(["processes", "s/global step"], [[1, one], [2, two]]), "",
+        ("The same global batch split over 2 processes (1 thread each) against 1 process; the machine has 2 "
+         "cores. One timed run each (n=1)."),
+        "", md_table(["processes", "s/global step", "n"], [[1, one, 1], [2, two, 1]]), "",
         f"Speed-up {one / two:.2f}x.",
     ])
-    return write_results("core", headline, body, {"bare_s_per_step": bare, "trainer_s_per_step": trainer,
-                                                  "ddp_s_per_step": {"1": one, "2": two}},
-                         seeds=[0], out_dir=out_dir, title="Core trainer")
+    return headline, body, {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrainkit bench core", description=__doc__.splitlines()[0])
+    benchkit.add_bench_args(p, "core", "bench", default_name="core")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (shortcut for --set steps=N)")
+    return p
+
+
+def _legacy_config(payload: dict[str, Any]) -> CoreBenchConfig:
+    args = benchkit.replay_args(_parser(), payload["provenance"]["command"], 3)
+    cfg = CoreBenchConfig()
+    if args.steps:
+        cfg.steps = args.steps
+    return cfg
+
+
+def load(args: argparse.Namespace) -> CoreBenchConfig:
+    seeds = benchkit.parse_seeds(args.seeds)
+    if seeds is not None and len(seeds) != 1:
+        raise ConfigError(f"the core bench times one model: give one seed, got {args.seeds}")
+    extra = [f"seed={seeds[0]}"] if seeds else []
+    extra += [f"steps={args.steps}"] if args.steps is not None else []
+    extra += [f"name={args.name}"] if args.name else []
+    cfg = benchkit.load_bench_config(CoreBenchConfig, "core", args, extra)
+    for k in ("steps", "batch", "repeats"):
+        if getattr(cfg, k) < 1:
+            raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(cfg, k)}")
+    return cfg
 
 
 def bench_main(argv: list[str]) -> int:
-    """`pretrainkit bench core [--steps N]`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="pretrainkit bench core", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=60, help="timed steps (default 60)")
-    args = p.parse_args(argv)
-    print(f"wrote {run(steps=args.steps)}")
+    """`pretrainkit bench core [--config PROFILE|FILE] [--set k=v] [--steps N] [--results-dir D] [--name N]
+    [--rerender JSON]`."""
+    args = _parser().parse_args(argv)
+    if args.rerender is not None:
+        print(f"wrote {rerender(args.rerender, render, out_dir=args.results_dir, kind=KIND, title=TITLE)}")
+        return 0
+    cfg = load(args)
+    print(f"wrote {run(cfg=cfg, out_dir=args.results_dir, profile=args.config)}")
     return 0

@@ -1,37 +1,28 @@
 """`pretrainkit bench crnet`: every method on the same data, tokens and seeds; memory, recompute, HF throughput.
 
 Arms are interleaved (all methods for seed 0, then all in reverse order for seed 1, ...) so a slow spell of a
-shared machine does not fall on one method. Writes docs/results/<name>.{md,json} through core.results.
+shared machine does not fall on one method. This module measures and stores the records; report.py draws the
+summary, verdict and markdown from them (also later, from the stored JSON alone). Writes
+docs/results/<name>.{md,json} through core.results.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from pretrainkit.core.results import md_table, write_results
+from pretrainkit.core.benchkit import best_time
+from pretrainkit.core.results import publish
 from pretrainkit.errors import ConfigError
+from pretrainkit.systems.crnet import report
 from pretrainkit.systems.crnet.config import CRNetConfig, llama_config, replace
 from pretrainkit.systems.crnet.data import prepare_text_data
 from pretrainkit.systems.crnet.model import LlamaConfig, count_parameters
 from pretrainkit.systems.crnet.pipeline import _device, build_lm, make_optimizer, train_lm
 from pretrainkit.systems.crnet.recompute import peak_memory
-
-LOW_RANK = ("lowrank", "cola", "lora", "relora", "galore")  # the parameter- or memory-efficient competitors
-LABELS = {
-    "full": "full-rank AdamW",
-    "lowrank": "low-rank W = AB",
-    "cola": "CoLA B·SiLU(A·x)",
-    "lora": "LoRA from scratch",
-    "relora": "ReLoRA (periodic merge)",
-    "galore": "GaLore (full weights, low-rank optimiser)",
-    "crnet": "CR-Net",
-}
 
 
 # --------------------------------------------------------------------------------------------------- arms
@@ -103,21 +94,19 @@ def calibrate_steps(cfg: CRNetConfig, arms: dict[str, LlamaConfig], device: torc
         lm = build_lm(mcfg, 0).to(device)
         opt = make_optimizer(m, cfg, mcfg)(lm, cfg.train)
         ids, labels = _batch(mcfg.vocab_size, cfg.batch_size, cfg.seq_len, device)
-        times = []
-        for i in range(5):
-            _sync(device)
-            t = time.perf_counter()
+
+        def step(lm=lm, opt=opt, ids=ids, labels=labels) -> None:
             for _ in range(cfg.train.grad_accum):
                 with _autocast(device):
                     _, loss = lm(ids, labels)
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            _sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        worst = max(worst, min(times))
-        del lm, opt
+
+        # best of 3 steps after 2 warm-up steps
+        worst = max(worst, best_time({m: step}, rounds=1, steps=3, warmup=2, per_call=True,
+                                     sync=lambda: _sync(device))[m])
+        del lm, opt, step
     # 30 % margin for evaluation and the trainer's own work
     steps = max(10, min(cfg.train.max_steps, int(cfg.bench.arm_budget_s / (worst * 1.3))))
     log(f"calibration: slowest arm {worst * 1000:.0f} ms/step -> {steps} steps per arm")
@@ -142,20 +131,15 @@ def memory_and_time(
         models[mode] = build_lm(replace(mcfg, recompute=mode), 0).to(device)
         with _autocast(device):
             out[mode] = {"peak_bytes": float(peak_memory(models[mode], ids, labels))}
-    best = {m: math.inf for m in modes}
-    for r in range(rounds):
-        for mode in modes if r % 2 == 0 else modes[::-1]:
-            model = models[mode]
-            for i in range(steps + 1):
-                _sync(device)
-                t = time.perf_counter()
-                with _autocast(device):
-                    _, loss = model(ids, labels)
-                loss.backward()
-                _sync(device)
-                if i:  # the first call of each round re-warms caches
-                    best[mode] = min(best[mode], time.perf_counter() - t)
-            model.zero_grad(set_to_none=True)
+
+    def fwd_bwd(model) -> None:
+        with _autocast(device):
+            _, loss = model(ids, labels)
+        loss.backward()
+
+    # the first call of each round re-warms caches; gradients cleared after each round
+    best = best_time({m: (lambda model=models[m]: fwd_bwd(model)) for m in modes}, rounds, steps, warmup=1,
+                     per_call=True, reset=lambda m: models[m].zero_grad(set_to_none=True), sync=lambda: _sync(device))
     for m in modes:
         out[m]["step_s"] = best[m]
     return out
@@ -210,15 +194,7 @@ def hf_throughput(
     for f in fns.values():  # warm-up: allocator, AdamW state
         f()
         f()
-    best = {k: math.inf for k in fns}
-    for r in range(rounds):
-        for k in ("ours", "hf") if r % 2 == 0 else ("hf", "ours"):
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(steps):
-                fns[k]()
-            _sync(device)
-            best[k] = min(best[k], (time.perf_counter() - t) / steps)
+    best = best_time(fns, rounds, steps, sync=lambda: _sync(device))
     tok = batch * seq
     return {
         "available": True,
@@ -234,88 +210,13 @@ def hf_throughput(
     }
 
 
-# --------------------------------------------------------------------------------------------------- summary
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
-
-
-def summarise(rows: list[dict], arms: dict[str, LlamaConfig], memory: dict[str, float]) -> dict[str, dict]:
-    """Per method: ppl mean/std over seeds, parameters, memory, tokens/s."""
-    out = {}
-    for m, mcfg in arms.items():
-        rs = [r for r in rows if r["method"] == m]
-        if not rs:
-            continue
-        ppl, ppl_sd = _mean_std([r["val_ppl"] for r in rs])
-        tps, _ = _mean_std([r["tokens_per_s"] for r in rs])
-        r0 = rs[0]
-        out[m] = {
-            "label": LABELS.get(m, m),
-            "rank": mcfg.rank if m not in ("full", "galore") else None,
-            "ppl_mean": ppl,
-            "ppl_std": ppl_sd,
-            "ppl_by_seed": {r["seed"]: r["val_ppl"] for r in rs},
-            "train_loss_mean": _mean_std([r["train_loss"] for r in rs])[0],
-            "trainable_params": r0["trainable_params"],
-            "total_params": r0["total_params"],
-            "optimizer_state_bytes": r0["optimizer_state_bytes"],
-            "peak_activation_bytes": memory.get(m),
-            "tokens_per_s": tps,
-            "steps": r0["steps"],
-            "tokens": r0["tokens"],
-            "lr": r0["lr"],
-            "block_lr_scale": r0.get("block_lr_scale", 1.0),
-            "stopped_early": any(r["stopped_early"] for r in rs),
-        }
-    return out
-
-
-def verdict(summary: dict[str, dict]) -> dict:
-    """CR-Net's gap to full rank and, against each low-rank method whose budget is >= CR-Net's, win or loss."""
-    out: dict = {
-        "crnet_gap_to_full_pct": None,
-        "crnet_beats_low_rank_at_equal_or_smaller_params": None,
-        "comparisons": {},
-    }
-    c = summary.get("crnet")
-    if c is None:
-        return out
-    if "full" in summary:
-        out["crnet_gap_to_full_pct"] = 100 * (c["ppl_mean"] / summary["full"]["ppl_mean"] - 1)
-    wins = []
-    for m in LOW_RANK:
-        o = summary.get(m)
-        if o is None:
-            continue
-        eligible = o["total_params"] >= c["total_params"]
-        diff = c["ppl_mean"] - o["ppl_mean"]
-        noise = None if c["ppl_std"] is None or o["ppl_std"] is None else c["ppl_std"] + o["ppl_std"]
-        out["comparisons"][m] = {
-            "crnet_minus_other_ppl": diff,
-            "sum_of_stds": noise,
-            "crnet_better": diff < 0,
-            "beyond_noise": None if noise is None else abs(diff) > noise,
-            "other_params_ge_crnet": eligible,
-        }
-        if eligible:
-            wins.append(diff < 0)
-    out["crnet_beats_low_rank_at_equal_or_smaller_params"] = all(wins) if wins else None
-    return out
-
-
-def _mb(x: float | None) -> str:
-    return "—" if x is None else f"{x / 2**20:.1f}"
-
-
+# --------------------------------------------------------------------------------------------------- bench
 def _fmt_rank(r) -> str:
     return "—" if r is None else str(r)
 
 
-# --------------------------------------------------------------------------------------------------- bench
-def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "crnet", log=print) -> Path:
+def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "crnet", log=print,
+              profile: str | None = None) -> Path:
     """Train every bench method for every seed, measure memory and throughput, write the results files."""
     t_start = time.time()
     b = cfg.bench
@@ -332,11 +233,7 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
         )
     tcfg = cfg.train
     if b.arm_budget_s > 0:
-        steps = calibrate_steps(cfg, arms, device, log)
-        if steps < tcfg.max_steps:
-            tcfg = replace(
-                tcfg, max_steps=steps, warmup_steps=max(1, round(tcfg.warmup_steps * steps / tcfg.max_steps))
-            )
+        tcfg = report.bench_train(cfg, calibrate_steps(cfg, arms, device, log))
 
     # ---- training arms, interleaved over seeds
     rows: list[dict] = []
@@ -408,249 +305,19 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
         )
     )
 
-    summary = summarise(rows, arms, memory)
-    v = verdict(summary)
-    p0 = probes[0] if probes else {}
-    headline = {
-        "ppl": {m: round(s["ppl_mean"], 3) for m, s in summary.items()},
-        "ppl_std": {m: None if s["ppl_std"] is None else round(s["ppl_std"], 3) for m, s in summary.items()},
-        "crnet_gap_to_full_pct": None
-        if v["crnet_gap_to_full_pct"] is None
-        else round(v["crnet_gap_to_full_pct"], 2),
-        "crnet_beats_low_rank_at_equal_or_smaller_params": v[
-            "crnet_beats_low_rank_at_equal_or_smaller_params"
-        ],
-        "recompute_memory_ratio": round(p0["recompute_memory_ratio"], 3) if p0 else None,
-        "checkpoint_memory_ratio": round(p0["checkpoint_memory_ratio"], 3) if p0 else None,
-        "recompute_step_time_ratio": round(p0["recompute_step_time_ratio"], 3) if p0 else None,
-        "checkpoint_step_time_ratio": round(p0["checkpoint_step_time_ratio"], 3) if p0 else None,
-        "tokens_per_s_vs_hf": round(hf["ratio"], 3) if hf["available"] else None,
-        "equal_tokens_all_arms": not any(s["stopped_early"] for s in summary.values()),
-        "goal_recompute_memory_below_0_7": bool(p0 and p0["recompute_memory_ratio"] < 0.7),
-        "goal_tokens_per_s_vs_hf_at_least_1": bool(hf["available"] and hf["ratio"] >= 1.0),
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-    }
     wall = time.time() - t_start
-    body = _body(cfg, tcfg, data, summary, v, probes, hf, wall)
     data_out = {
-        "summary": summary,
         "runs": rows,
-        "verdict": v,
+        "ranks": {m: mc.rank for m, mc in arms.items()},
+        "memory": memory,
         "recompute": probes,
         "hf": hf,
         "data": data.summary(),
         "wall_s": wall,
-        "config": _cfg_dict(cfg),
         "steps_per_arm": tcfg.max_steps,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
     }
-    path = write_results(
-        name,
-        headline,
-        body,
-        data_out,
-        seeds=list(b.seeds),
-        out_dir=results_dir,
-        title="CR-Net" if name == "crnet" else name,
-    )
+    path = publish(name, data_out, report.render, kind=report.KIND, seeds=list(b.seeds), out_dir=results_dir,
+                   title="CR-Net" if name == "crnet" else name, config=cfg, profile=profile)
     log(f"bench done in {wall / 60:.1f} min")
     return path
-
-
-def _body(
-    cfg: CRNetConfig, tcfg, data, summary: dict, v: dict, probes: list[dict], hf: dict, wall: float
-) -> str:
-    ds = data.summary()
-    tokens = cfg.batch_size * tcfg.grad_accum * cfg.seq_len * tcfg.max_steps
-    val_scope = (
-        "all validation tokens"
-        if cfg.data.val_max_tokens <= 0
-        else f"evenly spaced validation sequences up to {cfg.data.val_max_tokens:,} tokens"
-    )
-    align = (
-        "lowrank and CoLA get the smallest uniform rank whose model has at least CR-Net's parameters "
-        "(the paper's parameter-aligned comparison)."
-        if cfg.bench.align_params
-        else "off (all methods at the model rank)."
-    )
-    data_line = (
-        f"- Data: {ds['train_tokens']:,} training / {ds['val_tokens']:,} validation tokens; "
-        f"{ds['train_documents']} training and {ds['val_documents']} held-out documents (whole files, "
-        f"split seed {cfg.data.split_seed}); byte-level BPE with {ds['vocab_size']} ids trained on the "
-        "training documents only."
-    )
-    arm_line = (
-        f"- Every arm: {tcfg.max_steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens = {tokens:,} tokens, "
-        f"warm-up {tcfg.warmup_steps} steps then cosine to {tcfg.min_lr_ratio:g} x lr, grad clip "
-        f"{tcfg.grad_clip:g}, weight decay {tcfg.weight_decay:g}, model preset `{cfg.model.preset}`."
-    )
-    lr_line = (
-        f"- Learning rates (see the table; embeddings, head and norms train at lr, the blocks' projections "
-        f"at lr x block scale, which for GaLore is its scale alpha): "
-        f"{cfg.bench.lr_note or 'as configured in bench.lr'}. No sweep runs inside the bench. GaLore: rank "
-        f"{cfg.galore.rank or 'as the model'}, projector refresh every {cfg.galore.update_proj_gap} steps. "
-        "ReLoRA: merge every "
-        f"{cfg.relora.reset_every} steps, optimiser state of A, B cleared, lr re-warmed over "
-        f"{cfg.relora.rewarm_steps} steps. LoRA/ReLoRA: alpha {cfg.model.lora_alpha:g}, dropout "
-        f"{cfg.model.lora_dropout:g}, frozen random W. CR-Net: init {cfg.model.crnet_init}, beta init "
-        f"{cfg.model.crnet_beta_init:g}, betas at "
-        + ("the blocks' lr" if cfg.beta_lr_scale is None else f"lr x {cfg.beta_lr_scale:g}")
-        + f", layer 1 {cfg.model.crnet_anchor}-rank."
-    )
-    mem_line = (
-        "- Peak activation memory: one forward + backward on a fixed batch (CPU: the profiler's allocation "
-        "events; GPU: max_memory_allocated), gradients already allocated. Weights + optimiser state are "
-        "listed apart."
-    )
-    lines = [
-        "## Protocol",
-        "",
-        data_line,
-        arm_line,
-        f"- Validation perplexity = exp(sum of token NLL / number of scored tokens) over {val_scope}.",
-        lr_line,
-        f"- Parameter alignment: {align}",
-        mem_line,
-        "",
-        "## Methods",
-        "",
-    ]
-    rows = []
-    for m, s in summary.items():
-        seeds = ", ".join(f"{p:.2f}" for p in s["ppl_by_seed"].values())
-        rows.append(
-            [
-                s["label"],
-                _fmt_rank(s["rank"]),
-                f"{s['trainable_params']:,}",
-                f"{s['total_params']:,}",
-                f"{s['ppl_mean']:.2f}" + ("" if s["ppl_std"] is None else f" ± {s['ppl_std']:.2f}"),
-                seeds,
-                f"{s['tokens_per_s']:.0f}",
-                _mb(s["peak_activation_bytes"]),
-                _mb(s["optimizer_state_bytes"]),
-                f"{s['lr']:g} x {s['block_lr_scale']:g}",
-                s["steps"] if not s["stopped_early"] else f"{s['steps']} (time limit)",
-            ]
-        )
-    lines.append(
-        md_table(
-            [
-                "method",
-                "rank",
-                "trainable params",
-                "total params",
-                "val ppl (mean ± sd)",
-                "per seed",
-                "train tok/s",
-                "peak act. MB",
-                "optim. state MB",
-                "lr x block scale",
-                "steps",
-            ],
-            rows,
-        )
-    )
-    lines += ["", "## CR-Net against the others", ""]
-    if v["crnet_gap_to_full_pct"] is not None:
-        lines.append(
-            f"- Gap to full rank: CR-Net's perplexity is {v['crnet_gap_to_full_pct']:+.2f} % relative to "
-            f"full-rank AdamW ({summary['crnet']['ppl_mean']:.2f} vs {summary['full']['ppl_mean']:.2f}) with "
-            f"{summary['crnet']['total_params'] / summary['full']['total_params']:.2f}x its parameters."
-        )
-    for m, c in v["comparisons"].items():
-        word = "lower" if c["crnet_better"] else "higher"
-        budget = (
-            "the other has >= CR-Net's parameters"
-            if c["other_params_ge_crnet"]
-            else "the other has FEWER parameters, so this pair is not at an equal budget"
-        )
-        if c["sum_of_stds"] is None:
-            noise = "one seed, so no spread to judge noise by"
-        else:
-            noise = (
-                f"{'beyond' if c['beyond_noise'] else 'within'} the sum of the two seed standard deviations, "
-                f"{c['sum_of_stds']:.2f}"
-            )
-        lines.append(
-            f"- vs {LABELS.get(m, m)}: CR-Net {word} by {abs(c['crnet_minus_other_ppl']):.2f} ppl "
-            f"({noise}); {budget}."
-        )
-    b = v["crnet_beats_low_rank_at_equal_or_smaller_params"]
-    lines.append(
-        "- Verdict: "
-        + (
-            "no eligible comparison."
-            if b is None
-            else "CR-Net beats every low-rank method whose parameter budget is >= its own."
-            if b
-            else "CR-Net does NOT beat every low-rank method at an equal or larger "
-            "budget (see the lines above)."
-        )
-    )
-    lines += ["", "## Recomputation (CR-Net model, no training)", ""]
-    prow = []
-    for p in probes:
-        prow.append(
-            [
-                f"L{p['n_layers']} T{p['seq_len']} B{p['batch_size']} (keep every {p['checkpoint_every']})",
-                _mb(p["none_peak_bytes"]),
-                _mb(p["checkpoint_peak_bytes"]),
-                _mb(p["crnet_peak_bytes"]),
-                f"{p['recompute_memory_ratio']:.3f}",
-                f"{p['checkpoint_memory_ratio']:.3f}",
-                f"{p['none_step_s'] * 1000:.0f}",
-                f"{p['recompute_step_time_ratio']:.2f}",
-                f"{p['checkpoint_step_time_ratio']:.2f}",
-            ]
-        )
-    lines.append(
-        md_table(
-            [
-                "shape",
-                "none MB",
-                "checkpoint MB",
-                "crnet MB",
-                "crnet / none",
-                "checkpoint / none",
-                "none ms/step",
-                "crnet time x",
-                "checkpoint time x",
-            ],
-            prow,
-        )
-    )
-    lines += [
-        "",
-        "The headline ratio is the first row (the bench's model shape).",
-        "",
-        "## Throughput against Hugging Face transformers",
-        "",
-    ]
-    if hf["available"]:
-        lines.append(
-            md_table(
-                ["model", "training tokens/s"],
-                [
-                    ["pretrainkit LlamaLM (full rank)", f"{hf['ours_tokens_per_s']:.0f}"],
-                    [
-                        f"transformers {hf['transformers']} LlamaForCausalLM (sdpa)",
-                        f"{hf['hf_tokens_per_s']:.0f}",
-                    ],
-                ],
-            )
-        )
-        lines.append(
-            f"\nSame config and weights (max logit difference {hf['max_logit_diff']:.2e}), batch "
-            f"{hf['batch']} x {hf['seq_len']}, forward + backward + AdamW step, {hf['rounds']} interleaved "
-            f"rounds of {hf['steps_per_round']} steps, best round each. Ratio {hf['ratio']:.3f}."
-        )
-    else:
-        lines.append(f"Not measured: {hf['reason']}.")
-    lines += ["", f"Wall time of the whole bench: {wall / 60:.1f} min.", ""]
-    return "\n".join(lines)
-
-
-def _cfg_dict(cfg: CRNetConfig) -> dict:
-    from pretrainkit.core.config import to_dict
-
-    return to_dict(cfg)

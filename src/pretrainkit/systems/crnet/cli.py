@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pretrainkit.core.benchkit import add_bench_args, replay_args, seed_overrides
 from pretrainkit.core.config import load_config
 from pretrainkit.core.profiles import add_config_args, profile_path
 from pretrainkit.systems.crnet.config import METHODS, CRNetConfig
@@ -49,20 +50,12 @@ def _threads(p: argparse.ArgumentParser, default: int) -> None:
     )
 
 
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    add_config_args(p, "crnet", "bench")
+def _bench_args(p: argparse.ArgumentParser, default_name: str) -> None:
+    add_bench_args(p, "crnet", "bench", default_name=default_name)
+    p.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
     p.add_argument("--data", default=None, metavar="PATH", help="corpus instead of the shared Gutenberg text")
     p.add_argument(
         "--methods", default=None, metavar="M1,M2", help=f"subset of methods ({', '.join(METHODS)})"
-    )
-    p.add_argument(
-        "--seeds", default=None, metavar="S1,S2", help="seeds (default: the profile's bench.seeds)"
-    )
-    p.add_argument(
-        "--results-dir", default=None, metavar="DIR", help="where <name>.md/.json go (default docs/results)"
-    )
-    p.add_argument(
-        "--name", default="crnet", help="results file name (default crnet; the GPU profile uses crnet_gpu)"
     )
     _threads(p, 1)
 
@@ -150,11 +143,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
             p.set_defaults(func=_export)
 
     p = verb("bench")
-    _bench_args(p)
+    _bench_args(p, "crnet (the GPU profile uses crnet_gpu)")
     p.set_defaults(func=_bench)
 
     p = verb("sweep")
-    _bench_args(p)
+    _bench_args(p, "the profile's sweep.name")
     p.set_defaults(func=_sweep)
 
 
@@ -176,8 +169,7 @@ def load(args: argparse.Namespace, default_profile: str) -> CRNetConfig:
         overrides.append(f"model.method={args.method}")
     if getattr(args, "methods", None):
         overrides.append(f"bench.methods=[{args.methods}]")
-    if getattr(args, "seeds", None):
-        overrides.append(f"bench.seeds=[{args.seeds}]")
+    overrides += seed_overrides(args, "bench.seeds")
     if getattr(args, "out", None):
         overrides.append(f"out={args.out}")
     overrides += list(args.set or [])
@@ -246,35 +238,86 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerender(path: Path, results_dir: Path | None) -> int:
+    """Either CR-Net results file (bench or sweep) from its stored JSON; older sweep files, which carry no
+    config, get the config of their stored command against today's profile (said so in the report)."""
+    from pretrainkit.core.config import to_dict
+    from pretrainkit.core.results import load_results, rerender
+    from pretrainkit.systems.crnet import report, sweep
+
+    payload = load_results(path)
+    kind = payload.get("kind") or (report.KIND if "runs" in payload else sweep.KIND)
+    if kind == report.KIND:
+        title = "CR-Net" if Path(path).stem == "crnet" else Path(path).stem  # as run_bench names it
+        out = rerender(path, report.render, results_dir, kind, title=title, what="a CR-Net bench")
+    else:
+        render = sweep.render
+        if "config" not in payload:
+            c = to_dict(_sweep_config(replay_args(_sweep_parser(), payload["provenance"]["command"], 3)))
+            note = ("reconstructed at re-rendering from the stored command and the profile it names (this results "
+                    "file predates stored configs)")
+
+            def render(p: dict, c=c, note=note):
+                head, body, derived = sweep.render({**p, "config": c, "config_source": note})
+                return head, body, {**derived, "config": c, "config_source": note}
+
+        out = rerender(path, render, results_dir, kind, title=sweep.TITLE, what="a CR-Net sweep")
+    print(f"wrote {out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from pretrainkit.systems.crnet.bench import run_bench
 
+    if args.rerender is not None:
+        return _rerender(args.rerender, args.results_dir)
     _set_threads(args.threads)
     cfg = load(args, "bench")
-    results = Path(args.results_dir) if args.results_dir else None
-    print(f"wrote {run_bench(cfg, results_dir=results, name=args.name)}")
+    print(f"wrote {run_bench(cfg, results_dir=args.results_dir, name=args.name or 'crnet', profile=args.config)}")
     return 0
+
+
+def _sweep_config(args: argparse.Namespace) -> CRNetConfig:
+    from pretrainkit.core.benchkit import parse_seeds
+    from pretrainkit.errors import ConfigError
+
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None and len(seeds) != 1:
+        raise ConfigError(f"the sweep trains each cell with one seed (sweep.seed); got --seeds {args.seeds}")
+    cfg = load(args, "bench")
+    if seeds:
+        cfg.sweep.seed = seeds[0]
+    if args.methods:
+        cfg.sweep.methods = cfg.bench.methods
+    if args.name:
+        cfg.sweep.name = args.name
+    return cfg
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from pretrainkit.systems.crnet.sweep import run_sweep
 
+    if args.rerender is not None:
+        return _rerender(args.rerender, args.results_dir)
     _set_threads(args.threads)
-    cfg = load(args, "bench")
-    if args.methods:
-        cfg.sweep.methods = cfg.bench.methods
-    results = Path(args.results_dir) if args.results_dir else None
-    print(f"wrote {run_sweep(cfg, results_dir=results)}")
+    print(f"wrote {run_sweep(_sweep_config(args), results_dir=args.results_dir, profile=args.config)}")
     return 0
 
 
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrainkit crnet sweep", description=VERBS["sweep"])
+    _bench_args(p, "the profile's sweep.name")
+    return p
+
+
 def bench_main(argv: list[str]) -> int:
-    """`pretrainkit bench crnet [options]`: the same as `pretrainkit crnet bench`."""
+    """`pretrainkit bench crnet [options]`: the same as `pretrainkit crnet bench` (``--rerender`` takes a bench
+    or a sweep results file)."""
     p = argparse.ArgumentParser(
         prog="pretrainkit bench crnet",
         description=VERBS["bench"],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _bench_args(p)
+    _bench_args(p, "crnet (the GPU profile uses crnet_gpu)")
     return _bench(p.parse_args(argv))

@@ -18,12 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrainkit.core.config import from_dict
 from pretrainkit.core.parallel import spawn_map
-from pretrainkit.core.results import md_table, write_results
+from pretrainkit.core.results import md_table, publish
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs, arm_lr
 from pretrainkit.systems.crnet.config import CRNetConfig
 from pretrainkit.systems.crnet.data import TextData, prepare_text_data
+
+KIND, TITLE = "crnet.sweep", "CR-Net lr sweep"
+NOT_STORED = "not stored in this results file"
 
 
 def dev_split(data: TextData, fraction: float) -> TextData:
@@ -81,7 +85,7 @@ def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
             "train_loss": r["train_loss"], "steps": r["steps"], "wall_s": r["wall_s"]}
 
 
-def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print) -> Path:
+def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print, profile: str | None = None) -> Path:
     """Train the grid (resuming finished cells), then write the table and each method's best cell."""
     t0 = time.time()
     folder = Path(cfg.out) / "sweep"
@@ -106,7 +110,9 @@ def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print) -> P
 
     for r in spawn_map(_train_one, [(cfg, *g) for g in todo], cfg.sweep.workers, ordered=False):
         record(r)
-    return _write(cfg, rows, dev, results_dir, time.time() - t0)
+    data_out = {"rows": rows, "dev_tokens": len(dev.val_stream), "wall_s": time.time() - t0}
+    return publish(cfg.sweep.name, data_out, render, kind=KIND, seeds=[cfg.sweep.seed], out_dir=results_dir,
+                   title=TITLE, config=cfg, profile=profile)
 
 
 def best_cells(rows: list[dict]) -> dict[str, dict]:
@@ -120,7 +126,10 @@ def best_cells(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
-def _write(cfg: CRNetConfig, rows: list[dict], dev: TextData, results_dir: Path | None, wall: float) -> Path:
+def render(payload: dict) -> tuple[dict, str, dict]:
+    """Headline and report from a stored sweep JSON (rows, config, dev-split size, wall time)."""
+    cfg = from_dict(CRNetConfig, payload["config"])
+    rows = payload["rows"]
     s = cfg.sweep
     best = best_cells(rows)
     cells = {_key(r["method"], r["lr"], r["block_scale"]): r for r in rows}
@@ -135,25 +144,28 @@ def _write(cfg: CRNetConfig, rows: list[dict], dev: TextData, results_dir: Path 
             line.append(f"**{txt}**" if r is not None and best.get(m) is r else txt)
         table.append(line)
     tokens = cfg.train.max_steps * cfg.batch_size * cfg.seq_len
+    dev_tokens, wall = payload.get("dev_tokens"), payload.get("wall_s")
+    dev_size = f"{dev_tokens:,} tokens" if dev_tokens is not None else f"its size {NOT_STORED}"
+    note = payload.get("config_source")
     body = "\n".join([
         "## Protocol", "",
-        (f"- Each cell: one run of `{cfg.train.max_steps}` steps x {cfg.batch_size} x {cfg.seq_len} tokens "
-        f"({tokens:,} tokens), seed {s.seed}, the bench's schedule and model (`{cfg.model.preset}`)."),
+        *([f"- Config: {note}."] if note else []),
+        (f"- Each cell: one run (n=1) of `{cfg.train.max_steps}` steps x {cfg.batch_size} x {cfg.seq_len} tokens "
+         f"({tokens:,} tokens), seed {s.seed}, the bench's schedule and model (`{cfg.model.preset}`)."),
         (f"- Scored on a dev split: about the last {s.dev_fraction:g} of the training token stream, cut at the "
-        f"nearest document end ({len(dev.val_stream):,} tokens; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
-        "tokens), trained on the rest. The bench's validation documents are never used here."),
+         f"nearest document end ({dev_size}; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
+         "tokens), trained on the rest. The bench's validation documents are never used here."),
         ("- lr applies to embeddings, head and norms; lr x block scale to the blocks' projections (and CR-Net's "
-        "betas). For GaLore the block scale is its alpha (projected updates x alpha), the same role."),
-        "", "## Dev perplexity (bold: the method's best)", "",
+         "betas). For GaLore the block scale is its alpha (projected updates x alpha), the same role."),
+        "", "## Dev perplexity (bold: the method's best; one run per cell, n=1)", "",
         md_table(["method"] + [f"lr {lr:g} x {sc:g}" for lr, sc in cols], table), "",
-        "## Best setting per method", "",
+        "## Best setting per method (n=1)", "",
         md_table(["method", "lr", "block scale", "dev ppl"],
                  [[m, f"{r['lr']:g}", f"{r['block_scale']:g}", f"{r['dev_ppl']:.2f}"] for m, r in best.items()]),
         "", f"The tables hold every cell in `{Path(cfg.out) / 'sweep' / 'rows.jsonl'}`: this call's and those "
         "of earlier calls with other grids (a call trains only the cells not in the file yet). "
-        f"Wall time of this call: {wall / 60:.1f} min.",
+        + (f"Wall time of this call: {wall / 60:.1f} min." if wall is not None else f"Wall time {NOT_STORED}."),
     ])
     headline = {"best": {m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
                          for m, r in best.items()}}
-    return write_results(s.name, headline, body, {"rows": rows}, seeds=[s.seed], out_dir=results_dir,
-                         title="CR-Net lr sweep")
+    return headline, body, {}

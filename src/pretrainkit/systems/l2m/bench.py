@@ -7,7 +7,6 @@ the keys each task selects, and throughput lines (env steps/s per core, DT train
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -15,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pretrainkit.adapt.continual import ContinualRecord, summarise
-from pretrainkit.core.config import from_dict, to_dict
+from pretrainkit.core.config import from_dict
 from pretrainkit.core.parallel import executor
-from pretrainkit.core.results import md_table, write_results
-from pretrainkit.errors import DataError
+from pretrainkit.core.results import fmt_mean_std, load_results, md_table, mean_std, publish
+from pretrainkit.core.results import rerender as rerender_results
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.envs import versions
 from pretrainkit.systems.l2m.pipeline import (
@@ -32,18 +31,12 @@ from pretrainkit.systems.l2m.pipeline import (
     setup_torch,
 )
 
-
-def _stats(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None}
-    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+KIND, TITLE = "l2m.bench", "L2M"
 
 
-def _fmt(s: dict[str, float | None], digits: int = 2) -> str:
-    if s["mean"] is None:
-        return "-"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+def _stats(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample std (None for one seed) and n: the project's one statistic, as stored in the JSON."""
+    return mean_std(values).as_dict()
 
 
 def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[str, Any]:
@@ -52,6 +45,7 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
     off = {s: summarise(r, "offline_acc") for s, r in records.items()}
     first = next(iter(records.values()))
     cols = ["before", *[f"after {t.removesuffix('-v3')}" for t in first.tasks]]
+    n_seeds = len(records)
 
     def matrix(metric: str) -> dict[str, list[float | None]]:
         out = {}
@@ -75,6 +69,7 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
         "final_offline_acc": _stats([p["final_mean"] for p in off.values()]),
         "offline_forgetting": _stats([p["mean_forgetting"] for p in off.values()]),
         "trainable_params": params,
+        "n_seeds": n_seeds,
         "columns": cols,
         "success_matrix": matrix("success"),
         "offline_acc_matrix": matrix("offline_acc"),
@@ -99,7 +94,7 @@ def _method_job(cfg: L2MConfig, seed: int, method: str, initial: dict[str, Any],
     return seed, method, record, run.method.trainable_parameters(), run.tally
 
 
-def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> Path:
+def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print, profile: str | None = None) -> Path:
     """The whole protocol for ``cfg.bench.seeds`` x ``cfg.continual.methods``; returns the markdown path.
 
     With ``bench.workers`` > 1 the seeds' pre-training, then the (seed, method) runs, go to that many
@@ -147,44 +142,47 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print) -> 
     }
     measured = {"throughput": throughput, "pretrain": pre_stats,
                 "expert_success": {t: coll["expert_success"].get(t) for t in tasks}, "versions": versions()}
-    return _write(cfg, records, params, measured, out_dir)
+    return _write(cfg, records, params, measured, out_dir, profile)
 
 
 def _write(cfg: L2MConfig, records: dict[str, dict[int, ContinualRecord]], params: dict[str, int],
-           measured: dict[str, Any], out_dir: Path | None, original: dict[str, Any] | None = None) -> Path:
-    """Summaries, headline and report from the records (``measured``: throughput, pre-training stats,
-    expert success, versions)."""
+           measured: dict[str, Any], out_dir: Path | None, profile: str | None = None) -> Path:
+    """Store the records (``measured``: throughput, pre-training stats, expert success, versions) and draw the
+    summaries, headline and report from them."""
+    data = {**measured, "params": params,
+            "records": {m: {s: r.to_json() for s, r in rs.items()} for m, rs in records.items()}}
+    return publish(cfg.bench.name, data, render, kind=KIND, seeds=list(cfg.bench.seeds), out_dir=out_dir,
+                   title=TITLE, config=cfg, profile=profile)
+
+
+def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Headline, report and the per-method summaries from a stored L2M bench JSON (its records)."""
+    cfg = from_dict(L2MConfig, payload["config"])
+    records = {m: {int(s): ContinualRecord.from_json(r) for s, r in rs.items()}
+               for m, rs in payload["records"].items()}
+    params = payload.get("params") or {m: payload["methods"][m]["trainable_params"] for m in records}
     summary = {m: summarise_method(records[m], params[m]) for m in cfg.continual.methods}
     headline = {
         "final_mean_success": {m: _round(s["final_mean_success"]["mean"]) for m, s in summary.items()},
         "forgetting": {m: _round(s["forgetting"]["mean"]) for m, s in summary.items()},
         "just_learned_success": {m: _round(s["just_learned"]["mean"]) for m, s in summary.items()},
         "pretrain_success_after": {m: _round(s["pretrain_after"]["mean"]) for m, s in summary.items()},
+        "n_seeds": len(cfg.bench.seeds),
         "goal_met": _verdict(summary)[1],
     }
-    data = {"config": to_dict(cfg), "methods": summary, **measured,
-            "records": {m: {s: r.to_json() for s, r in rs.items()} for m, rs in records.items()}}
-    return write_results(cfg.bench.name, headline,
-                         report(cfg, summary, measured["throughput"], measured["pretrain"], data), data,
-                         seeds=list(cfg.bench.seeds), out_dir=out_dir, title="L2M", original=original)
+    body = report(cfg, summary, payload["throughput"], payload["pretrain"], payload)
+    return headline, body, {"methods": summary}
 
 
 def rerender(results_json: str | Path, out_dir: Path | None = None) -> Path:
     """Re-write a bench's results from the records stored in its JSON (after a change to the report or the
     verdict): no training, no rollouts; the original command, date and commit stay its provenance."""
-    path = Path(results_json)
-    try:
-        payload = json.loads(path.read_text())
-        cfg = from_dict(L2MConfig, payload["config"])
-        records = {m: {int(s): ContinualRecord.from_json(r) for s, r in rs.items()}
-                   for m, rs in payload["records"].items()}
-        params = {m: payload["methods"][m]["trainable_params"] for m in records}
-        measured = {k: payload[k] for k in ("throughput", "pretrain", "expert_success", "versions")}
-        original = payload["provenance"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not an L2M bench results file ({type(e).__name__}: {e})") from None
-    original = {k: v for k, v in original.items() if k != "rerendered"}  # re-rendering twice keeps the run's
-    return _write(cfg, records, params, measured, out_dir or path.parent, original)
+    payload = load_results(results_json, "an L2M bench")
+    if payload.get("kind", KIND) != KIND or "records" not in payload:
+        from pretrainkit.errors import DataError
+
+        raise DataError(f"{results_json} is not an L2M bench results file (no records)")
+    return rerender_results(results_json, render, out_dir, KIND, TITLE, "an L2M bench")
 
 
 def _round(v: float | None) -> float | None:
@@ -231,14 +229,21 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    heads = ["method", "final mean success", "forgetting", "just-learned success", "mean over stages",
+    """Mean ± sample std per figure; the n column is the method's seeds, and a cell resting on fewer values
+    (a figure not measured for some seed) states its own n."""
+    heads = ["method", "n", "final mean success", "forgetting", "just-learned success", "mean over stages",
              "pre-train success before -> after", "retention",
              "final offline acc", "offline forgetting", "trainable params"]
-    rows = [[k, _fmt(s["final_mean_success"]), _fmt(s["forgetting"]), _fmt(s["just_learned"]),
-             _fmt(s["mean_over_stages"]),
-             f"{_fmt(s['pretrain_before'])} -> {_fmt(s['pretrain_after'])}", _fmt(s["pretrain_retention"]),
-             _fmt(s["final_offline_acc"], 3), _fmt(s["offline_forgetting"], 3), s["trainable_params"]]
-            for k, s in summary.items()]
+    rows = []
+    for k, s in summary.items():
+        n = s["n_seeds"]
+
+        def f(key: str, digits: int = 2, s=s, n=n) -> str:
+            return fmt_mean_std(s[key], digits, n=n)
+
+        rows.append([k, n, f("final_mean_success"), f("forgetting"), f("just_learned"), f("mean_over_stages"),
+                     f"{f('pretrain_before')} -> {f('pretrain_after')}", f("pretrain_retention"),
+                     f("final_offline_acc", 3), f("offline_forgetting", 3), s["trainable_params"]])
     return md_table(heads, rows)
 
 
@@ -247,7 +252,7 @@ def matrices(summary: dict[str, Any], pretrain_tasks: list[str]) -> list[str]:
     for k, s in summary.items():
         rows = [[_short(t) + (" (pre-train)" if t in pretrain_tasks else ""),
                  *[("-" if v is None else f"{v:.2f}") for v in vals]] for t, vals in s["success_matrix"].items()]
-        out += [f"### {k}", "", md_table(["task", *s["columns"]], rows), ""]
+        out += [f"### {k} (mean over n={s['n_seeds']} seeds)", "", md_table(["task", *s["columns"]], rows), ""]
     return out
 
 
@@ -255,21 +260,24 @@ def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: di
            data: dict[str, Any]) -> str:
     """The markdown body: protocol, summary table, success matrices, keys, throughput, verdict."""
     lines = ["## Protocol", "", protocol(cfg, pre, data), "",
-             "## Summary (mean ± std over seeds)", "", summary_table(summary), "",
+             "## Summary (mean ± sample std over seeds, n = seeds)", "", summary_table(summary), "",
              ("Forgetting = max success at earlier stages minus final success, mean over all but the last task "
               "(negative = improved later). Just-learned success = each task's success right after its own stage "
               "(how well a method learns; final mean success also depends on the last task, which only it "
               "keeps under full fine-tuning). Mean over stages = average success over the tasks seen so far, "
               "averaged over the stages. Retention = pre-training-task success after the sequence / before."), "",
-             "## Success matrices (task x stage, mean over seeds)", "",
+             f"## Success matrices (task x stage, mean over n={len(cfg.bench.seeds)} seeds)", "",
              *matrices(summary, cfg.data.pretrain_tasks)]
     keyed = {k: s for k, s in summary.items() if any(any(x) for x in s["keys"].values())}
     if keyed:
         rows = [[k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])] for k, s in keyed.items() for t in s["keys"]]
         lines += ["## Keys selected at the end", "",
-                  "Share of held-out windows per key (top two), one entry per seed; -1 = unmodulated backbone.", "",
+                  (f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); "
+                   "-1 = unmodulated backbone."), "",
                   md_table(["method", "task", "keys"], rows), ""]
     lines += ["## Throughput (one core, torch 1 thread)", "",
+              (f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
+               "seeds); the data are collected once."), "",
               md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary)[0], ""]
     return "\n".join(lines)
 
@@ -283,7 +291,7 @@ def _keys(hist: dict[str, float] | None) -> str:
 
 def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
     """Says plainly whether L2M met the issue's goal on this run: above full fine-tuning and shared LoRA by
-    more than the two methods' seed standard deviations added, forgetting near zero (<= 0.05), pre-training
+    more than the two methods' seed sample standard deviations added (one seed: no spread, no verdict), forgetting near zero (<= 0.05), pre-training
     tasks retained (>= 0.9 of their success before). Low forgetting only means something for tasks that were
     learned, so L2M must also reach at least half of full fine-tuning's just-learned success."""
     if "l2m" not in summary:
@@ -295,11 +303,17 @@ def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
         lines.append("- ft and lora were not both run: no comparison, so no verdict on the goal.")
     for k in compared:
         a, b = ours["final_mean_success"], summary[k]["final_mean_success"]
-        diff, spread = a["mean"] - b["mean"], a["std"] + b["std"]
+        diff = a["mean"] - b["mean"]
+        if a["std"] is None or b["std"] is None:  # one seed: no spread, so no margin can be shown beyond it
+            clear = False
+            lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; a single "
+                         "seed, so no seed spread to judge the margin by).")
+            continue
+        spread = a["std"] + b["std"]
         beyond = diff > spread
         clear &= beyond
         lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; "
-                     f"{'beyond' if beyond else 'within'} the summed seed spread {spread:.2f}).")
+                     f"{'beyond' if beyond else 'within'} the summed seed spread (sample std) {spread:.2f}).")
     if "ft" in summary:
         a, b = ours["just_learned"]["mean"], summary["ft"]["just_learned"]["mean"]
         if a is not None and b is not None:

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from pretrainkit.core.benchkit import add_bench_args, seed_overrides
 from pretrainkit.core.config import load_config, to_dict
+from pretrainkit.core.profiles import profile_path
 from pretrainkit.systems.l2m.config import ALL_METHODS, L2MConfig
 
 EPILOG = """Every verb reads --config (YAML; default: the quick CPU profile's values) and any number of
@@ -16,17 +18,20 @@ method and writes docs/results/l2m.{md,json}. Every step resumes where it stoppe
 
 
 def load(args: argparse.Namespace) -> L2MConfig:
-    """The validated config from --config and --set."""
-    overrides = list(args.set or [])
-    if getattr(args, "seeds", None):
-        overrides.append(f"bench.seeds=[{args.seeds}]")
+    """The validated config from --config (a profile under configs/l2m/ or a YAML file; none: the built-in
+    defaults), the verb's options and --set (later wins)."""
+    overrides = seed_overrides(args, "bench.seeds")
     if getattr(args, "methods", None):
         overrides.append(f"continual.methods=[{args.methods}]")
-    return load_config(L2MConfig, args.config, overrides)
+    if getattr(args, "name", None) and getattr(args, "verb", None) != "routing":
+        overrides.append(f"bench.name={args.name}")
+    path = profile_path("l2m", str(args.config)) if args.config else None
+    return load_config(L2MConfig, path, [*overrides, *(args.set or [])])
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/l2m/quick.yaml")
+    p.add_argument("--config", default=None, metavar="PROFILE|FILE",
+                   help="a profile under configs/l2m/ (quick, paper) or a YAML file (default: built-in defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
 
@@ -63,25 +68,24 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=_evaluate)
 
-    p = _parser(sub, "routing", "from a finished run: does each task still reach the keys it trained? "
-                               "(writes docs/results/<bench.name>-routing.{md,json})")
+    help_ = ("from a finished run: does each task still reach the keys it trained? "
+             "(writes docs/results/<bench.name>-routing.{md,json})")
+    p = sub.add_parser("routing", help=help_, description=help_, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_args(p, "l2m", "quick", default_name="<bench.name>-routing", results_alias=("--out-dir",))
     p.add_argument("--method", default="l2m", help="a pool method: l2m (default) or l2m-oracle")
-    p.add_argument("--name", help="results name (default: <bench.name>-routing)")
-    p.add_argument("--out-dir", type=Path, default=None, help="results folder (default docs/results)")
     p.set_defaults(func=_routing)
 
-    p = _parser(sub, "bench", "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}")
+    help_ = "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}"
+    p = sub.add_parser("bench", help=help_, description=help_, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench_args(p)
     p.set_defaults(func=lambda a: _bench(a))
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", help="comma-separated seeds (default: bench.seeds)")
+    add_bench_args(p, "l2m", "quick", default_name="the profile's bench.name", results_alias=("--out-dir",))
     p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)}")
-    p.add_argument("--out-dir", type=Path, default=None, help="results folder (default docs/results)")
-    p.add_argument("--rerender", type=Path, metavar="RESULTS_JSON",
-                   help="re-write a finished bench's results from the records in its JSON (no training, no "
-                        "rollouts; e.g. after a change to the verdict); --config/--set are ignored")
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -139,32 +143,39 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _routing(args: argparse.Namespace) -> int:
-    from pretrainkit.systems.l2m.routing import routing_report
+    from pretrainkit.systems.l2m.routing import rerender, routing_report
 
+    if args.rerender is not None:
+        print(f"wrote {rerender(args.rerender, out_dir=args.results_dir)}")
+        return 0
     if args.method not in ("l2m", "l2m-oracle"):
         from pretrainkit.errors import ConfigError
 
         raise ConfigError(f"routing needs a modulation-pool method (l2m or l2m-oracle), got {args.method!r}")
-    print(f"wrote {routing_report(load(args), args.method, args.name, args.out_dir)}")
+    print(f"wrote {routing_report(load(args), args.method, args.name, args.results_dir)}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from pretrainkit.systems.l2m.bench import rerender, run_bench
+    from pretrainkit.core.results import load_results
+    from pretrainkit.systems.l2m import bench, routing
 
-    if args.rerender is not None:
-        print(f"wrote {rerender(args.rerender, out_dir=args.out_dir)}")
+    if args.rerender is not None:  # a bench or a routing results file
+        kind = load_results(args.rerender).get("kind") or ("l2m.routing" if "owners" in
+                                                           load_results(args.rerender) else bench.KIND)
+        again = routing.rerender if kind == routing.KIND else bench.rerender
+        print(f"wrote {again(args.rerender, out_dir=args.results_dir)}")
         return 0
-    print(f"wrote {run_bench(load(args), out_dir=args.out_dir)}")
+    print(f"wrote {bench.run_bench(load(args), out_dir=args.results_dir, profile=args.config)}")
     return 0
 
 
 def bench_main(argv: list[str]) -> int:
-    """`pretrainkit bench l2m [--config F] [--set k=v] [--seeds 0,1,2] [--methods a,b] [--out-dir D]`."""
+    """`pretrainkit bench l2m [--config PROFILE|FILE] [--set k=v] [--seeds 0,1,2] [--methods a,b]
+    [--results-dir D] [--name N] [--rerender JSON]`."""
     p = argparse.ArgumentParser(prog="pretrainkit bench l2m", epilog=EPILOG,
                                 description="L2M benchmark: collect, pre-train, every continual method and seed; "
                                             "writes docs/results/l2m.{md,json}.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
     _bench_args(p)
     return _bench(p.parse_args(argv))

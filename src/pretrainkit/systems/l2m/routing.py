@@ -11,19 +11,21 @@ re-run: it reads ``<out>/continual/seed-N/<method>/``.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pretrainkit.adapt.continual import ContinualRecord
 from pretrainkit.core.checkpoint import load_weights
-from pretrainkit.core.config import to_dict
-from pretrainkit.core.results import md_table, write_results
+from pretrainkit.core.config import from_dict
+from pretrainkit.core.results import fmt_mean_std, load_results, md_table, mean_std, publish
+from pretrainkit.core.results import rerender as rerender_results
 from pretrainkit.errors import DataError
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.pipeline import setup_torch
 
+KIND = "l2m.routing"
 COUNTS = "dt.modulation_pool.counts"
 UNMODULATED = -1  # the 'owner' of the bare backbone: pre-training tasks
 
@@ -72,8 +74,7 @@ def seed_routing(record: ContinualRecord, owners: dict[int, int]) -> dict[str, d
 
 
 def _mean(vals: list[float | None]) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.fmean(vals) if vals else None
+    return mean_std(vals).mean
 
 
 def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
@@ -89,25 +90,44 @@ def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
         record = ContinualRecord.load(rec_path)
         owners = key_owners(stage_usage(run_dir, record.done))
         per_seed[s], owners_by_seed[s] = seed_routing(record, owners), owners
+    data = {"method": method, "per_seed": per_seed,
+            "owners": {s: {str(k): v for k, v in o.items()} for s, o in owners_by_seed.items()}}
+    return publish(name or f"{cfg.bench.name}-routing", data, render, kind=KIND, seeds=seeds, out_dir=out_dir,
+                   title=f"L2M routing ({method})", config=cfg)
+
+
+FIELDS = ["success_after_stage", "success_final", "rollout_own_after_stage", "rollout_own_final",
+          "heldout_own_final"]
+
+
+def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Headline, report and the per-task means from a stored routing JSON (its per-seed shares)."""
+    cfg = from_dict(L2MConfig, payload["config"])
+    method, per_seed, owners_by_seed = payload["method"], payload["per_seed"], payload["owners"]
+    seeds = list(per_seed)
+    n = len(seeds)
     tasks = list(next(iter(per_seed.values())))
-    fields = ["success_after_stage", "success_final", "rollout_own_after_stage", "rollout_own_final",
-              "heldout_own_final"]
-    means = {t: {f: _mean([per_seed[s][t][f] for s in seeds]) for f in fields} for t in tasks}
+    stats = {t: {f: mean_std(per_seed[s][t][f] for s in seeds) for f in FIELDS} for t in tasks}
+    means = {t: {f: v.mean for f, v in fs.items()} for t, fs in stats.items()}
     seq = [t for t in tasks if t in cfg.data.continual_tasks]
     earlier = seq[:-1]  # the tasks forgetting is measured on
     headline = {
         "rollout_own_share_after_stage": _round(_mean([means[t]["rollout_own_after_stage"] for t in earlier])),
         "rollout_own_share_final": _round(_mean([means[t]["rollout_own_final"] for t in earlier])),
         "heldout_own_share_final": _round(_mean([means[t]["heldout_own_final"] for t in earlier])),
+        "n_seeds": n,
     }
 
     def cell(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    rows = [[t.removesuffix("-v3") + ("" if t in seq else " (pre-train)"),
-             f"{cell(m['success_after_stage'])} -> {cell(m['success_final'])}",
-             f"{cell(m['rollout_own_after_stage'])} -> {cell(m['rollout_own_final'])}",
-             cell(m["heldout_own_final"])] for t, m in means.items()]
+    def ms(t: str, f: str) -> str:
+        return fmt_mean_std(stats[t][f], 2, n=n)
+
+    rows = [[t.removesuffix("-v3") + ("" if t in seq else " (pre-train)"), n,
+             f"{ms(t, 'success_after_stage')} -> {ms(t, 'success_final')}",
+             f"{ms(t, 'rollout_own_after_stage')} -> {ms(t, 'rollout_own_final')}",
+             ms(t, "heldout_own_final")] for t in tasks]
     per = [[s, t.removesuffix("-v3"), f"{cell(r['success_after_stage'])} -> {cell(r['success_final'])}",
             f"{cell(r['rollout_own_after_stage'])} -> {cell(r['rollout_own_final'])}", cell(r["heldout_own_final"])]
            for s in seeds for t, r in per_seed[s].items()]
@@ -118,19 +138,24 @@ def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
          "the unmodulated backbone). Closed loop = the steps of the evaluation rollouts; held-out = the offline "
          "validation windows. 'After stage' = right after the task's own stage; pre-training tasks are read at "
          "the end. Headline = mean over the sequence tasks but the last (those forgetting is measured on)."), "",
-        "## Mean over seeds", "",
-        md_table(["task", "success after stage -> final", "closed-loop own-key share after stage -> final",
+        "## Mean ± sample std over seeds (n = seeds)", "",
+        md_table(["task", "n", "success after stage -> final", "closed-loop own-key share after stage -> final",
                   "held-out own-key share final"], rows), "",
-        "## Per seed", "",
+        "## Per seed (one row per seed and task)", "",
         md_table(["seed", "task", "success", "closed-loop own-key share", "held-out own-key share"], per), "",
-        "## Key owners (key: stage)", "",
-        md_table(["seed", "owners"], [[s, ", ".join(f"{k}: {v}" for k, v in sorted(o.items()))]
+        "## Key owners (key: stage; one row per seed)", "",
+        md_table(["seed", "owners"], [[s, ", ".join(f"{k}: {v}" for k, v in sorted(o.items(), key=lambda kv:
+                                                                                    int(kv[0])))]
                                       for s, o in owners_by_seed.items()]), "",
     ])
-    data = {"config": to_dict(cfg), "method": method, "per_seed": per_seed, "mean": means,
-            "owners": {s: {str(k): v for k, v in o.items()} for s, o in owners_by_seed.items()}}
-    return write_results(name or f"{cfg.bench.name}-routing", headline, body, data, seeds=seeds, out_dir=out_dir,
-                         title=f"L2M routing ({method})")
+    return headline, body, {"mean": means}
+
+
+def rerender(results_json: str | Path, out_dir: Path | None = None) -> Path:
+    """Re-write a routing report from its stored JSON (nothing re-read from the run folder)."""
+    payload = load_results(results_json, "an L2M routing")
+    title = f"L2M routing ({payload.get('method', 'l2m')})"
+    return rerender_results(results_json, render, out_dir, KIND, title, "an L2M routing")
 
 
 def _round(v: float | None) -> float | None:

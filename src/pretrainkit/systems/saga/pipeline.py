@@ -268,11 +268,3 @@ def _replace(obj, **kw):
     from dataclasses import replace
 
     return replace(obj, **kw)
-
-
-def summarise(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
-    """(label, split, budget, method) -> (mean acc, std acc, n seeds)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["label"], r["split"], r["budget"], r["method"]), []).append(r["acc"])
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}

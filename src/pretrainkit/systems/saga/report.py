@@ -6,21 +6,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrainkit.core.results import md_table
+from pretrainkit.core.results import MeanStd, fmt_mean_std, md_table, mean_std
 from pretrainkit.systems.saga.experiment import DESCRIPTIONS, METHODS
-from pretrainkit.systems.saga.pipeline import summarise
 
 
-def _cell(s: dict, key: tuple) -> str:
-    if key not in s:
-        return "–"
-    m, sd, n = s[key]
-    return f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+def summarise(rows: list[dict]) -> dict[tuple, MeanStd]:
+    """(label, split, budget, method) -> mean and sample std of the test accuracy over seeds."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["split"], r["budget"], r["method"]), []).append(r["acc"])
+    return {k: mean_std(v) for k, v in groups.items()}
+
+
+def _cell(s: dict, key: tuple, n: int) -> str:
+    return fmt_mean_std(s[key], 3, n=n) if key in s else "–"
 
 
 def _mean(rows: list[dict], **match) -> float | None:
-    v = [r["acc"] for r in rows if all(r.get(k) == x for k, x in match.items())]
-    return float(np.mean(v)) if v else None
+    return mean_std(r["acc"] for r in rows if all(r.get(k) == x for k, x in match.items())).mean
 
 
 def headline(rows: list[dict]) -> dict[str, float | None]:
@@ -37,22 +40,24 @@ def headline(rows: list[dict]) -> dict[str, float | None]:
 
 def tables(rows: list[dict]) -> str:
     s = summarise(rows)
+    n = len({r["seed"] for r in rows})  # cells over fewer seeds say so
     combos = sorted({(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random"))
     budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     parts = []
     for lab, split in combos:
-        parts.append(f"### {lab}, {split} split — test accuracy (mean ± std over seeds)\n")
+        parts.append(f"### {lab}, {split} split — test accuracy (mean ± sample std over n={n} seeds)\n")
         body = []
         for m in methods:
             if m == "full-label":
-                body.append([m] + [_cell(s, (lab, split, 0, m))] * 1 + [""] * (len(budgets) - 1))
+                body.append([m] + [_cell(s, (lab, split, 0, m), n)] * 1 + [""] * (len(budgets) - 1))
                 continue
-            body.append([m] + [_cell(s, (lab, split, b, m)) for b in budgets])
+            body.append([m] + [_cell(s, (lab, split, b, m), n) for b in budgets])
         parts.append(md_table(["method \\ labels per class"] + [str(b) for b in budgets], body) + "\n")
         f1 = [r for r in rows if r["label"] == lab and r["split"] == split and r["method"] == "saga"]
         if f1:
-            parts.append("Weights chosen by the search (mean over seeds; sensor, point, sub-period, period):\n")
+            parts.append(f"Weights chosen by the search (mean over n={n} seeds; sensor, point, sub-period, "
+                         "period):\n")
             wrows = []
             for b in budgets:
                 ws = [r["weights"] for r in f1 if r["budget"] == b]
@@ -79,9 +84,11 @@ def plot(rows: list[dict], path: Path) -> Path:
         for m in METHODS:
             if m == "full-label":
                 if (lab, split, 0, m) in s:
-                    ax.axhline(s[(lab, split, 0, m)][0], color="k", ls="--", lw=1, label="full-label")
+                    ax.axhline(s[(lab, split, 0, m)].mean, color="k", ls="--", lw=1, label="full-label")
                 continue
-            pts = [(b, *s[(lab, split, b, m)][:2]) for b in budgets if (lab, split, b, m) in s]
+            # a single seed has no spread: no error bar (not a zero one)
+            pts = [(b, s[(lab, split, b, m)].mean, s[(lab, split, b, m)].std or 0.0) for b in budgets
+                   if (lab, split, b, m) in s]
             if pts:
                 b, mu, sd = zip(*pts)
                 ax.errorbar(b, mu, yerr=sd, marker="o", ms=3, capsize=2, label=m, lw=1.5 if m == "saga" else 1)
