@@ -58,7 +58,7 @@ def time_trainer(steps: int, batch: int, run_dir: Path | None = None) -> float:
     cfg = TrainConfig(max_steps=steps + 3, lr=1e-3, log_every=10, progress=True)
     times = []
     trainer = Trainer(BenchModel(), EpochBatches(bench_data(), batch, seed=0), cfg, run_dir=run_dir,
-                      step_hooks=[lambda m, s: times.append(time.perf_counter())])
+                      step_hooks=[lambda t, s: times.append(time.perf_counter())])
     trainer.fit()
     return (times[-1] - times[2]) / steps  # after the same 3 warm-up steps
 

@@ -17,7 +17,7 @@ torch.manual_seed(0)
 stamps: list[float] = []
 trainer = Trainer(BenchModel(), EpochBatches(bench_data(), batch, seed=0, rank=info.rank, world=info.world),
                   TrainConfig(max_steps=steps + 3, progress=False, parallel="ddp"), dist_info=info,
-                  step_hooks=[lambda m, s: stamps.append(time.perf_counter())])
+                  step_hooks=[lambda t, s: stamps.append(time.perf_counter())])
 trainer.fit()
 if info.is_main:
     print((stamps[-1] - stamps[2]) / steps)

@@ -41,7 +41,7 @@ def throughput(pipe: SagaPipeline, steps: int = 12, batch: int = 128) -> dict[st
     stamps: list[float] = []
     Trainer(make(), EpochBatches({"x": x}, batch, seed=0),
             TrainConfig(max_steps=steps + 2, lr=1e-3, schedule="constant", progress=False),
-            step_hooks=[lambda m, s: stamps.append(time.perf_counter())]).fit()
+            step_hooks=[lambda t, s: stamps.append(time.perf_counter())]).fit()
     ours = batch * (len(stamps) - 2) / (stamps[-1] - stamps[1])
     return {"bare_windows_per_s": bare, "trainer_windows_per_s": ours, "ratio": ours / bare}
 
