@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pretrainkit.core.checkpoint import load_weights
 from pretrainkit.core.config import load_config
+from pretrainkit.core.data import BatchStream
 from pretrainkit.systems.crnet.config import CRNetConfig
 from pretrainkit.systems.crnet.data import pack, prepare_text_data, strip_gutenberg, token_stream
 from pretrainkit.systems.crnet.galore import GaLoreAdamW
@@ -145,6 +146,7 @@ def test_time_limit_stops_the_arm_and_still_evaluates(tmp_path, shared_data):
 def test_token_batches_count_sequences_and_their_tokens():
     b = TokenBatches({"input_ids": torch.zeros(8, 16), "labels": torch.zeros(8, 16)}, 4, rank=1, world=2)
     assert b.items_per_batch == 2 and b.tokens_per_batch == 2 * 16
+    assert isinstance(b, BatchStream)
 
 
 def test_relora_merge_keeps_the_function_and_clears_optimizer_state():

@@ -34,7 +34,7 @@ from torch import nn
 
 from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core import distributed as dist_
-from pretrainkit.core.data import to_device
+from pretrainkit.core.data import BatchStream, to_device
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.errors import CheckpointError, ConfigError, NonFiniteLossError
 
@@ -108,7 +108,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        batches: Iterator[Any],
+        batches: BatchStream | Iterator[Any],
         cfg: TrainConfig,
         run_dir: RunDir | str | Path | None = None,
         optimizer: Callable[[nn.Module, TrainConfig], torch.optim.Optimizer] = default_optimizer,
@@ -162,7 +162,10 @@ class Trainer:
     def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if self.cfg.parallel == "fsdp" and self.info.enabled:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return (get_model_state_dict(self.model, options=opts),
@@ -195,7 +198,10 @@ class Trainer:
         model_state, state = ckpt.load_checkpoint(path)
         if self.cfg.parallel == "fsdp" and self.info.enabled:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
             set_model_state_dict(self.model, model_state, options=opts)
@@ -387,7 +393,7 @@ class Trainer:
 
 
 def _np_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    _name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
             "cached": float(cached)}
 
