@@ -74,8 +74,7 @@ class EpochBatches:
         if len(n) != 1:
             raise ValueError(f"tensors must have equal length, got {sorted(n)}")
         self.n = n.pop()
-        if batch_size > self.n:
-            batch_size = self.n  # a tiny dataset gives one full batch per epoch
+        batch_size = min(batch_size, self.n)  # a tiny dataset gives one full batch per epoch
         if batch_size % world:
             raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
