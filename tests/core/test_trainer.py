@@ -26,7 +26,7 @@ class _Stop(Exception):
 
 
 def _stop_at(n):
-    def hook(model, step):
+    def hook(trainer, step):
         if step == n:
             raise _Stop
 
@@ -173,7 +173,7 @@ def test_two_process_gloo_equals_single_process(tmp_path, parallel):
 def test_eval_hooks_run_periodically_and_are_logged(tmp_path):
     calls = []
 
-    def probe(model, step):
+    def probe(trainer, step):
         calls.append(step)
         return {"probe_acc": 0.5 + step / 100}
 

@@ -8,13 +8,15 @@ import torch.nn.functional as F
 
 from pretrainkit.core.checkpoint import load_weights
 from pretrainkit.core.config import load_config
+from pretrainkit.core.data import BatchStream
 from pretrainkit.systems.crnet.config import CRNetConfig
-from pretrainkit.systems.crnet.data import pack, strip_gutenberg, token_stream
+from pretrainkit.systems.crnet.data import pack, prepare_text_data, strip_gutenberg, token_stream
 from pretrainkit.systems.crnet.galore import GaLoreAdamW
 from pretrainkit.systems.crnet.model import LlamaConfig, LlamaLM
 from pretrainkit.systems.crnet.pipeline import (
     LMObjective,
     ReLoRAHook,
+    TokenBatches,
     evaluate,
     export_hf,
     generate,
@@ -22,6 +24,7 @@ from pretrainkit.systems.crnet.pipeline import (
     perplexity,
     pretrain,
     relora_schedule,
+    train_lm,
 )
 
 
@@ -107,7 +110,7 @@ def test_resumed_run_equals_uninterrupted_run(method, tmp_path, shared_data):
     class Stop(Exception):
         pass
 
-    def stop(model, step):
+    def stop(trainer, step):
         if step == 5:
             raise Stop  # killed after the step-3 checkpoint (and after a ReLoRA merge at step 4)
 
@@ -127,6 +130,25 @@ def test_resumed_run_equals_uninterrupted_run(method, tmp_path, shared_data):
     assert b["val_ppl"] == a["val_ppl"]
 
 
+def test_time_limit_stops_the_arm_and_still_evaluates(tmp_path, shared_data):
+    corpus = _corpus(tmp_path, shared_data)
+    cfg = tiny_cfg(corpus, tmp_path / "a", "relora")
+    data = prepare_text_data(cfg.data, tmp_path / "a", log=quiet)
+    said = []
+    r = train_lm(cfg, data, time_limit_s=1e-9, log=said.append)
+    assert r["stopped_early"] and r["steps"] == 1 and r["tokens"] == 4 * 32
+    assert math.isfinite(r["val_ppl"]) and math.isfinite(r["train_loss"]) and r["tokens_per_s"] > 0
+    assert said == ["relora: time limit reached after 1 of 6 steps"]
+    full = train_lm(cfg, data, log=quiet)
+    assert not full["stopped_early"] and full["steps"] == 6 and full["relora_resets"] == [2, 4]
+
+
+def test_token_batches_count_sequences_and_their_tokens():
+    b = TokenBatches({"input_ids": torch.zeros(8, 16), "labels": torch.zeros(8, 16)}, 4, rank=1, world=2)
+    assert b.items_per_batch == 2 and b.tokens_per_batch == 2 * 16
+    assert isinstance(b, BatchStream)
+
+
 def test_relora_merge_keeps_the_function_and_clears_optimizer_state():
     torch.manual_seed(0)
     lm = LlamaLM(LlamaConfig.preset("tiny", vocab_size=64, method="relora"))
@@ -138,14 +160,14 @@ def test_relora_merge_keeps_the_function_and_clears_optimizer_state():
     opt.step()  # B is no longer zero; every trainable tensor has Adam state
     before = lm(x)[0]
 
-    class FakeTrainer:
+    class FakeTrainer:  # what the hook reads from the Trainer it is called with
+        raw_model = model
         optimizer = opt
 
     hook = ReLoRAHook(every=5, max_steps=100, seed=0)
-    hook.trainer = FakeTrainer()
-    hook(model, 3)
+    hook(FakeTrainer(), 3)
     assert hook.resets == []
-    hook(model, 5)
+    hook(FakeTrainer(), 5)
     assert hook.resets == [5]
     torch.testing.assert_close(lm(x)[0], before, rtol=1e-5, atol=1e-5)  # W absorbed A B; B restarted at 0
     lora_params = {id(p) for n, p in lm.named_parameters() if n.endswith((".lora_A", ".lora_B"))}

@@ -128,3 +128,17 @@ def test_window_dataset_rejects_mixed_dims(tmp_path):
     b = load_task_dataset(_toy(tmp_path / "b.npz", state_dim=3))
     with pytest.raises(DataError, match="state_dim"):
         ContextWindowDataset([a, b])
+
+
+def test_window_batches_are_a_resumable_batch_stream(tmp_path):
+    from pretrainkit.core.data import BatchStream
+    from pretrainkit.systems.l2m.pipeline import WindowBatches
+
+    ds = ContextWindowDataset(load_task_dataset(_toy(tmp_path / "a.npz")), context=3)
+    stream = WindowBatches(ds, 4, seed=0)
+    assert isinstance(stream, BatchStream) and stream.items_per_batch == 4
+    next(stream)
+    state = stream.state_dict()
+    a = next(stream)
+    stream.load_state_dict(state)
+    assert all(torch.equal(a[k], v) for k, v in next(stream).items())

@@ -1,8 +1,19 @@
 """One training loop for every system, readable top to bottom.
 
 The trained module's ``forward(batch)`` returns ``(loss, metrics)`` (a TaskMix wrapped with its backbone,
-a language model, a Decision Transformer...). Randomness inside a step (masks, dropout) is reseeded from
-(seed, step, rank, micro-step), so a resumed run draws the same masks as an uninterrupted one.
+a language model, a Decision Transformer...); metric values may be Python numbers or 0-dim tensors. Randomness
+inside a step (masks, dropout) is reseeded from (seed, step, rank, micro-step), so a resumed run draws the same
+masks as an uninterrupted one.
+
+Systems extend the loop through arguments, never by assigning to its internals: an optimizer and a scheduler
+factory, step hooks and eval hooks called as ``hook(trainer, step)`` (``step`` = steps completed; the model is
+``trainer.raw_model``, the optimizer ``trainer.optimizer``), and ``trainer.request_stop()``. ``fit()`` measures
+its own throughput.
+
+No host-device sync per step: the loss, the metrics and the grad norm stay tensors until the log interval, and
+the non-finite-loss check reads a whole interval's losses at once, at every log step and before every evaluation
+and checkpoint. A non-finite loss therefore raises ``NonFiniteLossError`` at the next of those points (naming the
+step where it first happened), and no checkpoint is ever written from the weights it produced.
 """
 
 from __future__ import annotations
@@ -18,10 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core import distributed as dist_
+from pretrainkit.core.data import BatchStream, to_device
 from pretrainkit.core.device import autocast
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -68,6 +81,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def default_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """``lr_factor``: linear warm-up, then cosine decay (or constant), stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
 def default_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
@@ -77,8 +95,12 @@ def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729 + micro * 13) % (2**63 - 1)
 
 
-EvalHook = Callable[[nn.Module, int], dict[str, float]]
-StepHook = Callable[[nn.Module, int], None]
+StepHook = Callable[["Trainer", int], None]
+EvalHook = Callable[["Trainer", int], dict[str, float]]
+SchedulerFactory = Callable[[torch.optim.Optimizer, TrainConfig], torch.optim.lr_scheduler.LRScheduler]
+
+# What fit() measures itself, next to the last logged metrics and the final evaluation (see Trainer.fit).
+FIT_MEASUREMENTS = ("steps_run", "wall_s", "cpu_s", "steps_per_s", "items_per_s", "tokens_per_s", "stopped_early")
 
 
 class Trainer:
@@ -87,7 +109,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        batches: Iterator[Any],
+        batches: BatchStream | Iterator[Any],
         cfg: TrainConfig,
         run_dir: RunDir | str | Path | None = None,
         optimizer: Callable[[nn.Module, TrainConfig], torch.optim.Optimizer] = default_optimizer,
@@ -95,8 +117,13 @@ class Trainer:
         step_hooks: list[StepHook] | tuple[StepHook, ...] = (),
         fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None,
         dist_info: dist_.DistInfo | None = None,
-        unit: str = "samples",
+        unit: str | None = None,
+        scheduler: SchedulerFactory | None = None,
     ):
+        """``batches``: a ``BatchStream`` (core/data.py) or any iterator of batches. ``scheduler(optimizer, cfg)``
+        builds the lr scheduler (default ``default_scheduler``); it is stepped once per optimizer step and its
+        state is checkpointed. ``unit``: the progress bar's name for an item (default: the stream's ``unit``,
+        else "samples")."""
         self.cfg = cfg
         self.info = dist_info or dist_.DistInfo()
         self.raw_model = model.to(self.info.device)
@@ -104,11 +131,19 @@ class Trainer:
         self.batches = batches
         self.run_dir = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
         self.optimizer = optimizer(self.model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scheduler = (scheduler or default_scheduler)(self.optimizer, cfg)
         self.eval_hooks, self.step_hooks = list(eval_hooks), list(step_hooks)
-        self.unit = unit
+        self.unit = unit or getattr(batches, "unit", None) or "samples"
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self._stop = False
+        self._unchecked: list[torch.Tensor] = []  # per-step losses not yet checked for finiteness
+        self._unchecked_from = 0  # the step the first of them was taken at
+
+    def request_stop(self) -> None:
+        """End ``fit()`` after the current step; it still logs that step, runs the final evaluation and saves.
+        Under data parallelism every rank must ask at the same step (decide from the step, not a local clock)."""
+        self._stop = True
 
     # ---- parallelism -------------------------------------------------------------------------------
     def _parallelise(self, model: nn.Module, fsdp_units) -> nn.Module:
@@ -125,7 +160,10 @@ class Trainer:
     def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if self.cfg.parallel == "fsdp" and self.info.enabled:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return (get_model_state_dict(self.model, options=opts),
@@ -133,7 +171,9 @@ class Trainer:
         return self.raw_model.state_dict(), self.optimizer.state_dict()
 
     def save(self) -> Path | None:
-        """Checkpoint now (every rank must call it under FSDP; only rank 0 writes)."""
+        """Checkpoint now (every rank must call it under FSDP; only rank 0 writes). Raises NonFiniteLossError
+        instead when a loss since the last check was not finite, so the weights it produced are never saved."""
+        self._check_finite()
         if self.run_dir is None:
             return None
         model_state, optim_state = self._full_states()
@@ -156,7 +196,10 @@ class Trainer:
         model_state, state = ckpt.load_checkpoint(path)
         if self.cfg.parallel == "fsdp" and self.info.enabled:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
             set_model_state_dict(self.model, model_state, options=opts)
@@ -203,8 +246,18 @@ class Trainer:
             self.run_dir.truncate_metrics_after(self.step)
 
     # ---- loop --------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None) -> dict[str, float]:
-        cfg = self.cfg
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train from the current (or resumed) step to ``cfg.max_steps``, or until ``request_stop()``.
+
+        Returns the metrics of the last logged step (the last step is always logged), the final evaluation and
+        fit's own measurements (``FIT_MEASUREMENTS``): ``steps_run`` (steps done in this call, so a resumed run
+        counts only the remaining ones), ``wall_s`` and ``cpu_s`` (the whole call: resume, loop, final evaluation
+        and save), ``stopped_early``, and, when at least one step ran, ``steps_per_s``, ``items_per_s`` (global:
+        the stream's ``items_per_batch`` x grad_accum x processes, when the stream says) and ``tokens_per_s``
+        (likewise, when the stream has ``tokens_per_batch``). The rates leave out the first min(5, n // 4) of the
+        n steps planned for this call (allocations, autotuning, caches) and are timed from the end of the
+        warm-up to the end of the loop, with one device sync at each end, not per step.
+        """
         if self.run_dir is not None and self.info.is_main:
             self.run_dir.lock()  # one writer per run directory
         try:
@@ -213,9 +266,11 @@ class Trainer:
             if self.run_dir is not None and self.info.is_main:
                 self.run_dir.unlock()
 
-    def _fit(self, resume: str | Path | None) -> dict[str, float]:
+    def _fit(self, resume: str | Path | None) -> dict[str, Any]:
         cfg = self.cfg
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         self.resume(resume)
+        self._stop, self._unchecked = False, []
         self.model.train()
         bar = None
         if cfg.progress and self.info.is_main:
@@ -223,95 +278,141 @@ class Trainer:
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", mininterval=1.0,
                        dynamic_ncols=True)
-        items = getattr(self.batches, "items_per_batch", 0) * cfg.grad_accum * max(1, self.info.world)
-        last: dict[str, float] = {}
-        t0, steps_since = time.perf_counter(), 0
+        per_step = cfg.grad_accum * max(1, self.info.world)
+        items = getattr(self.batches, "items_per_batch", None)
+        tokens = getattr(self.batches, "tokens_per_batch", None)
+        last: dict[str, Any] = {}
+        first_step, warm = self.step, min(5, max(0, cfg.max_steps - self.step) // 4)
+        t_loop = self._clock()
+        t_warm = t_loop if warm == 0 else None
+        t0, steps_since = t_loop, 0
         try:
             while self.step < cfg.max_steps:
-                metrics = self._train_step()
+                loss, metrics = self._train_step()
                 self.step += 1
                 steps_since += 1
+                if self.step - first_step == warm and t_warm is None:
+                    t_warm = self._clock()
                 for hook in self.step_hooks:
-                    hook(self.raw_model, self.step)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    hook(self, self.step)
+                final = self.step >= cfg.max_steps or self._stop
+                if self.step % cfg.log_every == 0 or final:
+                    self._check_finite()
                     dt = time.perf_counter() - t0
-                    metrics.update(lr=self.scheduler.get_last_lr()[0],
-                                   throughput=items * steps_since / dt if dt > 0 else 0.0)
+                    rate = steps_since / dt if dt > 0 else 0.0
+                    last = {k: float(v) for k, v in metrics.items()}
+                    last["loss"] = float(dist_.all_reduce_mean(loss))
+                    last.update(lr=self.scheduler.get_last_lr()[0], throughput=(items or 0) * per_step * rate)
+                    if tokens:
+                        last["tokens_per_s"] = tokens * per_step * rate
                     t0, steps_since = time.perf_counter(), 0
                     if self.run_dir is not None and self.info.is_main:
-                        self.run_dir.log({"step": self.step, **metrics})
+                        self.run_dir.log({"step": self.step, **last})
                     if bar is not None:
-                        bar.set_postfix(loss=f"{metrics['loss']:.4g}",
-                                        **{f"{self.unit}/s": f"{metrics['throughput']:.0f}"})
-                last = metrics
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                        rates = {f"{self.unit}/s": f"{last['throughput']:.0f}"}
+                        if tokens:
+                            rates["tok/s"] = f"{last['tokens_per_s']:.0f}"
+                        bar.set_postfix(loss=f"{last['loss']:.4g}", **rates)
+                if not final and cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.evaluate()
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                if not final and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save()
                 if bar is not None:
                     bar.update(1)
+                if self._stop:
+                    break
         finally:
             if bar is not None:
                 bar.close()
+        t_end = self._clock()
+        done = self.step - first_step
+        measured: dict[str, Any] = {"steps_run": done, "stopped_early": self._stop and self.step < cfg.max_steps}
+        if done:
+            timed, dt = (done - warm, t_end - t_warm) if t_warm is not None and done > warm else (done, t_end - t_loop)
+            rate = timed / dt if dt > 0 else float("nan")
+            measured["steps_per_s"] = rate
+            if items is not None:
+                measured["items_per_s"] = items * per_step * rate
+            if tokens:
+                measured["tokens_per_s"] = tokens * per_step * rate
         last.update(self.evaluate())
         self.save()
         if self.run_dir is not None and self.info.is_main:
             self.run_dir.plot_metrics()
-        return last
+        measured.update(wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
+        return {**last, **measured}
 
-    def _train_step(self) -> dict[str, float]:
+    def _clock(self) -> float:
+        """A timestamp after the device has finished the queued work (used twice per fit, never per step)."""
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+        return time.perf_counter()
+
+    def _train_step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """One optimizer step; returns its mean loss (a tensor, this rank's) and its metrics, unsynced."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        agg: dict[str, float] = {}
+        agg: dict[str, torch.Tensor | float] = {}
         loss_sum = torch.zeros((), device=self.info.device)
         for micro in range(cfg.grad_accum):
-            batch = _to_device(next(self.batches), self.info.device)
+            batch = to_device(next(self.batches), self.info.device)
             seed = step_seed(cfg.seed, self.step, self.info.rank, micro)
             torch.manual_seed(seed)
             sync = micro == cfg.grad_accum - 1 or not hasattr(self.model, "no_sync")
             with (nullcontext() if sync else self.model.no_sync()), self._autocast():
                 loss, metrics = self.model(batch)
-            finite = dist_.all_true(bool(torch.isfinite(loss.detach()).all()), self.info.device)
-            if not finite:
-                where = self.last_checkpoint or "none written yet"
-                raise NonFiniteLossError(f"loss became {float(loss.detach())} at step {self.step}; training stopped, "
-                                         f"last good checkpoint kept: {where}")
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
             for k, v in metrics.items():
-                agg[k] = agg.get(k, 0.0) + float(v) / cfg.grad_accum
+                if isinstance(v, torch.Tensor):
+                    v = v.detach()
+                    v = (v if v.is_floating_point() else v.float()) / cfg.grad_accum
+                else:
+                    v = float(v) / cfg.grad_accum
+                agg[k] = agg[k] + v if k in agg else v
         if cfg.grad_clip > 0:
-            agg["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            agg["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).detach()
         self.optimizer.step()
         self.scheduler.step()
-        agg["loss"] = float(dist_.all_reduce_mean(loss_sum / cfg.grad_accum))
-        return agg
+        loss = loss_sum / cfg.grad_accum
+        if not self._unchecked:
+            self._unchecked_from = self.step
+        self._unchecked.append(loss)
+        return loss, agg
+
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLossError if any rank's loss since the last check was not finite (one sync)."""
+        if not self._unchecked:
+            return
+        losses = torch.stack(self._unchecked)
+        self._unchecked = []
+        n = len(losses)
+        bad = torch.where(torch.isfinite(losses), n, torch.arange(n, device=losses.device)).min()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)  # every rank stops, at the same step
+        first = int(bad)
+        if first < n:
+            where = self.last_checkpoint or "none written yet"
+            raise NonFiniteLossError(f"loss became {float(losses[first])} at step {self._unchecked_from + first}; "
+                                     f"training stopped, last good checkpoint kept: {where}")
 
     def evaluate(self) -> dict[str, float]:
+        """Run every eval hook as ``hook(trainer, step)`` with the model in eval mode; log and return the union."""
+        self._check_finite()  # never evaluate weights a non-finite loss produced
         out: dict[str, float] = {}
         if not self.eval_hooks:
             return out
         self.model.eval()
         for hook in self.eval_hooks:
-            out.update(hook(self.raw_model, self.step))
+            out.update(hook(self, self.step))
         self.model.train()
         if out and self.run_dir is not None and self.info.is_main:
             self.run_dir.log({"step": self.step, **{f"eval/{k}": v for k, v in out.items()}})
         return out
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 def _np_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    _name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
             "cached": float(cached)}
 

@@ -24,7 +24,7 @@ from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.device import autocast, resolve_device, uses_bf16
 from pretrainkit.core.rundir import RunDir
-from pretrainkit.core.trainer import TrainConfig, Trainer, lr_factor
+from pretrainkit.core.trainer import SchedulerFactory, StepHook, TrainConfig, Trainer, lr_factor
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.systems.crnet.config import CRNetConfig, galore_rank, llama_config, replace
 from pretrainkit.systems.crnet.data import TextData, corpus_as_validation, prepare_text_data
@@ -54,7 +54,10 @@ class LMObjective(nn.Module):
 
 
 class TokenBatches(EpochBatches):
-    """EpochBatches of packed sequences whose throughput unit is tokens (per process; the trainer multiplies)."""
+    """EpochBatches of packed sequences: items are sequences, and each holds ``seq_len`` tokens, so the trainer
+    reports tokens/s too (per process here; the trainer multiplies by grad_accum and processes)."""
+
+    unit = "seq"
 
     def __init__(
         self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1
@@ -63,8 +66,8 @@ class TokenBatches(EpochBatches):
         self.seq_len = tensors["input_ids"].shape[1]
 
     @property
-    def items_per_batch(self) -> int:
-        return super().items_per_batch * self.seq_len
+    def tokens_per_batch(self) -> int:
+        return self.items_per_batch * self.seq_len
 
 
 def unwrap_lm(model: nn.Module) -> LlamaLM:
@@ -103,24 +106,23 @@ def make_optimizer(
 class ReLoRAHook:
     """Step hook: every ``every`` steps merge each LoRA product into its frozen weight, restart A and B and
     drop their optimiser state (ReLoRA). The new A is drawn from a generator seeded by (seed, step), so every
-    data-parallel replica and a resumed run draw the same values."""
+    data-parallel replica and a resumed run draw the same values. Its lr re-warm is ``relora_schedule``, given
+    to the Trainer as its scheduler (``relora_scheduler``)."""
 
     def __init__(self, every: int, max_steps: int, seed: int):
         self.every, self.max_steps, self.seed = every, max_steps, seed
-        self.trainer: Trainer | None = None
         self.resets: list[int] = []
 
-    def __call__(self, model: nn.Module, step: int) -> None:
+    def __call__(self, trainer: Trainer, step: int) -> None:
         if step % self.every or step >= self.max_steps:
             return
-        lm = unwrap_lm(model)
+        lm = unwrap_lm(trainer.raw_model)
         devices = [lm.embed_tokens.weight.device] if lm.embed_tokens.weight.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + step)
             params = lm.merge_and_reset()
-        if self.trainer is not None:
-            for p in params:
-                self.trainer.optimizer.state.pop(p, None)
+        for p in params:
+            trainer.optimizer.state.pop(p, None)
         self.resets.append(step)
 
 
@@ -136,8 +138,26 @@ def relora_schedule(tcfg: TrainConfig, every: int, rewarm: int) -> Callable[[int
     return factor
 
 
-class _TimeUp(Exception):
-    """Raised by the time-limit hook to stop an arm early (bench safety net)."""
+def relora_scheduler(every: int, rewarm: int) -> SchedulerFactory:
+    """The Trainer's scheduler factory for ReLoRA: ``relora_schedule`` as a LambdaLR."""
+
+    def build(opt: torch.optim.Optimizer, tcfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(opt, relora_schedule(tcfg, every, rewarm))
+
+    return build
+
+
+def time_limit(seconds: float, log: Log = print) -> StepHook:
+    """Step hook that stops training (``request_stop``) once ``seconds`` have passed since it was made: the
+    bench's safety net for an arm far slower than expected. Single-process only (a local clock decides)."""
+    t_end = time.perf_counter() + seconds
+
+    def hook(trainer: Trainer, step: int) -> None:
+        if time.perf_counter() > t_end and step < trainer.cfg.max_steps:
+            log(f"time limit reached after {step} of {trainer.cfg.max_steps} steps")
+            trainer.request_stop()
+
+    return hook
 
 
 @torch.no_grad()
@@ -210,7 +230,7 @@ def train_lm(
     run_dir: Path | None = None,
     resume: str | Path | None = None,
     dist_info: dist_.DistInfo | None = None,
-    step_hooks: Sequence[Callable[[nn.Module, int], None]] = (),
+    step_hooks: Sequence[StepHook] = (),
     mcfg: LlamaConfig | None = None,
     time_limit_s: float = 0.0,
     log: Log = print,
@@ -229,23 +249,18 @@ def train_lm(
     batches = TokenBatches(train, cfg.batch_size, seed=tcfg.seed, rank=info.rank, world=info.world)
     bf16 = uses_bf16(info.device, tcfg.precision)
 
-    def eval_hook(m: nn.Module, step: int) -> dict[str, float]:
+    def eval_hook(trainer: Trainer, step: int) -> dict[str, float]:
+        m = trainer.raw_model
         return perplexity(getattr(m, "module", m), val, cfg.eval_batch_size, bf16=bf16, dist_info=info)
 
-    stamps: list[float] = []
-    hooks: list[Callable] = [lambda m, s: stamps.append(time.perf_counter())]
-    relora = None
+    hooks: list[StepHook] = []
+    relora, scheduler = None, None
     if method == "relora":
         relora = ReLoRAHook(cfg.relora.reset_every, tcfg.max_steps, tcfg.seed)
         hooks.append(relora)
+        scheduler = relora_scheduler(cfg.relora.reset_every, cfg.relora.rewarm_steps)
     if time_limit_s > 0:
-        t_end = time.perf_counter() + time_limit_s
-
-        def limit(m: nn.Module, s: int) -> None:
-            if time.perf_counter() > t_end and s < tcfg.max_steps:
-                raise _TimeUp
-
-        hooks.append(limit)
+        hooks.append(time_limit(time_limit_s, log=lambda s: log(f"{method}: {s}")))
     hooks += list(step_hooks)
     trainer = Trainer(
         model,
@@ -253,36 +268,20 @@ def train_lm(
         tcfg,
         run_dir=run_dir,
         optimizer=make_optimizer(method, cfg, mcfg),
+        scheduler=scheduler,
         eval_hooks=[eval_hook],
         step_hooks=hooks,
         fsdp_units=lambda m: list(m.lm.layers),
         dist_info=info,
-        unit="tok",
     )
-    if relora is not None:
-        relora.trainer = trainer
-        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            trainer.optimizer, relora_schedule(tcfg, cfg.relora.reset_every, cfg.relora.rewarm_steps)
-        )
-    t0 = time.perf_counter()
-    stopped_early = False
-    try:
-        last = trainer.fit(resume=resume)
-    except _TimeUp:
-        stopped_early = True
-        last = eval_hook(trainer.raw_model, trainer.step)
-        log(f"{method}: time limit reached after {trainer.step} of {tcfg.max_steps} steps")
-    wall = time.perf_counter() - t0
+    last = trainer.fit(resume=resume)
     lm = unwrap_lm(trainer.raw_model)
-    skip = min(5, max(0, len(stamps) - 2))  # the first steps include warm-up allocations
-    timed = stamps[skip:]
     tokens_per_step = cfg.batch_size * tcfg.grad_accum * cfg.seq_len
-    tps = tokens_per_step * (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
     return {
         "method": method,
         "seed": tcfg.seed,
         "steps": trainer.step,
-        "stopped_early": stopped_early,
+        "stopped_early": last["stopped_early"],
         "tokens": trainer.step * tokens_per_step,
         "train_loss": last.get("loss"),
         "val_loss": last.get("val_loss"),
@@ -291,8 +290,8 @@ def train_lm(
         "trainable_params": lm.num_parameters(trainable_only=True),
         "total_params": lm.num_parameters(trainable_only=False),
         "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
-        "tokens_per_s": tps,
-        "wall_s": wall,
+        "tokens_per_s": last.get("tokens_per_s", float("nan")),
+        "wall_s": last["wall_s"],
         "lr": tcfg.lr,
         "rank": mcfg.rank,
         "relora_resets": relora.resets if relora else [],
@@ -308,7 +307,7 @@ def pretrain(
     cfg: CRNetConfig,
     resume: str | Path | None = "auto",
     log: Log = print,
-    step_hooks: Sequence[Callable[[nn.Module, int], None]] = (),
+    step_hooks: Sequence[StepHook] = (),
     progress: bool = True,
 ) -> dict:
     """Tokenise (rank 0), train ``cfg.model.method`` in ``cfg.out`` with resume, write results.json; under

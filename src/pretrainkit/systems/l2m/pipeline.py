@@ -29,7 +29,7 @@ from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_we
 from pretrainkit.core.device import resolve_device
 from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
-from pretrainkit.core.trainer import TrainConfig, Trainer
+from pretrainkit.core.trainer import FIT_MEASUREMENTS, TrainConfig, Trainer
 from pretrainkit.errors import CheckpointError, DataError
 from pretrainkit.systems.l2m.collect import collect, task_file
 from pretrainkit.systems.l2m.config import L2MConfig
@@ -153,18 +153,15 @@ def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Lo
     run.save_config(cfg)
     trainer = Trainer(BehaviourCloning(dt), WindowBatches(ds, cfg.pretrain.batch_size, seed), tcfg, run,
                       dist_info=_dist(dev), unit="windows")
-    wall, cpu = time.perf_counter(), time.process_time()
-    start = _resumed_step(trainer, resume)
-    last = trainer.fit(None)  # already resumed above
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    steps = tcfg.max_steps - start
+    last = trainer.fit(resume)
+    wall, cpu, steps = last["wall_s"], last["cpu_s"], last["steps_run"]
     save_weights(path, dt.state_dict())
     atomic_write_text(path.with_suffix(".json"), json.dumps(asdict(dt.cfg), indent=1))
     stats = {"seed": seed, "tasks": cfg.data.pretrain_tasks, "steps": tcfg.max_steps, "params": dt.num_params(),
              "timed_steps": steps, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
              "steps_per_s": round(steps / wall, 3) if steps else None,
              "steps_per_cpu_s": round(steps / cpu, 3) if steps and cpu > 0 else None,
-             "final": {k: v for k, v in last.items() if isinstance(v, float)}}
+             "final": {k: v for k, v in last.items() if isinstance(v, float) and k not in FIT_MEASUREMENTS}}
     atomic_write_text(stats_path, json.dumps(stats, indent=1))
     log(f"pre-trained {steps} steps in {wall:.0f} s -> {path}")
     return stats
@@ -172,11 +169,6 @@ def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Lo
 
 def _dist(device: torch.device) -> DistInfo:
     return DistInfo(device=device)  # single process: the continual harness runs one method at a time
-
-
-def _resumed_step(trainer: Trainer, resume: str | None) -> int:
-    trainer.resume(resume)
-    return trainer.step
 
 
 def load_backbone(path: str | Path) -> DecisionTransformer:
@@ -335,12 +327,10 @@ class ContinualRun:
         trainer = Trainer(self.method, WindowBatches(data, c.batch_size, 1000 * self.seed + stage), tcfg,
                           RunDir(self.dir / f"stage-{stage}"), dist_info=_dist(self.device), unit="windows",
                           optimizer=lambda m, t: torch.optim.AdamW(m.param_groups(), weight_decay=0.0))
-        start = _resumed_step(trainer, "auto")
-        wall, cpu = time.perf_counter(), time.process_time()
-        last = trainer.fit(None)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        last = trainer.fit("auto")
+        wall, cpu = last["wall_s"], last["cpu_s"]
         self.method.end_task(stage, data)
-        self.tally.train_steps += c.steps_per_task - start
+        self.tally.train_steps += last["steps_run"]
         self.tally.train_cpu += cpu
         return {"steps": c.steps_per_task, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
                 **{k: round(v, 4) for k, v in last.items() if k in ("loss", "bin_acc", "aux_loss", "penalty")}}

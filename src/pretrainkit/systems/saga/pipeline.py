@@ -150,7 +150,8 @@ class SagaPipeline:
         y = self.windows.label(self.cfg.pretrain.probe_label)[sub]
         half = len(sub) // 2
 
-        def hook(model: torch.nn.Module, step: int) -> dict[str, float]:
+        def hook(trainer: Trainer, step: int) -> dict[str, float]:
+            model = trainer.raw_model
             feats = embed(model.backbone, self.windows.x[sub]).mean(1).numpy()
             clf = RidgeClassifier(alpha=1.0).fit(feats[:half], y[:half])
             model.train()
