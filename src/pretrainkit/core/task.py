@@ -1,7 +1,9 @@
 """Pre-training tasks and their weighted mix.
 
 A task owns its small head (if any) and turns (batch, backbone output) into a loss and named metrics.
-Tasks are plain ``nn.Module``s: usable from any PyTorch loop, not only from our trainer.
+Tasks are plain ``nn.Module``s: usable from any PyTorch loop, not only from our trainer. A mix runs the
+backbone once for all tasks that leave the input unchanged; tasks that corrupt the input or need several
+views run their own step (see ``PretrainTask``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pretrainkit.errors import ConfigError
 from pretrainkit.registry import Registry
 
 TASKS: Registry[PretrainTask] = Registry("pre-training task")
+Metrics = dict[str, "torch.Tensor | float"]  # tensors stay unread until the logging interval
 
 
 def register_task(name: str):
@@ -31,9 +34,19 @@ def register_task(name: str):
 class PretrainTask(nn.Module):
     """One pre-training objective.
 
-    Subclasses implement ``loss(batch, backbone_out) -> (loss, metrics)``. Tasks that must corrupt the
-    input before the backbone sees it (masked modelling) also implement ``prepare(batch, generator)``,
-    which returns the batch the backbone should consume; the default passes the batch through.
+    A task takes one of three paths through a step, decided by what its class overrides:
+
+    - **shared** (overrides neither ``prepare`` nor ``forward``): the task reads the batch as it is, so every
+      such task in a mix reads ONE ``backbone(batch)`` output; it implements only ``loss(batch, backbone_out)``.
+    - **prepared** (overrides ``prepare(batch, generator)``): the task corrupts its own copy of the input
+      (masked modelling); the default ``forward`` runs prepare -> backbone -> loss for it alone.
+    - **own step** (overrides ``forward(batch, backbone, generator)``): the task runs the backbone itself, as
+      often and on whatever it likes (several views; perturbed parameters via ``torch.func.functional_call``).
+
+    ``shares_input`` reports the path; a subclass may set the class attribute ``shares_input = False`` to force
+    its own backbone forward even though it leaves the input unchanged (a backbone output the task must not
+    share, or a timing comparison). ``loss`` returns ``(loss, metrics)``; metric values may be floats or
+    tensors, and tensors are best left unread (no ``.item()``): the mix hands them on detached.
     """
 
     name: str = "task"
@@ -41,11 +54,28 @@ class PretrainTask(nn.Module):
     def prepare(self, batch: Any, generator: torch.Generator | None = None) -> Any:
         return batch
 
-    def loss(self, batch: Any, backbone_out: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Any, backbone_out: Any) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
+
+    def forward(
+        self, batch: Any, backbone: Callable[[Any], Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Metrics]:
+        """The task's whole step on its own: prepare its input, run the backbone on it, score the output."""
+        task_batch = self.prepare(batch, generator)
+        return self.loss(task_batch, backbone(task_batch))
+
+    @property
+    def shares_input(self) -> bool:
+        """True when the task can read a backbone output computed once for the whole mix."""
+        cls = type(self)
+        return cls.prepare is PretrainTask.prepare and cls.forward is PretrainTask.forward
 
 
 WeightSchedule = Callable[[int], Mapping[str, float]]
+
+
+def _detached(v: Any) -> Any:
+    return v.detach() if isinstance(v, torch.Tensor) else v
 
 
 class TaskMix(nn.Module):
@@ -99,28 +129,39 @@ class TaskMix(nn.Module):
     def forward(
         self, batch: Any, backbone: Callable[[Any], Any], step: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Run every active task: prepare its input, run the backbone, weight its loss.
+    ) -> tuple[torch.Tensor, Metrics]:
+        """Run every active task in task order and return the weighted loss and its metrics.
 
-        Returns the weighted loss and metrics ``{"loss/<task>": ..., "weight/<task>": ...}`` plus each
-        task's own metrics prefixed by its name.
+        Input-sharing tasks read one ``backbone(batch)`` output, computed when the first of them runs (so a
+        mix without sharing draws random numbers exactly as a loop of prepare -> backbone -> loss would);
+        the other tasks run their own step (``task(batch, backbone, generator)``). The weighted sum is taken
+        in task order, so its bits do not depend on which tasks shared.
+
+        Metrics: ``loss`` and ``loss/<task>`` are detached 0-dim tensors (reading them is left to the logging
+        interval: no device sync per step), ``weight/<task>`` the Python float used, and each task's own
+        metrics under ``<task>/<key>`` (tensors detached, floats as given).
         """
         w = self.weights_at(step)
         total: torch.Tensor | None = None
-        metrics: dict[str, float] = {}
+        metrics: Metrics = {}
+        shared_out: Any = None
+        have_shared = False
         for name in self.active(step):
             task = self.task(name)
-            task_batch = task.prepare(batch, generator)
-            out = backbone(task_batch)
-            loss, m = task.loss(task_batch, out)
-            metrics[f"loss/{name}"] = float(loss.detach())
+            if task.shares_input:
+                if not have_shared:
+                    shared_out, have_shared = backbone(batch), True
+                loss, m = task.loss(batch, shared_out)
+            else:
+                loss, m = task(batch, backbone, generator=generator)
+            metrics[f"loss/{name}"] = loss.detach()
             metrics[f"weight/{name}"] = w[name]
             for k, v in m.items():
-                metrics[f"{name}/{k}"] = float(v)
+                metrics[f"{name}/{k}"] = _detached(v)
             total = w[name] * loss if total is None else total + w[name] * loss
         if total is None:
             raise ConfigError("every task weight is zero; at least one task needs a positive weight")
-        metrics["loss"] = float(total.detach())
+        metrics["loss"] = total.detach()
         return total, metrics
 
 
@@ -129,12 +170,24 @@ class MixModel(nn.Module):
 
     This is the shape the trainer (and DDP/FSDP, which need one forward per backward) expects. Random
     masking draws from the global RNG, which the trainer reseeds per step for exact resume.
+
+    ``backbone_name`` is the attribute (and so the state-dict prefix, ``<name>.…``) the backbone is stored
+    under; it stays ``backbone`` unless a system's checkpoints predate the mix (CR-Net's ``lm.``, L2M's ``dt.``),
+    so their run directories load unchanged. ``model.backbone`` reaches it under any name.
     """
 
-    def __init__(self, backbone: nn.Module, mix: TaskMix):
+    def __init__(self, backbone: nn.Module, mix: TaskMix, backbone_name: str = "backbone"):
         super().__init__()
-        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.add_module(backbone_name, backbone)
         self.mix = mix
 
-    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    @property
+    def backbone(self) -> nn.Module:
+        try:
+            return self._modules[self.backbone_name]
+        except KeyError:  # AttributeError, so hasattr() and add_module() see "not set yet"
+            raise AttributeError("backbone") from None
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, Metrics]:
         return self.mix(batch, self.backbone)

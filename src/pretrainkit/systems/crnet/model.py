@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.crnet.layers import (
     CRNET_ANCHORS,
@@ -39,6 +41,7 @@ from pretrainkit.systems.crnet.layers import (
 from pretrainkit.systems.crnet.recompute import crnet_recompute
 
 RECOMPUTE = ("none", "checkpoint", "crnet")
+_TOKEN_CE, _TOKEN_CE_SUM = TokenCrossEntropy(), TokenCrossEntropy(reduction="sum")
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -308,21 +311,25 @@ class LlamaLM(nn.Module):
                 prev = prev if self.chained else None
         return self.norm(x)
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Return (logits (B, T, vocab), mean cross-entropy over labels != -100 or None without labels)."""
+    def forward(
+        self, input_ids: Tensor | Mapping[str, Tensor], labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Return (logits (B, T, vocab), mean cross-entropy over labels != -100 or None without labels).
+
+        A batch mapping stands for its ``input_ids`` (what a TaskMix passes); its labels are the task's to score.
+        """
+        if isinstance(input_ids, Mapping):
+            input_ids = input_ids["input_ids"].long()
         logits = self.lm_head(self.hidden_states(input_ids))
         if labels is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return logits, loss
+        return logits, _TOKEN_CE(logits.float(), labels)
 
     def loss_sum_and_count(self, input_ids: Tensor, labels: Tensor) -> tuple[Tensor, int]:
         """Summed token NLL (float64) and the number of scored tokens, for exact perplexity over many batches."""
         logits = self.lm_head(self.hidden_states(input_ids))
-        nll = F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
-        )
-        return nll.double(), int((labels != -100).sum())
+        nll, count = _TOKEN_CE_SUM(logits.float(), labels)
+        return nll.double(), int(count)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Parameter count (a tied embedding counted once); ``trainable_only`` skips frozen LoRA bases."""

@@ -24,23 +24,28 @@ from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.device import autocast, resolve_device, uses_bf16
 from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import SchedulerFactory, StepHook, TrainConfig, Trainer, lr_factor
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.systems.crnet.config import CRNetConfig, galore_rank, llama_config, replace
 from pretrainkit.systems.crnet.data import TextData, corpus_as_validation, prepare_text_data
 from pretrainkit.systems.crnet.galore import GaLoreAdamW, galore_param_groups
 from pretrainkit.systems.crnet.model import LlamaConfig, LlamaLM
+from pretrainkit.systems.crnet.tasks import NextTokenTask
 from pretrainkit.systems.crnet.tokenizer import TextTokenizer
 
 Log = Callable[[str], None]
 
 
-class LMObjective(nn.Module):
-    """What the core Trainer trains: ``forward(batch) -> (mean next-token loss, metrics)`` around a LlamaLM."""
+class LMObjective(MixModel):
+    """What the core Trainer trains: a LlamaLM under a task mix (``crnet.next_token`` alone by default);
+    ``forward(batch) -> (weighted loss, metrics)``.
 
-    def __init__(self, lm: LlamaLM):
-        super().__init__()
-        self.lm = lm
+    The LM stays under the attribute ``lm`` (checkpoint keys ``lm.…``, as before the task mix), so earlier run
+    directories resume and load unchanged."""
+
+    def __init__(self, lm: LlamaLM, mix: TaskMix | None = None):
+        super().__init__(lm, mix if mix is not None else TaskMix([NextTokenTask()]), backbone_name="lm")
 
     def forward(
         self, batch: dict[str, torch.Tensor], sum_loss: bool = False
@@ -49,8 +54,7 @@ class LMObjective(nn.Module):
         forward too, so FSDP2's root hooks gather the embedding and head like in training."""
         if sum_loss:
             return self.lm.loss_sum_and_count(batch["input_ids"].long(), batch["labels"].long())
-        _, loss = self.lm(batch["input_ids"].long(), batch["labels"].long())
-        return loss, {}
+        return super().forward(batch)
 
 
 class TokenBatches(EpochBatches):

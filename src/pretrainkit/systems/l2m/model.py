@@ -15,6 +15,7 @@ Blocks are pre-LN GPT blocks with separate ``q_proj`` / ``k_proj`` / ``v_proj`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.errors import ConfigError
 
 Head = Literal["discrete", "continuous"]
 BinDecode = Literal["center", "lower"]
+_BIN_CE = TokenCrossEntropy()
 
 
 @dataclass
@@ -91,6 +94,40 @@ def decode_bins(bins: torch.Tensor, n_bins: int = 64, mode: BinDecode = "center"
     width = 2.0 / n_bins
     offset = 0.5 if mode == "center" else 0.0
     return (bins.float() + offset) * width - 1.0
+
+
+def action_loss_terms(
+    pred: torch.Tensor,
+    actions: torch.Tensor,
+    mask: torch.Tensor | None,
+    head: Head = "discrete",
+    n_bins: int = 64,
+    bin_decode: BinDecode = "center",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Behaviour-cloning loss on valid steps: CE over bins (discrete) or MSE on clamped actions (continuous).
+
+    Metrics are detached 0-dim tensors: ``action_ce`` and ``bin_acc`` (discrete) or ``action_mse``, and
+    ``action_mae`` (mean |decoded action - action|)."""
+    valid = (
+        torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        if mask is None
+        else mask.bool()
+    )
+    with torch.no_grad():
+        if head == "discrete":
+            target = encode_actions(actions, n_bins)
+            decoded = decode_bins(pred.argmax(-1), n_bins, bin_decode)
+        else:
+            decoded = pred
+    if head == "discrete":
+        loss = _BIN_CE(pred[valid].reshape(-1, n_bins), target[valid].reshape(-1))
+        acc = (pred[valid].argmax(-1) == target[valid]).float().mean()
+        metrics = {"action_ce": loss.detach(), "bin_acc": acc}
+    else:
+        loss = F.mse_loss(pred[valid], actions[valid].clamp(-1, 1))
+        metrics = {"action_mse": loss.detach()}
+    metrics["action_mae"] = (decoded[valid] - actions[valid]).abs().mean().detach()
+    return loss, metrics
 
 
 class CausalSelfAttention(nn.Module):
@@ -304,17 +341,22 @@ class DecisionTransformer(nn.Module):
 
     def forward(
         self,
-        states: torch.Tensor,
-        actions: torch.Tensor,
-        rtg: torch.Tensor,
-        timesteps: torch.Tensor,
+        states: torch.Tensor | Mapping[str, torch.Tensor],
+        actions: torch.Tensor | None = None,
+        rtg: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced predictions for every step of the window (see ``predict`` for shapes).
 
+        ``states`` may be a whole ``ContextWindowDataset`` batch (what a TaskMix passes): its ``states``,
+        ``actions``, ``rtg``, ``timesteps`` and optional ``mask`` are used.
         ``prefix [B, P, d]``: tokens (e.g. tuned prompts) put before the sequence; their outputs are dropped.
         """
+        if isinstance(states, Mapping):
+            b = states
+            states, actions, rtg, timesteps, mask = b["states"], b["actions"], b["rtg"], b["timesteps"], b.get("mask")
         tokens, tmask = self._with_prefix(*self.embed(states, actions, rtg, timesteps, mask), prefix)
         hidden = self.forward_tokens(tokens, tmask)
         return self.predict(hidden if prefix is None else hidden[:, prefix.shape[1] :])
@@ -333,28 +375,10 @@ class DecisionTransformer(nn.Module):
     def action_loss(
         self, pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """CE over bins (discrete) or MSE (continuous) on valid steps; metrics: bin accuracy and mean |error|."""
-        cfg = self.cfg
-        valid = (
-            torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
-            if mask is None
-            else mask.bool()
-        )
-        with torch.no_grad():
-            if cfg.head == "discrete":
-                target = encode_actions(actions, cfg.n_bins)
-                decoded = decode_bins(pred.argmax(-1), cfg.n_bins, cfg.bin_decode)
-            else:
-                decoded = pred
-        if cfg.head == "discrete":
-            loss = F.cross_entropy(pred[valid].reshape(-1, cfg.n_bins), target[valid].reshape(-1))
-            acc = (pred[valid].argmax(-1) == target[valid]).float().mean().item()
-            metrics = {"action_ce": loss.item(), "bin_acc": acc}
-        else:
-            loss = F.mse_loss(pred[valid], actions[valid].clamp(-1, 1))
-            metrics = {"action_mse": loss.item()}
-        metrics["action_mae"] = (decoded[valid] - actions[valid]).abs().mean().item()
-        return loss, metrics
+        """CE over bins (discrete) or MSE (continuous) on valid steps; metrics (floats): bin accuracy and mean
+        |error|. ``action_loss_terms`` is the same with tensor metrics (no host read per step)."""
+        loss, metrics = action_loss_terms(pred, actions, mask, self.cfg.head, self.cfg.n_bins, self.cfg.bin_decode)
+        return loss, {k: v.item() for k, v in metrics.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Behaviour-cloning loss on a ``ContextWindowDataset`` batch."""

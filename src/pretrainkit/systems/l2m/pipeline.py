@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from pretrainkit.adapt.continual import ContinualRecord, run_stages
 from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_weights
 from pretrainkit.core.device import resolve_device
 from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import FIT_MEASUREMENTS, TrainConfig, Trainer
 from pretrainkit.errors import CheckpointError, DataError
 from pretrainkit.systems.l2m.collect import collect, task_file
@@ -38,6 +38,7 @@ from pretrainkit.systems.l2m.envs import MT50, make_vector_env
 from pretrainkit.systems.l2m.methods import METHODS, PRETRAIN, FullFineTune, Method
 from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig
 from pretrainkit.systems.l2m.rollout import evaluate_task
+from pretrainkit.systems.l2m.tasks import ActionTask
 
 Log = Callable[[str], None]
 
@@ -115,15 +116,12 @@ def windows(cfg: L2MConfig, data: TaskData | list[TaskData]) -> ContextWindowDat
 
 
 # ---- pre-training ----------------------------------------------------------------------------------
-class BehaviourCloning(nn.Module):
-    """``forward(batch) -> (loss, metrics)`` for the Trainer: the DT's action loss."""
+class BehaviourCloning(MixModel):
+    """``forward(batch) -> (loss, metrics)`` for the Trainer: the DT under the ``l2m.action`` task (its action
+    loss). The DT stays under the attribute ``dt`` (checkpoint keys ``dt.…``, as before the task mix)."""
 
     def __init__(self, dt: DecisionTransformer):
-        super().__init__()
-        self.dt = dt
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.dt.loss(batch)
+        super().__init__(dt, TaskMix([ActionTask.for_model(dt.cfg)]), backbone_name="dt")
 
 
 def backbone_path(cfg: L2MConfig, seed: int) -> Path:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from pretrainkit.core.task import PretrainTask, register_task
+from pretrainkit.core.losses import MaskedMSE
+from pretrainkit.core.task import Metrics, PretrainTask, register_task
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.systems.saga.masking import (
     PeriodMasker,
@@ -47,6 +48,7 @@ class MaskedReconstructionTask(PretrainTask):
         self.n_channels, self.acc_scale, self.acc_channels = n_channels, float(acc_scale), tuple(acc_channels)
         self.mask_prob = float(mask_prob)
         self.head = ReconstructionHead(hidden, n_channels)
+        self.mse = MaskedMSE()
         self.masker = self._build_masker(masker_options)
 
     def _build_masker(self, options: Mapping[str, Any]):
@@ -78,16 +80,14 @@ class MaskedReconstructionTask(PretrainTask):
 
     def loss(
         self, batch: Mapping[str, Any], backbone_out: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean squared error over the masked entries only; metrics ``mse`` and ``masked_frac``."""
-        pred = self.head(backbone_out)
+    ) -> tuple[torch.Tensor, Metrics]:
+        """Mean squared error over the masked entries only; metrics ``mse`` and ``masked_frac`` (tensors).
+
+        An all-unmasked batch scores 0 with a zero gradient (the graph stays alive for DDP and the optimiser).
+        ``masked_frac`` is counted in float64, so it reads as the exact ratio the float metric used to be."""
         mask = batch["mask"]
-        n_masked = int(mask.sum())
-        if n_masked == 0:  # keep the graph alive so DDP and the optimiser see every parameter
-            loss = pred.sum() * 0.0
-        else:
-            loss = (pred - batch["target"]).pow(2)[mask].mean()
-        return loss, {"mse": float(loss.detach()), "masked_frac": n_masked / mask.numel()}
+        loss = self.mse(self.head(backbone_out), batch["target"], mask)
+        return loss, {"mse": loss.detach(), "masked_frac": mask.sum(dtype=torch.float64) / mask.numel()}
 
 
 @register_task("saga.sensor")
