@@ -1,4 +1,5 @@
-"""`pretrainkit bench core`: the trainer's overhead against a bare PyTorch loop, and 2-process DDP on CPU."""
+"""`pretrainkit bench core`: the trainer's overhead against a bare PyTorch loop, 2-process DDP on CPU, and a task
+mix whose three tasks share one backbone forward against the same tasks on three forwards."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from pretrainkit.core import benchkit
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.results import fmt_mean_std, md_table, mean_std, publish, rerender
+from pretrainkit.core.task import MixModel, PretrainTask, TaskMix
 from pretrainkit.core.trainer import TrainConfig, Trainer
 from pretrainkit.errors import ConfigError
 
@@ -90,6 +92,61 @@ def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+class _BenchEncoder(nn.Module):
+    """BenchModel's encoder as a mix backbone: batch -> hidden states (B, seq, d)."""
+
+    def __init__(self, d: int = 128, layers: int = 2):
+        super().__init__()
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True),
+                                         layers)
+
+    def forward(self, batch):
+        return self.enc(batch["x"])
+
+
+class _HeadTask(PretrainTask):
+    """Regress ``y`` through a linear head of its own; it leaves the input unchanged, so it shares the forward."""
+
+    def __init__(self, name: str, d: int = 128):
+        super().__init__()
+        self.name = name
+        self.out = nn.Linear(d, 1)
+
+    def loss(self, batch, h):
+        return ((self.out(h).squeeze(-1) - batch["y"]) ** 2).mean(), {}
+
+
+class _OwnForwardHeadTask(_HeadTask):
+    """The same task forced onto a backbone forward of its own (what every task paid before sharing)."""
+
+    shares_input = False
+
+
+def time_mix(steps: int, batch: int, shared: bool, warmup: int = 3, seed: int = 0) -> float:
+    """Seconds per training step (the bare loop, AdamW) of a 3-task mix on the bench encoder, sharing one
+    forward or not."""
+    data = bench_data()
+
+    def model() -> MixModel:
+        torch.manual_seed(seed)
+        cls = _HeadTask if shared else _OwnForwardHeadTask
+        return MixModel(_BenchEncoder(), TaskMix([cls(f"head{i}") for i in range(3)]))
+
+    return benchkit.time_bare(model, lambda: EpochBatches(data, batch, seed=seed), steps, warmup)
+
+
+def shared_forward_speedup(steps: int, batch: int, repeats: int, warmup: int = 3, seed: int = 0) -> dict:
+    """Three tasks sharing one forward against the same three on three forwards, interleaved in one process.
+
+    Returns each repeat's seconds per step for both and ``speedup`` = best separate / best shared."""
+    shared, separate = [], []
+    for _ in range(repeats):  # interleaved so drift on a shared machine hits both alike
+        shared.append(time_mix(steps, batch, True, warmup, seed))
+        separate.append(time_mix(steps, batch, False, warmup, seed))
+    return {"shared_s_per_step": shared, "separate_s_per_step": separate,
+            "speedup": min(separate) / min(shared)}
+
+
 def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None = None,
         cfg: CoreBenchConfig | None = None, profile: str | None = None) -> Path:
     cfg = cfg or CoreBenchConfig(steps=steps, batch=batch, repeats=repeats)
@@ -100,7 +157,9 @@ def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None
             bare.append(time_bare(cfg.steps, cfg.batch, cfg.warmup, cfg.seed))
             trainer.append(time_trainer(cfg.steps, cfg.batch, Path(tmp) / f"r{r}", cfg.warmup, cfg.seed))
     one, two = ddp_speedup(cfg.steps // 2, cfg.batch)
-    data = {"bare_s_per_step": bare, "trainer_s_per_step": trainer, "ddp_s_per_step": {"1": one, "2": two}}
+    mix = shared_forward_speedup(cfg.steps, cfg.batch, cfg.repeats, cfg.warmup, cfg.seed)
+    data = {"bare_s_per_step": bare, "trainer_s_per_step": trainer, "ddp_s_per_step": {"1": one, "2": two},
+            "mix_s_per_step": {"shared": mix["shared_s_per_step"], "separate": mix["separate_s_per_step"]}}
     return publish(cfg.name, data, render, kind=KIND, seeds=[cfg.seed], out_dir=out_dir, title=TITLE, config=cfg,
                    profile=profile)
 
@@ -132,6 +191,21 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
         "", md_table(["processes", "s/global step", "n"], [[1, one, 1], [2, two, 1]]), "",
         f"Speed-up {one / two:.2f}x.",
     ])
+    mix = payload.get("mix_s_per_step")  # absent from results written before the task mix shared forwards
+    if mix is not None:
+        sh, sep = mix["shared"], mix["separate"]
+        headline["shared_forward_speedup"] = round(min(sep) / min(sh), 3)
+        body += "\n" + "\n".join([
+            "", "## Task mix: one shared backbone forward", "",
+            (f"A TaskMix of three tasks (a linear head each) on the same encoder and batches, AdamW, {c['steps']} "
+             f"timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(sh)} interleaved repeats: the "
+             "tasks share one encoder forward, against the same tasks forced onto one forward each."), "",
+            md_table(["backbone forwards per step", "s/step (best)", "mean ± std", "n", "all repeats"],
+                     [[1, min(sh), fmt_mean_std(mean_std(sh), 4, n=False), len(sh), ", ".join(f"{v:.4f}" for v in sh)],
+                      [3, min(sep), fmt_mean_std(mean_std(sep), 4, n=False), len(sep),
+                       ", ".join(f"{v:.4f}" for v in sep)]]),
+            "", f"Speed-up {min(sep) / min(sh):.2f}x.",
+        ])
     return headline, body, {}
 
 
