@@ -37,7 +37,8 @@ class PretrainTask(nn.Module):
     A task takes one of three paths through a step, decided by what its class overrides:
 
     - **shared** (overrides neither ``prepare`` nor ``forward``): the task reads the batch as it is, so every
-      such task in a mix reads ONE ``backbone(batch)`` output; it implements only ``loss(batch, backbone_out)``.
+      such task in a mix reads ONE ``backbone(batch)`` output; it implements only ``loss(batch, backbone_out)``
+      and must not modify that output in place (the next task reads it too).
     - **prepared** (overrides ``prepare(batch, generator)``): the task corrupts its own copy of the input
       (masked modelling); the default ``forward`` runs prepare -> backbone -> loss for it alone.
     - **own step** (overrides ``forward(batch, backbone, generator)``): the task runs the backbone itself, as
