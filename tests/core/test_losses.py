@@ -64,6 +64,7 @@ def test_infonce_queue_is_fifo_and_adds_negatives():
     assert kept == expect
     negs = torch.cat([F.normalize(k2, dim=-1), nce.queued])
     torch.testing.assert_close(nce(q, p, F.normalize(k2, dim=-1)), _manual_nce(q, p, negs, 0.1))
+    torch.testing.assert_close(nce(q, p, q.new_zeros(0, 4)), _manual_nce(q, p, nce.queued, 0.1))  # MoCo's form
 
 
 def test_infonce_queue_never_changes_in_eval_or_by_forward():

@@ -29,7 +29,8 @@ class InfoNCE(nn.Module):
       ``[q.p, q.n_1 … q.n_K]`` and the target is column 0.
     - ``negatives=None``: in-batch negatives, i.e. the other rows' positives (logits ``q @ p.T``, target the
       diagonal), as in SimCLR/CLIP's one-directional form.
-    - ``queue_size > 0``: the queued past keys are appended as further shared negatives in either case.
+    - ``queue_size > 0``: the queued past keys are appended as further shared negatives in either case;
+      MoCo's form (the positive against the queue only) is ``negatives=query.new_zeros(0, d)``.
 
     The queue is a FIFO of past keys filled only by an explicit ``update_queue(keys)``, which does nothing
     in eval mode; ``forward`` never changes it. So validation never updates a queue, whatever it calls.
