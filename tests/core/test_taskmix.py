@@ -118,6 +118,32 @@ def test_a_two_view_task_owns_its_forward_beside_a_sharing_task():
     assert bb.lin.weight.grad.abs().sum() > 0 and shared.head.weight.grad.abs().sum() > 0
 
 
+class PerturbedView(PretrainTask):
+    """Owns its step like PHE's semantic task: the clean backbone against a copy with perturbed parameters."""
+
+    name = "perturbed"
+
+    def __init__(self):
+        super().__init__()
+        self.nce = InfoNCE(temperature=0.5)
+
+    def forward(self, batch, backbone, generator=None):
+        params = {n: p + 0.1 * torch.randn(p.shape, generator=generator) for n, p in backbone.named_parameters()}
+        perturbed = torch.func.functional_call(backbone, params, (batch,))
+        return self.nce(backbone(batch), perturbed), {}
+
+
+def test_an_own_step_task_can_run_a_perturbed_copy_of_the_backbone():
+    torch.manual_seed(0)
+    bb = CountingBackbone()
+    model = MixModel(bb, TaskMix([PerturbedView()]))
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    loss, _ = model(torch.randn(6, 4))
+    loss.backward()
+    assert len(bb.calls) == 2 and bb.lin.weight.grad.abs().sum() > 0
+    assert all(torch.equal(p, before[n]) for n, p in bb.named_parameters())  # the perturbation was a copy
+
+
 def test_zero_weight_tasks_run_nothing():
     bb = CountingBackbone()
     mix = TaskMix([Shared("s"), TwoView(), Noised("n")], {"s": 0.0, "two_view": 0.0, "n": 1.0})
