@@ -196,6 +196,18 @@ def test_shared_forward_speedup_returns_a_positive_ratio():
     assert all(v > 0 for v in out["shared_s_per_step"] + out["separate_s_per_step"])
 
 
+def test_core_bench_renders_the_shared_forward_speedup_from_stored_timings():
+    from pretrainkit.core.bench import render
+
+    payload = {"config": {"steps": 4, "warmup": 3, "batch": 8}, "bare_s_per_step": [0.01, 0.02],
+               "trainer_s_per_step": [0.011, 0.03], "ddp_s_per_step": {"1": 0.02, "2": 0.0125}}
+    headline, body, _ = render(payload)
+    assert "shared_forward_speedup" not in headline and "shared backbone" not in body  # results from before
+    payload["mix_s_per_step"] = {"shared": [0.02, 0.025], "separate": [0.05, 0.045]}
+    headline, body, _ = render(payload)
+    assert headline["shared_forward_speedup"] == round(0.045 / 0.02, 3) and "## Task mix" in body
+
+
 def test_bench_tasks_take_the_paths_they_name():
     from pretrainkit.core.bench import _HeadTask, _OwnForwardHeadTask
 
