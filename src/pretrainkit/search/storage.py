@@ -27,7 +27,7 @@ HEARTBEAT_ATTR = "pretrainkit:heartbeat"  # journal trials: unix time of the wor
 
 _RDB_PREFIXES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
 # What to install for a URL whose database driver is missing.
-_DRIVERS = {"postgresql": "pip install 'pretrainkit[search-pg]' (the psycopg2-binary driver)",
+_DRIVERS = {"postgresql": "pip install 'pretrainkit[search-pg]' (psycopg 3, SQLAlchemy's driver for postgresql://)",
             "mysql": "pip install PyMySQL and use a mysql+pymysql:// URL"}
 
 
@@ -78,7 +78,8 @@ def describe(spec: str) -> str:
         import sqlalchemy
 
         try:
-            return sqlalchemy.engine.make_url(spec).render_as_string(hide_password=True)
+            url = sqlalchemy.engine.make_url(spec)
+            return url.render_as_string(hide_password=True) if url.password else spec
         except Exception:  # noqa: BLE001 - an unparsable URL is reported by whoever opens it
             return spec
     return spec
@@ -158,9 +159,17 @@ def _rdb(spec: str, heartbeat: tuple[int, int] | None, callback) -> optuna.stora
         if "connect_timeout" not in spec:  # libpq waits for TCP's own timeout (minutes) on a silent host
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, **kw)
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, **kw)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers that start together on an empty database all create Optuna's tables; all but one
+                # lose that race with a duplicate-key error, after which the tables exist.
+                if attempt == 5:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError:
         dialect = spec.split(":", 1)[0].split("+", 1)[0]
         how = _DRIVERS.get(dialect, "install the database driver this URL names")

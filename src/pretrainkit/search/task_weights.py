@@ -150,7 +150,7 @@ def search_task_weights(
             bar.update(len(study.get_trials(deepcopy=False, states=finished)) - bar.n)
 
         advance()
-        trial_queue.work(study, trial_fn, None if exclusive else cfg.heartbeat_interval, first_slot, advance)
+        trial_queue.work(study, trial_fn, cfg.n_trials, None if exclusive else cfg.heartbeat_interval, first_slot, advance)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError("weight search finished with no complete trial (every objective call failed)")

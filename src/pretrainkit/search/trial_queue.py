@@ -6,8 +6,8 @@ trials) and a worker only ever takes a slot out of the queue (WAITING -> RUNNING
 a dead worker's slot comes back through Optuna's heartbeat-and-retry callback, with the same parameters.
 
 Adding slots is the one step that must not run twice at once (two workers would add N each). Study names
-are the only thing every storage keeps unique, so the worker that manages to create the study
-``<name>:top-up:<trials so far>-><N>`` adds the slots; the others wait for it to mark that study done.
+are the only thing every storage keeps unique, so top-ups are numbered and the worker that manages to
+create the study ``<name>:top-up:<g>`` adds the slots; the others wait for it to mark that study done.
 
 Random draws (the GP's start-up trials) depend on the seed and the slot, not on which worker runs it or
 when: a slot carries a draw index, and its weights are the draws that a lone worker's RandomSampler(seed)
@@ -25,8 +25,6 @@ from typing import Any, Self
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-
-from pretrainkit.errors import ConfigError
 
 DRAW_ATTR = "pretrainkit:draw"  # system attribute of a slot that samples: its index in the random sequence
 _USED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -77,47 +75,50 @@ def top_up(study: optuna.Study, storage: optuna.storages.BaseStorage, n_trials: 
     """Add WAITING slots until the study holds ``n_trials`` that are finished, running or waiting.
 
     Failed trials do not count (a retried one has its copy in the queue). ``first_params``: fixed params of
-    slot 0 of a new study (the equal mix), or None.
+    slot 0 of a new study (the equal mix), or None. Top-ups are numbered: the worker that creates the study
+    ``<name>:top-up:<g+1>`` once number g is done (or abandoned for ``timeout_s``) adds the slots.
     """
-    waited_since = None
     while True:
-        trials = study.get_trials(deepcopy=False)
-        missing = n_trials - sum(t.state in _USED for t in trials)
-        if missing <= 0:
+        if _missing(study, n_trials) <= 0:
             return
-        lock = f"{study.study_name}:top-up:{len(trials)}->{n_trials}"
-        try:
-            lock_study = optuna.create_study(storage=storage, study_name=lock)
-        except optuna.exceptions.DuplicatedStudyError:
-            # Another worker is adding these slots; once it is done (or gone) the count above is current.
-            waited_since = waited_since or time.monotonic()
-            if _lock_done(storage, lock):
-                continue
-            if time.monotonic() - waited_since > timeout_s:
-                raise ConfigError(f"weight search: the worker adding trials to study '{study.study_name}' did "
-                                  f"not finish within {timeout_s:.0f} s; delete study '{lock}' from the storage "
-                                  f"(optuna delete-study) if that worker died") from None
-            time.sleep(0.2)
+        g, done, since = _last_top_up(storage, study.study_name)
+        if g >= 0 and not done and time.time() - since < timeout_s:
+            time.sleep(0.2)  # another worker is adding slots
             continue
+        try:
+            lock = optuna.create_study(storage=storage, study_name=f"{study.study_name}:top-up:{g + 1}")
+        except optuna.exceptions.DuplicatedStudyError:
+            continue  # another worker took this number: wait for it
+        lock.set_user_attr("started", time.time())
+        trials = study.get_trials(deepcopy=False)  # counted again now that no other worker can add slots
         draws = [t.system_attrs[DRAW_ATTR] for t in trials if DRAW_ATTR in t.system_attrs]
         # Studies written before slots existed: their sampled trials used the first draws.
         next_draw = max(draws) + 1 if draws else sum("fixed_params" not in t.system_attrs for t in trials)
-        for i in range(missing):
+        for i in range(_missing(study, n_trials, trials)):
             if i == 0 and not trials and first_params is not None:
                 attrs = {"fixed_params": first_params}
             else:
                 attrs = {DRAW_ATTR: next_draw}
                 next_draw += 1
             study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=attrs))
-        lock_study.set_user_attr("done", True)
+        lock.set_user_attr("done", True)
         return
 
 
-def _lock_done(storage: optuna.storages.BaseStorage, lock: str) -> bool:
-    try:
-        return bool(storage.get_study_user_attrs(storage.get_study_id_from_name(lock)).get("done"))
-    except KeyError:  # created a moment ago and not yet visible to this worker
-        return False
+def _missing(study: optuna.Study, n_trials: int, trials: list | None = None) -> int:
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    return n_trials - sum(t.state in _USED for t in trials)
+
+
+def _last_top_up(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, bool, float]:
+    """(number, done, start time) of the study's latest top-up; (-1, True, 0) if none."""
+    prefix, last = f"{name}:top-up:", (-1, True, 0.0)
+    for s in storage.get_all_studies():
+        tail = s.study_name[len(prefix):] if s.study_name.startswith(prefix) else ""
+        if tail.isdigit() and int(tail) > last[0]:
+            # a lock created a moment ago has no start time yet: it counts as just started
+            last = (int(tail), bool(s.user_attrs.get("done")), float(s.user_attrs.get("started", time.time())))
+    return last
 
 
 def fail_running(study: optuna.Study, callback: Callable) -> None:
@@ -163,7 +164,7 @@ class _Heartbeat:
         self._thread.join()
 
 
-def work(study: optuna.Study, run: Callable[[optuna.Trial], float], heartbeat: int | None,
+def work(study: optuna.Study, run: Callable[[optuna.Trial], float], n_trials: int, heartbeat: int | None,
          before_first: Callable[[optuna.trial.FrozenTrial], None],
          after_each: Callable[[], None] | None = None) -> None:
     """Run slots until none is waiting and (with heartbeats) none is running elsewhere.
@@ -173,7 +174,7 @@ def work(study: optuna.Study, run: Callable[[optuna.Trial], float], heartbeat: i
     ``before_first``: called with the first slot this worker takes, before its trial starts;
     ``after_each``: after each of its trials.
     """
-    first = True
+    first, idle_since = True, None
     while True:
         if heartbeat:
             with warnings.catch_warnings():
@@ -181,11 +182,19 @@ def work(study: optuna.Study, run: Callable[[optuna.Trial], float], heartbeat: i
                 optuna.storages.fail_stale_trials(study)
         trial_id = claim(study)
         if trial_id is None:
-            if heartbeat and any(_is_slot(t) for t in study.get_trials(deepcopy=False,
-                                                                       states=(TrialState.RUNNING,))):
+            if not heartbeat:
+                return
+            trials = study.get_trials(deepcopy=False)
+            # Short of n_trials with nothing running: a worker that just failed a stale trial may be
+            # about to queue its copy; failures that are not retried leave the study short for good.
+            short = _missing(study, n_trials, trials) > 0
+            idle_since = idle_since or time.monotonic()
+            if any(t.state == TrialState.RUNNING and _is_slot(t) for t in trials) or (
+                    short and time.monotonic() - idle_since < 2 * heartbeat):
                 time.sleep(min(1.0, heartbeat / 2))
                 continue
             return
+        idle_since = None
         if first:
             before_first(study._storage.get_trial(trial_id))
             first = False
