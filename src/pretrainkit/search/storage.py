@@ -8,6 +8,7 @@ re-queued by the surviving workers (Optuna's retry callback).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import warnings
@@ -102,6 +103,45 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def check_storage(spec: str | None) -> None:
+    """What can be checked without opening the storage (at config load, before any training): the kind is
+    known, a file's folder exists and is writable, an existing SQLite file is one, the driver is installed."""
+    if spec is None:
+        return
+    if spec.startswith("journal:"):
+        path = Path(spec[len("journal:"):]).expanduser()
+        if not path.name:
+            raise ConfigError(f"search storage '{spec}' needs a file name: journal:PATH")
+        _check_folder(path.parent.resolve(), spec)
+        if path.is_dir():
+            raise ConfigError(f"search storage '{spec}': '{path}' is a folder; name a file inside it")
+        return
+    if spec.startswith("sqlite:///"):
+        path = Path(spec[len("sqlite:///"):]).expanduser()
+        _check_folder(path.parent.resolve(), spec)
+        if path.is_dir():
+            raise ConfigError(f"search storage '{spec}': '{path}' is a folder; name a file inside it")
+        if path.is_file() and not _is_sqlite(path):
+            raise ConfigError(f"search storage '{spec}': '{path}' is not an SQLite database (corrupted?); "
+                              f"move it away to start a new study")
+        return
+    if spec.startswith(_RDB_PREFIXES):
+        import sqlalchemy
+
+        shown = describe(spec)
+        try:
+            sqlalchemy.engine.make_url(spec).get_dialect().import_dbapi()
+        except ImportError:
+            dialect = spec.split(":", 1)[0].split("+", 1)[0]
+            how = _DRIVERS.get(dialect, "install the database driver this URL names")
+            raise ConfigError(f"search storage '{shown}' needs its database driver: {how}") from None
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors have no common base
+            raise ConfigError(f"search storage '{shown}' is not a valid database URL: {e}") from None
+        return
+    raise ConfigError(f"unknown search storage '{describe(spec)}'; allowed: journal:PATH, sqlite:///PATH, "
+                      f"postgresql://USER:PASSWORD@HOST:PORT/DB")
+
+
 def make_storage(spec: str | None, run_dir: Path | None, heartbeat: tuple[int, int] | None = None,
                  max_retry: int | None = 3) -> optuna.storages.BaseStorage:
     """Build Optuna storage from a short spec (see SearchConfig.storage); every failure is one ConfigError.
@@ -112,42 +152,27 @@ def make_storage(spec: str | None, run_dir: Path | None, heartbeat: tuple[int, i
     if spec is None:
         if run_dir is None:
             return optuna.storages.InMemoryStorage()
+        if run_dir.is_file():
+            raise ConfigError(f"run folder '{run_dir}' is a file")
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    check_storage(spec)
     callback = retry_callback(max_retry)
     if spec.startswith("journal:"):
-        path = Path(spec[len("journal:"):]).expanduser()
-        if not path.name:
-            raise ConfigError(f"search storage '{spec}' needs a file name: journal:PATH")
-        _check_folder(path.parent.resolve(), spec)
-        if path.is_dir():
-            raise ConfigError(f"search storage '{spec}': '{path}' is a folder; name a file inside it")
         try:
-            backend = JournalFileBackend(str(path))
+            backend = JournalFileBackend(str(Path(spec[len("journal:"):]).expanduser()))
             if heartbeat is None:
                 return JournalStorage(backend)
             return JournalWithHeartbeat(backend, heartbeat[0], heartbeat[1], callback)
         except OSError as e:
             raise ConfigError(f"search storage '{spec}' cannot be opened: {e.strerror or e}") from None
-        except Exception as e:  # noqa: BLE001 - a file that is not an Optuna journal fails when replayed
-            raise ConfigError(f"search storage '{spec}' is not an Optuna journal file ({type(e).__name__}); "
-                              f"move it away to start a new study") from None
-    if spec.startswith(_RDB_PREFIXES):
-        return _rdb(spec, heartbeat, callback)
-    raise ConfigError(f"unknown search storage '{describe(spec)}'; allowed: journal:PATH, sqlite:///PATH, "
-                      f"postgresql://USER:PASSWORD@HOST:PORT/DB")
+    return _rdb(spec, heartbeat, callback)
 
 
 def _rdb(spec: str, heartbeat: tuple[int, int] | None, callback) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
     shown = describe(spec)
-    if spec.startswith("sqlite:///"):
-        path = Path(spec[len("sqlite:///"):]).expanduser()
-        _check_folder(path.parent.resolve(), spec)
-        if path.is_file() and not _is_sqlite(path):
-            raise ConfigError(f"search storage '{spec}': '{path}' is not an SQLite database (corrupted?); "
-                              f"move it away to start a new study")
     kw = {}
     if heartbeat is not None:
         kw = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
@@ -179,6 +204,25 @@ def _rdb(spec: str, heartbeat: tuple[int, int] | None, callback) -> optuna.stora
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()
         raise ConfigError(f"search storage '{shown}' cannot be opened: "
+                          f"{reason[0] if reason else type(e).__name__}") from None
+
+
+def create_study(storage: optuna.storages.BaseStorage, spec: str | None, **kw) -> optuna.Study:
+    """optuna.create_study, with a database that opened but cannot be written (read-only file, lost
+    connection, no permission on the server) reported as one line."""
+    import sqlalchemy.exc
+
+    try:
+        return optuna.create_study(storage=storage, **kw)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(storage, JournalStorage):
+            raise
+        # the journal is replayed on first use: a file of other content fails here
+        raise ConfigError(f"search storage '{spec}' is not an Optuna journal file ({type(e).__name__}); "
+                          f"move it away to start a new study") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise ConfigError(f"search storage '{describe(spec or 'study.db')}' cannot be used: "
                           f"{reason[0] if reason else type(e).__name__}") from None
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pretrainkit.core.checkpoint import atomic_write_text
 from pretrainkit.errors import ConfigError
 from pretrainkit.search import trial_queue
-from pretrainkit.search.storage import make_storage, retry_callback
+from pretrainkit.search.storage import check_storage, create_study, make_storage, retry_callback
 
 __all__ = ["SearchConfig", "SearchResult", "make_storage", "plot_search", "search_task_weights",
            "weights_from_params"]
@@ -38,7 +38,9 @@ class SearchConfig:
     low: float = 0.0
     high: float = 1.0
     seed: int = 0
-    storage: str | None = None  # None: sqlite file in the run dir; "journal:PATH"; "sqlite:///..."; "postgresql://..."
+    # None: sqlite file in the run dir (one worker); "journal:PATH" (its folder must exist); "sqlite:///...";
+    # "postgresql://USER:PASSWORD@HOST:PORT/DB" (pip install 'pretrainkit[search-pg]')
+    storage: str | None = None
     study_name: str = "task-weights"
     direction: Literal["maximize", "minimize"] = "maximize"
     deterministic_objective: bool = False
@@ -60,6 +62,7 @@ class SearchConfig:
                               f"{self.grace_period}")
         if self.max_retry < 0:
             raise ConfigError(f"config key 'search.max_retry' must be >= 0, got {self.max_retry}")
+        check_storage(self.storage)  # at config load: a bad storage fails before any pre-training
         if self.space == "box" and not (0 <= self.low < self.high):
             raise ConfigError(f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}")
 
@@ -118,8 +121,8 @@ def search_task_weights(
                 seed=seed, n_startup_trials=cfg.n_startup_trials, deterministic_objective=cfg.deterministic_objective,
                 independent_sampler=trial_queue.DrawSeededSampler(cfg.seed, param_names))
 
-    study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler(cfg.seed),
-                                direction=cfg.direction, load_if_exists=True)
+    study = create_study(storage, cfg.storage, study_name=cfg.study_name, sampler=sampler(cfg.seed),
+                         direction=cfg.direction, load_if_exists=True)
     if exclusive:
         trial_queue.fail_running(study, retry_callback(cfg.max_retry))
 
