@@ -26,7 +26,7 @@ def objective_value(w: dict[str, float]) -> float:
 
 def config(storage: str | None, study: str, n_trials: int, n_startup: int, seed: int) -> SearchConfig:
     return SearchConfig(n_trials=n_trials, n_startup_trials=n_startup, seed=seed, storage=storage,
-                        study_name=study, heartbeat_interval=1, grace_period=3)
+                        study_name=study, heartbeat_interval=1, grace_period=5)
 
 
 def main() -> None:

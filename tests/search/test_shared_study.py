@@ -7,8 +7,9 @@ lone worker's. What does not depend on timing is a slot's random start-up draw: 
 and the slot (see search/trial_queue.py), not by which worker runs it or when. These tests therefore make
 every trial a start-up trial (n_startup_trials = n_trials): the study must then end with exactly the
 trials, and so the best weights, that one worker finds alone with the same seed. The GP phase is tested
-with concurrent workers too (last test), for the properties that hold whatever the timing: the exact
-count and no point proposed twice.
+with concurrent workers too (last test), for what holds whatever the timing: the exact count, and no point
+proposed twice (workers fit the GP with different seeds, so two that fit the same finished trials at the
+same moment still start their acquisition search from different points).
 """
 
 import json

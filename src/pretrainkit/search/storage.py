@@ -59,10 +59,11 @@ class JournalWithHeartbeat(JournalStorage, BaseHeartbeat):
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # A trial killed before its first heartbeat still has the start time its worker wrote.
+            # The start time counts as a beat: a worker killed before its first heartbeat is caught, and a
+            # re-queued copy (which inherits the dead trial's last beat) is not failed the moment it starts.
             start = t.datetime_start.replace(tzinfo=t.datetime_start.tzinfo or UTC).timestamp() \
                 if isinstance(t.datetime_start, datetime) else now
-            if now - t.system_attrs.get(HEARTBEAT_ATTR, start) > self._grace_period:
+            if now - max(start, t.system_attrs.get(HEARTBEAT_ATTR, start)) > self._grace_period:
                 stale.append(t._trial_id)
         return stale
 
