@@ -78,10 +78,13 @@ def top_up(study: optuna.Study, storage: optuna.storages.BaseStorage, n_trials: 
     slot 0 of a new study (the equal mix), or None. Top-ups are numbered: the worker that creates the study
     ``<name>:top-up:<g+1>`` once number g is done (or abandoned for ``timeout_s``) adds the slots.
     """
+    first_seen: dict[int, float] = {}
     while True:
         if _missing(study, n_trials) <= 0:
             return
-        g, done, since = _last_top_up(storage, study.study_name)
+        g, done, started = _last_top_up(storage, study.study_name)
+        # a lock whose worker died before writing its start time ages from when this worker first saw it
+        since = started if started is not None else first_seen.setdefault(g, time.time())
         if g >= 0 and not done and time.time() - since < timeout_s:
             time.sleep(0.2)  # another worker is adding slots
             continue
@@ -110,14 +113,14 @@ def _missing(study: optuna.Study, n_trials: int, trials: list | None = None) -> 
     return n_trials - sum(t.state in _USED for t in trials)
 
 
-def _last_top_up(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, bool, float]:
-    """(number, done, start time) of the study's latest top-up; (-1, True, 0) if none."""
+def _last_top_up(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, bool, float | None]:
+    """(number, done, start time or None if not written yet) of the study's latest top-up; (-1, True, 0)
+    if none."""
     prefix, last = f"{name}:top-up:", (-1, True, 0.0)
     for s in storage.get_all_studies():
         tail = s.study_name[len(prefix):] if s.study_name.startswith(prefix) else ""
         if tail.isdigit() and int(tail) > last[0]:
-            # a lock created a moment ago has no start time yet: it counts as just started
-            last = (int(tail), bool(s.user_attrs.get("done")), float(s.user_attrs.get("started", time.time())))
+            last = (int(tail), bool(s.user_attrs.get("done")), s.user_attrs.get("started"))
     return last
 
 
