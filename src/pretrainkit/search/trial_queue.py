@@ -188,15 +188,17 @@ def work(study: optuna.Study, run: Callable[[optuna.Trial], float], n_trials: in
             if not heartbeat:
                 return
             trials = study.get_trials(deepcopy=False)
-            # Short of n_trials with nothing running: a worker that just failed a stale trial may be
-            # about to queue its copy; failures that are not retried leave the study short for good.
-            short = _missing(study, n_trials, trials) > 0
-            idle_since = idle_since or time.monotonic()
-            if any(t.state == TrialState.RUNNING and _is_slot(t) for t in trials) or (
-                    short and time.monotonic() - idle_since < 2 * heartbeat):
-                time.sleep(min(1.0, heartbeat / 2))
-                continue
-            return
+            # Others' trials still running: wait, one may die and come back. Short of n_trials with nothing
+            # running: a worker that just failed a stale trial may be about to queue its copy, so wait a
+            # little; failures that are not retried leave the study short for good.
+            if any(t.state == TrialState.RUNNING and _is_slot(t) for t in trials):
+                idle_since = None
+            else:
+                idle_since = idle_since or time.monotonic()
+                if _missing(study, n_trials, trials) <= 0 or time.monotonic() - idle_since > 2 * heartbeat:
+                    return
+            time.sleep(min(1.0, heartbeat / 2))
+            continue
         idle_since = None
         if first:
             before_first(study._storage.get_trial(trial_id))
