@@ -15,10 +15,12 @@ def postgres_url():
         import pgserver
         import psycopg  # noqa: F401
     except ImportError as e:
-        _unavailable(f"PostgreSQL test server needs pgserver and psycopg (pip install -e '.[search-pg,dev]'): {e}")
+        _unavailable(
+            f"PostgreSQL test server needs pgserver and psycopg (pip install -e '.[search-pg,dev]'): {e}"
+        )
     try:
         server = pgserver.get_server(tempfile.mkdtemp(prefix="pk-pg-"), cleanup_mode="delete")
-    except Exception as e:  # noqa: BLE001 - any start-up failure means no server on this machine
+    except Exception as e:  # any start-up failure means no server on this machine
         _unavailable(f"pgserver could not start a PostgreSQL server: {type(e).__name__}: {e}")
     yield server.get_uri()
     server.cleanup()

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-torch.set_num_threads(1)
-
 from pretrainkit.search.task_weights import SearchConfig, search_task_weights
+
+torch.set_num_threads(1)
 
 TARGET = {"a": 0.5, "b": 0.3, "c": 0.2}
 
@@ -25,8 +25,15 @@ def objective_value(w: dict[str, float]) -> float:
 
 
 def config(storage: str | None, study: str, n_trials: int, n_startup: int, seed: int) -> SearchConfig:
-    return SearchConfig(n_trials=n_trials, n_startup_trials=n_startup, seed=seed, storage=storage,
-                        study_name=study, heartbeat_interval=1, grace_period=5)
+    return SearchConfig(
+        n_trials=n_trials,
+        n_startup_trials=n_startup,
+        seed=seed,
+        storage=storage,
+        study_name=study,
+        heartbeat_interval=1,
+        grace_period=5,
+    )
 
 
 def main() -> None:
@@ -46,8 +53,12 @@ def main() -> None:
         time.sleep(0.05)  # a trial takes a little while, so the workers interleave
         return objective_value(w)
 
-    res = search_task_weights(objective, list(TARGET), config(storage, study, int(n_trials), int(n_startup),
-                                                              int(seed)), progress=False)
+    res = search_task_weights(
+        objective,
+        list(TARGET),
+        config(storage, study, int(n_trials), int(n_startup), int(seed)),
+        progress=False,
+    )
     print(json.dumps({"best_weights": res.best_weights, "n_trials": res.n_trials}))
 
 

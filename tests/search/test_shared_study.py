@@ -25,10 +25,10 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from search_worker import TARGET, config, objective_value
+from search_worker import TARGET, config, objective_value  # noqa: E402
 
-from pretrainkit.search.storage import make_storage
-from pretrainkit.search.task_weights import search_task_weights
+from pretrainkit.search.storage import make_storage  # noqa: E402
+from pretrainkit.search.task_weights import search_task_weights  # noqa: E402
 
 N_TRIALS, SEED = 10, 3
 Complete, Fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -36,9 +36,25 @@ Complete, Fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
 def _workers(storage: str, study: str, gate: Path | None, n: int, n_trials: int, n_startup: int):
     """n worker processes; with a gate folder the first one is held mid-trial (see search_worker.py)."""
-    return [subprocess.Popen([sys.executable, str(HERE / "search_worker.py"), storage, study, str(n_trials),
-                              str(n_startup), str(SEED), str(gate or "-"), "1" if gate and i == 0 else "0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "search_worker.py"),
+                storage,
+                study,
+                str(n_trials),
+                str(n_startup),
+                str(SEED),
+                str(gate or "-"),
+                "1" if gate and i == 0 else "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
 
 
 def _finish(procs, timeout: float = 90) -> list[tuple[int, str, str]]:
@@ -58,8 +74,10 @@ def _kill_held_worker(procs, gate: Path) -> dict:
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             for p in procs:
                 p.kill()
-            pytest.fail("the held worker never started its trial: " + " | ".join(
-                p.communicate()[1][-1500:] for p in procs))
+            pytest.fail(
+                "the held worker never started its trial: "
+                + " | ".join(p.communicate()[1][-1500:] for p in procs)
+            )
         time.sleep(0.05)
     info = json.loads(held.read_text())
     os.kill(info["pid"], signal.SIGKILL)
@@ -91,10 +109,12 @@ def _check_killed_run(storage: str, study_name: str, storage_obj, gate: Path) ->
     assert len(rerun) == 1 and rerun[0].user_attrs["weights"] == info["weights"]
 
     # a lone worker with the same seeds, in memory: the same trials, hence the same best weights
-    alone = search_task_weights(objective_value, list(TARGET), config(None, "alone", N_TRIALS, N_TRIALS, SEED),
-                                progress=False)
-    assert sorted(_weights_key(t.user_attrs["weights"]) for t in complete) == \
-        sorted(_weights_key(h["weights"]) for h in alone.history)
+    alone = search_task_weights(
+        objective_value, list(TARGET), config(None, "alone", N_TRIALS, N_TRIALS, SEED), progress=False
+    )
+    assert sorted(_weights_key(t.user_attrs["weights"]) for t in complete) == sorted(
+        _weights_key(h["weights"]) for h in alone.history
+    )
     best = max(complete, key=lambda t: t.value)
     assert best.user_attrs["weights"] == alone.best_weights and best.value == alone.best_value
 

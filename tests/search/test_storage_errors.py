@@ -74,11 +74,19 @@ def test_journal_file_that_is_not_a_journal(tmp_path):
 
 def test_bad_storage_fails_at_config_load_on_the_command_line(capsys, tmp_path):
     """Before any data is read or encoder trained: exit 2 and one line on stderr."""
-    argv = ["saga", "search-weights", "--out", str(tmp_path / "run"),
-            "--set", f"search.storage=journal:{tmp_path / 'nonexistent' / 'x.log'}"]
+    argv = [
+        "saga",
+        "search-weights",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"search.storage=journal:{tmp_path / 'nonexistent' / 'x.log'}",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("pretrainkit: error:") and "does not exist" in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("pretrainkit: error:") and "does not exist" in err, (
+        err
+    )
     assert not (tmp_path / "nonexistent").exists()
 
 

@@ -28,8 +28,10 @@ HEARTBEAT_ATTR = "pretrainkit:heartbeat"  # journal trials: unix time of the wor
 
 _RDB_PREFIXES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
 # What to install for a URL whose database driver is missing.
-_DRIVERS = {"postgresql": "pip install 'pretrainkit[search-pg]' (psycopg 3, SQLAlchemy's driver for postgresql://)",
-            "mysql": "pip install PyMySQL and use a mysql+pymysql:// URL"}
+_DRIVERS = {
+    "postgresql": "pip install 'pretrainkit[search-pg]' (psycopg 3, SQLAlchemy's driver for postgresql://)",
+    "mysql": "pip install PyMySQL and use a mysql+pymysql:// URL",
+}
 
 
 def retry_callback(max_retry: int | None):
@@ -61,8 +63,11 @@ class JournalWithHeartbeat(JournalStorage, BaseHeartbeat):
         for t in self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # The start time counts as a beat: a worker killed before its first heartbeat is caught, and a
             # re-queued copy (which inherits the dead trial's last beat) is not failed the moment it starts.
-            start = t.datetime_start.replace(tzinfo=t.datetime_start.tzinfo or UTC).timestamp() \
-                if isinstance(t.datetime_start, datetime) else now
+            start = (
+                t.datetime_start.replace(tzinfo=t.datetime_start.tzinfo or UTC).timestamp()
+                if isinstance(t.datetime_start, datetime)
+                else now
+            )
             if now - max(start, t.system_attrs.get(HEARTBEAT_ATTR, start)) > self._grace_period:
                 stale.append(t._trial_id)
         return stale
@@ -82,7 +87,7 @@ def describe(spec: str) -> str:
         try:
             url = sqlalchemy.engine.make_url(spec)
             return url.render_as_string(hide_password=True) if url.password else spec
-        except Exception:  # noqa: BLE001 - an unparsable URL is reported by whoever opens it
+        except Exception:  # an unparsable URL is reported by whoever opens it
             return spec
     return spec
 
@@ -92,8 +97,10 @@ def _check_folder(folder: Path, spec: str) -> None:
     if folder.is_file():
         raise ConfigError(f"search storage '{spec}': '{folder}' is a file, not a folder")
     if not folder.is_dir():
-        raise ConfigError(f"search storage '{spec}': folder '{folder}' does not exist; create it first "
-                          f"(on a disk every worker mounts, for a shared study)")
+        raise ConfigError(
+            f"search storage '{spec}': folder '{folder}' does not exist; create it first "
+            f"(on a disk every worker mounts, for a shared study)"
+        )
     if not _writable(folder):
         raise ConfigError(f"search storage '{spec}': folder '{folder}' is not writable")
 
@@ -110,7 +117,7 @@ def check_storage(spec: str | None) -> None:
     if spec is None:
         return
     if spec.startswith("journal:"):
-        path = Path(spec[len("journal:"):]).expanduser()
+        path = Path(spec[len("journal:") :]).expanduser()
         if not path.name:
             raise ConfigError(f"search storage '{spec}' needs a file name: journal:PATH")
         _check_folder(path.parent.resolve(), spec)
@@ -118,13 +125,15 @@ def check_storage(spec: str | None) -> None:
             raise ConfigError(f"search storage '{spec}': '{path}' is a folder; name a file inside it")
         return
     if spec.startswith("sqlite:///"):
-        path = Path(spec[len("sqlite:///"):]).expanduser()
+        path = Path(spec[len("sqlite:///") :]).expanduser()
         _check_folder(path.parent.resolve(), spec)
         if path.is_dir():
             raise ConfigError(f"search storage '{spec}': '{path}' is a folder; name a file inside it")
         if path.is_file() and not _is_sqlite(path):
-            raise ConfigError(f"search storage '{spec}': '{path}' is not an SQLite database (corrupted?); "
-                              f"move it away to start a new study")
+            raise ConfigError(
+                f"search storage '{spec}': '{path}' is not an SQLite database (corrupted?); "
+                f"move it away to start a new study"
+            )
         return
     if spec.startswith(_RDB_PREFIXES):
         import sqlalchemy
@@ -136,15 +145,21 @@ def check_storage(spec: str | None) -> None:
             dialect = spec.split(":", 1)[0].split("+", 1)[0]
             how = _DRIVERS.get(dialect, "install the database driver this URL names")
             raise ConfigError(f"search storage '{shown}' needs its database driver: {how}") from None
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors have no common base
+        except Exception as e:  # SQLAlchemy's URL and plugin errors have no common base
             raise ConfigError(f"search storage '{shown}' is not a valid database URL: {e}") from None
         return
-    raise ConfigError(f"unknown search storage '{describe(spec)}'; allowed: journal:PATH, sqlite:///PATH, "
-                      f"postgresql://USER:PASSWORD@HOST:PORT/DB")
+    raise ConfigError(
+        f"unknown search storage '{describe(spec)}'; allowed: journal:PATH, sqlite:///PATH, "
+        f"postgresql://USER:PASSWORD@HOST:PORT/DB"
+    )
 
 
-def make_storage(spec: str | None, run_dir: Path | None, heartbeat: tuple[int, int] | None = None,
-                 max_retry: int | None = 3) -> optuna.storages.BaseStorage:
+def make_storage(
+    spec: str | None,
+    run_dir: Path | None,
+    heartbeat: tuple[int, int] | None = None,
+    max_retry: int | None = 3,
+) -> optuna.storages.BaseStorage:
     """Build Optuna storage from a short spec (see SearchConfig.storage); every failure is one ConfigError.
 
     ``heartbeat``: (interval, grace period) in seconds, for storage that several workers share; a running
@@ -161,7 +176,7 @@ def make_storage(spec: str | None, run_dir: Path | None, heartbeat: tuple[int, i
     callback = retry_callback(max_retry)
     if spec.startswith("journal:"):
         try:
-            backend = JournalFileBackend(str(Path(spec[len("journal:"):]).expanduser()))
+            backend = JournalFileBackend(str(Path(spec[len("journal:") :]).expanduser()))
             if heartbeat is None:
                 return JournalStorage(backend)
             return JournalWithHeartbeat(backend, heartbeat[0], heartbeat[1], callback)
@@ -176,8 +191,11 @@ def _rdb(spec: str, heartbeat: tuple[int, int] | None, callback) -> optuna.stora
     shown = describe(spec)
     kw = {}
     if heartbeat is not None:
-        kw = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
-              "heartbeat_stale_trial_callback": callback}
+        kw = {
+            "heartbeat_interval": heartbeat[0],
+            "grace_period": heartbeat[1],
+            "heartbeat_stale_trial_callback": callback,
+        }
     # pool_pre_ping: a server-side dropped connection (idle timeout, server restart) is reopened, not raised.
     engine_kwargs = None
     if spec.startswith("postgresql"):
@@ -204,8 +222,9 @@ def _rdb(spec: str, heartbeat: tuple[int, int] | None, callback) -> optuna.stora
         raise ConfigError(f"search storage '{shown}' is not a valid database URL: {e}") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise ConfigError(f"search storage '{shown}' cannot be opened: "
-                          f"{reason[0] if reason else type(e).__name__}") from None
+        raise ConfigError(
+            f"search storage '{shown}' cannot be opened: {reason[0] if reason else type(e).__name__}"
+        ) from None
 
 
 def create_study(storage: optuna.storages.BaseStorage, spec: str | None, **kw) -> optuna.Study:
@@ -219,12 +238,16 @@ def create_study(storage: optuna.storages.BaseStorage, spec: str | None, **kw) -
         if not isinstance(storage, JournalStorage):
             raise
         # the journal is replayed on first use: a file of other content fails here
-        raise ConfigError(f"search storage '{spec}' is not an Optuna journal file ({type(e).__name__}); "
-                          f"move it away to start a new study") from None
+        raise ConfigError(
+            f"search storage '{spec}' is not an Optuna journal file ({type(e).__name__}); "
+            f"move it away to start a new study"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise ConfigError(f"search storage '{describe(spec or 'study.db')}' cannot be used: "
-                          f"{reason[0] if reason else type(e).__name__}") from None
+        raise ConfigError(
+            f"search storage '{describe(spec or 'study.db')}' cannot be used: "
+            f"{reason[0] if reason else type(e).__name__}"
+        ) from None
 
 
 def _is_sqlite(path: Path) -> bool:

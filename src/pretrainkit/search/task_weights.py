@@ -26,8 +26,14 @@ from pretrainkit.errors import ConfigError
 from pretrainkit.search import trial_queue
 from pretrainkit.search.storage import check_storage, create_study, make_storage, retry_callback
 
-__all__ = ["SearchConfig", "SearchResult", "make_storage", "plot_search", "search_task_weights",
-           "weights_from_params"]
+__all__ = [
+    "SearchConfig",
+    "SearchResult",
+    "make_storage",
+    "plot_search",
+    "search_task_weights",
+    "weights_from_params",
+]
 
 
 @dataclass
@@ -57,14 +63,18 @@ class SearchConfig:
         if self.n_trials < 1:
             raise ConfigError(f"config key 'search.n_trials' must be >= 1, got {self.n_trials}")
         if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
-            raise ConfigError("config keys 'search.heartbeat_interval'/'search.grace_period' need "
-                              f"1 <= heartbeat_interval < grace_period, got {self.heartbeat_interval}, "
-                              f"{self.grace_period}")
+            raise ConfigError(
+                "config keys 'search.heartbeat_interval'/'search.grace_period' need "
+                f"1 <= heartbeat_interval < grace_period, got {self.heartbeat_interval}, "
+                f"{self.grace_period}"
+            )
         if self.max_retry < 0:
             raise ConfigError(f"config key 'search.max_retry' must be >= 0, got {self.max_retry}")
         check_storage(self.storage)  # at config load: a bad storage fails before any pre-training
         if self.space == "box" and not (0 <= self.low < self.high):
-            raise ConfigError(f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}")
+            raise ConfigError(
+                f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}"
+            )
 
 
 @dataclass
@@ -118,11 +128,20 @@ def search_task_weights(
         with warnings.catch_warnings():  # deterministic_objective is an experimental argument
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.GPSampler(
-                seed=seed, n_startup_trials=cfg.n_startup_trials, deterministic_objective=cfg.deterministic_objective,
-                independent_sampler=trial_queue.DrawSeededSampler(cfg.seed, param_names))
+                seed=seed,
+                n_startup_trials=cfg.n_startup_trials,
+                deterministic_objective=cfg.deterministic_objective,
+                independent_sampler=trial_queue.DrawSeededSampler(cfg.seed, param_names),
+            )
 
-    study = create_study(storage, cfg.storage, study_name=cfg.study_name, sampler=sampler(cfg.seed),
-                         direction=cfg.direction, load_if_exists=True)
+    study = create_study(
+        storage,
+        cfg.storage,
+        study_name=cfg.study_name,
+        sampler=sampler(cfg.seed),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
     if exclusive:
         trial_queue.fail_running(study, retry_callback(cfg.max_retry))
 
@@ -141,30 +160,47 @@ def search_task_weights(
         return value
 
     level = 1.0 if cfg.space == "simplex" else min(cfg.high, max(cfg.low, 1.0))
-    trial_queue.top_up(study, storage, cfg.n_trials,
-                       {p: level for p in param_names} if cfg.start_at_equal else None)
+    trial_queue.top_up(
+        study, storage, cfg.n_trials, {p: level for p in param_names} if cfg.start_at_equal else None
+    )
 
     def first_slot(t: optuna.trial.FrozenTrial) -> None:
         study.sampler = sampler(trial_queue.worker_seed(cfg.seed, t.number))
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     with tqdm(total=cfg.n_trials, desc="weight search", disable=not progress) as bar:
+
         def advance() -> None:  # the study's count, other workers' trials included
             bar.update(len(study.get_trials(deepcopy=False, states=finished)) - bar.n)
 
         advance()
-        trial_queue.work(study, trial_fn, cfg.n_trials, None if exclusive else cfg.heartbeat_interval, first_slot, advance)
+        trial_queue.work(
+            study, trial_fn, cfg.n_trials, None if exclusive else cfg.heartbeat_interval, first_slot, advance
+        )
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError("weight search finished with no complete trial (every objective call failed)")
     history = [{"number": t.number, "value": t.value, "weights": t.user_attrs["weights"]} for t in complete]
     best = study.best_trial
-    result = SearchResult(best_weights=best.user_attrs["weights"], best_value=float(best.value),
-                          n_trials=len(complete), history=history)
+    result = SearchResult(
+        best_weights=best.user_attrs["weights"],
+        best_value=float(best.value),
+        n_trials=len(complete),
+        history=history,
+    )
     if run_dir is not None:
-        atomic_write_text(run_dir / "search.json", json.dumps(
-            {"best_weights": result.best_weights, "best_value": result.best_value,
-             "n_trials": result.n_trials, "history": history}, indent=1))
+        atomic_write_text(
+            run_dir / "search.json",
+            json.dumps(
+                {
+                    "best_weights": result.best_weights,
+                    "best_value": result.best_value,
+                    "n_trials": result.n_trials,
+                    "history": history,
+                },
+                indent=1,
+            ),
+        )
         plot_search(result, run_dir / "plots" / "search.png", cfg.direction)
     return result
 

@@ -51,8 +51,9 @@ class DrawSeededSampler(optuna.samplers.BaseSampler):
         draw = trial.system_attrs.get(DRAW_ATTR)
         if draw is None or param_name not in self._order:  # not a slot of ours: seeded by its number instead
             seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
-            return optuna.samplers.RandomSampler(seed).sample_independent(study, trial, param_name,
-                                                                          param_distribution)
+            return optuna.samplers.RandomSampler(seed).sample_independent(
+                study, trial, param_name, param_distribution
+            )
         rs = optuna.samplers.RandomSampler(self._seed)
         # Each float suggestion consumes exactly one draw; replaying the skipped ones keeps RandomSampler's
         # own transform (cheap: a few hundred draws at most).
@@ -70,8 +71,13 @@ def worker_seed(seed: int, first_trial_number: int) -> int:
     return int(np.random.SeedSequence([seed, first_trial_number]).generate_state(1)[0])
 
 
-def top_up(study: optuna.Study, storage: optuna.storages.BaseStorage, n_trials: int,
-           first_params: dict[str, float] | None, timeout_s: float = 60.0) -> None:
+def top_up(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    n_trials: int,
+    first_params: dict[str, float] | None,
+    timeout_s: float = 60.0,
+) -> None:
     """Add WAITING slots until the study holds ``n_trials`` that are finished, running or waiting.
 
     Failed trials do not count (a retried one has its copy in the queue). ``first_params``: fixed params of
@@ -118,7 +124,7 @@ def _last_top_up(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, 
     if none."""
     prefix, last = f"{name}:top-up:", (-1, True, 0.0)
     for s in storage.get_all_studies():
-        tail = s.study_name[len(prefix):] if s.study_name.startswith(prefix) else ""
+        tail = s.study_name[len(prefix) :] if s.study_name.startswith(prefix) else ""
         if tail.isdigit() and int(tail) > last[0]:
             last = (int(tail), bool(s.user_attrs.get("done")), s.user_attrs.get("started"))
     return last
@@ -154,7 +160,7 @@ class _Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._storage.record_heartbeat(self._id)
-            except Exception:  # noqa: BLE001, S110 - a dropped connection: the next beat retries
+            except Exception:  # a dropped connection: the next beat retries
                 pass
 
     def __enter__(self) -> Self:
@@ -167,9 +173,14 @@ class _Heartbeat:
         self._thread.join()
 
 
-def work(study: optuna.Study, run: Callable[[optuna.Trial], float], n_trials: int, heartbeat: int | None,
-         before_first: Callable[[optuna.trial.FrozenTrial], None],
-         after_each: Callable[[], None] | None = None) -> None:
+def work(
+    study: optuna.Study,
+    run: Callable[[optuna.Trial], float],
+    n_trials: int,
+    heartbeat: int | None,
+    before_first: Callable[[optuna.trial.FrozenTrial], None],
+    after_each: Callable[[], None] | None = None,
+) -> None:
     """Run slots until none is waiting and (with heartbeats) none is running elsewhere.
 
     With heartbeats a worker also waits for the other workers' running trials: if one of them dies, its
@@ -213,8 +224,9 @@ def _is_slot(t: optuna.trial.FrozenTrial) -> bool:
     return DRAW_ATTR in t.system_attrs or "fixed_params" in t.system_attrs
 
 
-def _run_one(study: optuna.Study, trial_id: int, run: Callable[[optuna.Trial], float],
-             heartbeat: int | None) -> None:
+def _run_one(
+    study: optuna.Study, trial_id: int, run: Callable[[optuna.Trial], float], heartbeat: int | None
+) -> None:
     trial = optuna.Trial(study, trial_id)
     state, value, err = None, None, None
     beat = _Heartbeat(study._storage, trial_id, heartbeat) if heartbeat else None
@@ -224,7 +236,7 @@ def _run_one(study: optuna.Study, trial_id: int, run: Callable[[optuna.Trial], f
         value = run(trial)
     except optuna.TrialPruned:
         state = TrialState.PRUNED
-    except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt too: failed, not left running; re-raised
+    except BaseException as e:  # KeyboardInterrupt too: failed, not left running; re-raised
         state, err = TrialState.FAIL, e
     finally:
         if beat:
