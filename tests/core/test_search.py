@@ -49,8 +49,15 @@ def test_killed_running_trial_is_marked_failed_and_rerun(tmp_path):
 
 
 def test_journal_storage_and_box_space(tmp_path):
-    cfg = SearchConfig(n_trials=3, n_startup_trials=3, space="box", low=0.0, high=2.0,
-                       storage=f"journal:{tmp_path / 'shared' / 'study.log'}")
+    (tmp_path / "shared").mkdir()  # the journal's folder must exist: a mistyped path creates no directories
+    cfg = SearchConfig(
+        n_trials=3,
+        n_startup_trials=3,
+        space="box",
+        low=0.0,
+        high=2.0,
+        storage=f"journal:{tmp_path / 'shared' / 'study.log'}",
+    )
     res = search_task_weights(lambda w: -abs(w["x"] - 1.0), ["x"], cfg, progress=False)
     assert (tmp_path / "shared" / "study.log").is_file()
     assert 0.0 <= res.best_weights["x"] <= 2.0
@@ -70,12 +77,17 @@ def test_first_trial_is_the_equal_mix_and_can_be_switched_off(tmp_path):
         seen.append(w)
         return -sum((v - 1 / 3) ** 2 for v in w.values())  # best exactly at equal weights
 
-    res = search_task_weights(obj, list(TARGET), SearchConfig(n_trials=3, n_startup_trials=3, seed=0),
-                              progress=False)
+    res = search_task_weights(
+        obj, list(TARGET), SearchConfig(n_trials=3, n_startup_trials=3, seed=0), progress=False
+    )
     assert seen[0] == pytest.approx({k: 1 / 3 for k in TARGET}) and res.best_weights == seen[0]
     seen.clear()
-    search_task_weights(obj, list(TARGET), SearchConfig(n_trials=2, n_startup_trials=2, seed=0,
-                                                         start_at_equal=False), progress=False)
+    search_task_weights(
+        obj,
+        list(TARGET),
+        SearchConfig(n_trials=2, n_startup_trials=2, seed=0, start_at_equal=False),
+        progress=False,
+    )
     assert seen[0] != pytest.approx({k: 1 / 3 for k in TARGET})
     # resuming a study does not enqueue the equal mix a second time
     cfg = SearchConfig(n_trials=2, n_startup_trials=2, seed=0)
@@ -84,3 +96,30 @@ def test_first_trial_is_the_equal_mix_and_can_be_switched_off(tmp_path):
     cfg.n_trials = 3
     search_task_weights(obj, list(TARGET), cfg, run_dir=tmp_path, progress=False)
     assert len(seen) == 1 and seen[0] != pytest.approx({k: 1 / 3 for k in TARGET})
+
+
+@pytest.mark.parametrize("start_at_equal,space", [(True, "simplex"), (False, "box")])
+def test_lone_worker_samples_what_optunas_own_loop_samples(start_at_equal, space):
+    """The slot queue (exact trial counts across workers) must not move a lone worker's numbers: its trials
+    are bit-for-bit those of study.optimize with the same GP sampler and seed (start-up and GP phase)."""
+    import optuna
+
+    names = list(TARGET)
+    cfg = SearchConfig(
+        n_trials=8, n_startup_trials=3, seed=5, space=space, high=2.0, start_at_equal=start_at_equal
+    )
+    ours = search_task_weights(toy_objective, names, cfg, progress=False).history
+
+    def trial_fn(trial):
+        low, high = (1e-3, 1.0) if space == "simplex" else (0.0, cfg.high)
+        raw = {n: trial.suggest_float(f"w_{n}", low, high) for n in names}
+        w = raw if space == "box" else {n: v / sum(raw.values()) for n, v in raw.items()}
+        return toy_objective(w)
+
+    ref = optuna.create_study(
+        sampler=optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=3), direction="maximize"
+    )
+    if start_at_equal:
+        ref.enqueue_trial({f"w_{n}": 1.0 for n in names})
+    ref.optimize(trial_fn, n_trials=cfg.n_trials)
+    assert [h["value"] for h in ours] == [t.value for t in ref.trials]

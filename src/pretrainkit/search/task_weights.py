@@ -2,7 +2,9 @@
 
 The objective (supplied by the system) maps weights to a validation score. The study lives in storage,
 so a killed search resumes and many workers can share one study: an SQLite file in the run directory by
-default, ``journal:PATH`` for a journal file on a shared disk, or a ``postgresql://`` URL for a cluster.
+default (one worker), ``journal:PATH`` for a journal file on a shared disk, or a ``postgresql://`` URL for a
+cluster. However many workers share a study, it ends with exactly ``n_trials`` finished trials
+(see trial_queue); a worker that dies mid-trial has its trial failed and re-run by the others.
 """
 
 from __future__ import annotations
@@ -10,15 +12,28 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import optuna
+from tqdm import tqdm
 
 from pretrainkit.core.checkpoint import atomic_write_text
 from pretrainkit.errors import ConfigError
+from pretrainkit.search import trial_queue
+from pretrainkit.search.storage import check_storage, create_study, make_storage, retry_callback
+
+__all__ = [
+    "SearchConfig",
+    "SearchResult",
+    "make_storage",
+    "plot_search",
+    "search_task_weights",
+    "weights_from_params",
+]
 
 
 @dataclass
@@ -29,19 +44,37 @@ class SearchConfig:
     low: float = 0.0
     high: float = 1.0
     seed: int = 0
-    storage: str | None = None  # None: sqlite file in the run dir; "journal:PATH"; "sqlite:///..."; "postgresql://..."
+    # None: sqlite file in the run dir (one worker); "journal:PATH" (its folder must exist); "sqlite:///...";
+    # "postgresql://USER:PASSWORD@HOST:PORT/DB" (pip install 'pretrainkit[search-pg]')
+    storage: str | None = None
     study_name: str = "task-weights"
     direction: Literal["maximize", "minimize"] = "maximize"
     deterministic_objective: bool = False
     # Trial 0 = equal weights (the natural prior and a baseline): the search then moves away from the equal mix
     # only where the objective says it is better.
     start_at_equal: bool = True
+    # Shared storage (journal, postgresql): each running trial beats every heartbeat_interval s; one silent
+    # for grace_period s is failed and re-run with the same weights, at most max_retry times.
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 3
 
     def validate(self) -> None:
         if self.n_trials < 1:
             raise ConfigError(f"config key 'search.n_trials' must be >= 1, got {self.n_trials}")
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                "config keys 'search.heartbeat_interval'/'search.grace_period' need "
+                f"1 <= heartbeat_interval < grace_period, got {self.heartbeat_interval}, "
+                f"{self.grace_period}"
+            )
+        if self.max_retry < 0:
+            raise ConfigError(f"config key 'search.max_retry' must be >= 0, got {self.max_retry}")
+        check_storage(self.storage)  # at config load: a bad storage fails before any pre-training
         if self.space == "box" and not (0 <= self.low < self.high):
-            raise ConfigError(f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}")
+            raise ConfigError(
+                f"config keys 'search.low'/'search.high' need 0 <= low < high, got {self.low}, {self.high}"
+            )
 
 
 @dataclass
@@ -65,49 +98,52 @@ def weights_from_params(params: dict[str, float], names: list[str], space: str) 
     return {n: v / total for n, v in raw.items()}
 
 
-def make_storage(spec: str | None, run_dir: Path | None) -> optuna.storages.BaseStorage | str:
-    """Build Optuna storage from a short spec (see SearchConfig.storage)."""
-    if spec is None:
-        if run_dir is None:
-            return optuna.storages.InMemoryStorage()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    if spec.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(spec[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if spec.startswith(("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")):
-        return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}
-                                          if spec.startswith("postgresql") else None)
-    raise ConfigError(f"unknown search storage '{spec}'; allowed: journal:PATH, sqlite:///PATH, postgresql://...")
-
-
 def search_task_weights(
     objective: Callable[[dict[str, float]], float],
     names: list[str],
     cfg: SearchConfig,
     run_dir: str | Path | None = None,
     progress: bool = True,
-    exclusive: bool = True,
+    exclusive: bool | None = None,
 ) -> SearchResult:
-    """Run (or continue) a GP-based search over task weights; returns the best weights found.
+    """Run (or continue, or join) a GP-based search over task weights; returns the best weights found.
 
-    ``exclusive``: this process is the study's only worker, so trials left RUNNING by a killed earlier
-    process are marked failed and re-run. Shared studies set it False and rely on other workers.
+    Every worker of a shared study calls this with the same config; each returns once the study has
+    ``cfg.n_trials`` finished trials. ``exclusive``: this process is the study's only worker, so trials left
+    RUNNING by a killed earlier process are failed and re-run at once; None (default): exclusive for SQLite
+    storage (the run directory's study.db), shared, with heartbeats, for journal and postgresql storage.
     """
     if not names:
         raise ConfigError("weight search needs at least one task name")
+    cfg.validate()
     run_dir = Path(run_dir) if run_dir is not None else None
     optuna.logging.set_verbosity(logging.WARNING)
-    sampler = optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials,
-                                        deterministic_objective=cfg.deterministic_objective)
-    study = optuna.create_study(storage=make_storage(cfg.storage, run_dir), study_name=cfg.study_name,
-                                sampler=sampler, direction=cfg.direction, load_if_exists=True)
+    if exclusive is None:
+        exclusive = cfg.storage is None or cfg.storage.startswith("sqlite:")
+    heartbeat = None if exclusive else (cfg.heartbeat_interval, cfg.grace_period)
+    storage = make_storage(cfg.storage, run_dir, heartbeat, cfg.max_retry)
+    param_names = [f"w_{n}" for n in names]
+
+    def sampler(seed: int) -> optuna.samplers.GPSampler:
+        with warnings.catch_warnings():  # deterministic_objective is an experimental argument
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(
+                seed=seed,
+                n_startup_trials=cfg.n_startup_trials,
+                deterministic_objective=cfg.deterministic_objective,
+                independent_sampler=trial_queue.DrawSeededSampler(cfg.seed, param_names),
+            )
+
+    study = create_study(
+        storage,
+        cfg.storage,
+        study_name=cfg.study_name,
+        sampler=sampler(cfg.seed),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
     if exclusive:
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        trial_queue.fail_running(study, retry_callback(cfg.max_retry))
 
     def trial_fn(trial: optuna.Trial) -> float:
         if cfg.space == "simplex":
@@ -123,24 +159,48 @@ def search_task_weights(
             raise optuna.TrialPruned(f"objective returned {value}")
         return value
 
-    if cfg.start_at_equal and not study.get_trials(deepcopy=False):
-        level = 1.0 if cfg.space == "simplex" else min(cfg.high, max(cfg.low, 1.0))
-        study.enqueue_trial({f"w_{n}": level for n in names})
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    remaining = max(0, cfg.n_trials - done)
-    if remaining:
-        study.optimize(trial_fn, n_trials=remaining, show_progress_bar=progress)
+    level = 1.0 if cfg.space == "simplex" else min(cfg.high, max(cfg.low, 1.0))
+    trial_queue.top_up(
+        study, storage, cfg.n_trials, {p: level for p in param_names} if cfg.start_at_equal else None
+    )
+
+    def first_slot(t: optuna.trial.FrozenTrial) -> None:
+        study.sampler = sampler(trial_queue.worker_seed(cfg.seed, t.number))
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    with tqdm(total=cfg.n_trials, desc="weight search", disable=not progress) as bar:
+
+        def advance() -> None:  # the study's count, other workers' trials included
+            bar.update(len(study.get_trials(deepcopy=False, states=finished)) - bar.n)
+
+        advance()
+        trial_queue.work(
+            study, trial_fn, cfg.n_trials, None if exclusive else cfg.heartbeat_interval, first_slot, advance
+        )
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError("weight search finished with no complete trial (every objective call failed)")
     history = [{"number": t.number, "value": t.value, "weights": t.user_attrs["weights"]} for t in complete]
     best = study.best_trial
-    result = SearchResult(best_weights=best.user_attrs["weights"], best_value=float(best.value),
-                          n_trials=len(complete), history=history)
+    result = SearchResult(
+        best_weights=best.user_attrs["weights"],
+        best_value=float(best.value),
+        n_trials=len(complete),
+        history=history,
+    )
     if run_dir is not None:
-        atomic_write_text(run_dir / "search.json", json.dumps(
-            {"best_weights": result.best_weights, "best_value": result.best_value,
-             "n_trials": result.n_trials, "history": history}, indent=1))
+        atomic_write_text(
+            run_dir / "search.json",
+            json.dumps(
+                {
+                    "best_weights": result.best_weights,
+                    "best_value": result.best_value,
+                    "n_trials": result.n_trials,
+                    "history": history,
+                },
+                indent=1,
+            ),
+        )
         plot_search(result, run_dir / "plots" / "search.png", cfg.direction)
     return result
 
