@@ -86,10 +86,16 @@ def git_commit() -> str:
         return "unknown"
 
 
-def provenance(seeds: list[int] | None = None) -> dict[str, Any]:
-    return {"command": " ".join(["pretrainkit", *sys.argv[1:]]) if sys.argv else "", "seeds": seeds or [],
-            "git_commit": git_commit(), "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_info()}
+def provenance(seeds: list[int] | None = None, command: str | None = None,
+               commit: str | None = None) -> dict[str, Any]:
+    """``command``/``commit``: what to record when the caller is not the CLI (a script) or the copy it runs
+    in has no git history (the device machine gets the files without .git)."""
+    if command is None:
+        command = " ".join(["pretrainkit", *sys.argv[1:]]) if sys.argv else ""
+    found = git_commit()
+    return {"command": command, "seeds": seeds or [],
+            "git_commit": commit if commit and found == "unknown" else found,
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info()}
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -125,7 +131,8 @@ def as_stored(data: Any) -> Any:
 def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[str, Any],
                   seeds: list[int] | None = None, out_dir: Path | None = None, title: str | None = None,
                   original: dict[str, Any] | None = None, config: Any = None, profile: str | None = None,
-                  kind: str | None = None, changes: list[str] | None = None) -> Path:
+                  kind: str | None = None, changes: list[str] | None = None, command: str | None = None,
+                  commit: str | None = None) -> Path:
     """Write ``<name>.md`` and ``<name>.json`` with the same headline numbers and provenance.
 
     ``config``: the resolved config (dataclass or dict), stored under ``config``; ``profile`` names the profile
@@ -135,7 +142,7 @@ def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[
     with ``changes``: the figures that differ from the stored report."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    now = provenance(seeds)
+    now = provenance(seeds, command, commit)
     if profile is not None:
         now["profile"] = profile
     again = None
