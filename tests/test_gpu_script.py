@@ -120,3 +120,20 @@ def test_sized_steps_fits_the_budget():
     assert d.sized_steps(100.0, 10.0, cap=300) == 300
     assert d.sized_steps(None, 10.0, cap=300) == 20
     assert d.sized_steps(0.1, 10.0, cap=300) == 20
+
+
+def test_the_gpu_run_configs_load_with_the_paper_shapes(tmp_path):
+    """What only the GPU run uses (its overrides of the paper profiles) must be valid before a device call."""
+    d = _driver()
+    ctx = d.Ctx("crnet", False, tmp_path / "rows.jsonl", tmp_path / "work")
+    assert ctx.device == "cuda" and ctx.budget == d.BUDGET_S["crnet"]
+    cfg, _ = d.crnet_setup(ctx, d.CRNET_GPU_SETS)
+    assert (cfg.model.preset, cfg.seq_len, cfg.batch_size, cfg.train.max_steps) == ("60m", 256, 64, 200)
+    assert cfg.train.precision == "bf16" and cfg.data.vocab_size == 32000
+    l2m = d.l2m_config(ctx, "main", 3000, 500)
+    assert (l2m.model.d_model, l2m.model.n_layer, len(l2m.data.pretrain_tasks)) == (512, 6, 40)
+    assert (l2m.pretrain.train.max_steps, l2m.continual.steps_per_task, l2m.method.pool_size) == (3000, 500, 30)
+    saga = d.saga_config(ctx, "main", 700)
+    assert (saga.pretrain.batch_size, saga.model.hidden, saga.pretrain.train.max_steps) == (128, 72, 700)
+    assert saga.pretrain.tasks == ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
+    assert sum(d.BUDGET_S.values()) <= 420  # with each part's start-up, one 10-minute device call with margin

@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             path = write_part(part, rows, status, tail, out, args.dry_run, command, args.commit)
             failed += status != "ok"
             print(f"== {part}: wrote {path}", flush=True)
+    # last, so the device tool's output tail carries every part's headline
+    for part in parts:
+        head = json.loads((out / f"{RESULT_NAMES[part]}.json").read_text())["headline"]
+        print(f"{part}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in head.items()), flush=True)
     print(f"gpu_profile: {len(parts) - failed} of {len(parts)} parts ok", flush=True)
     return 0 if failed == 0 else 1
 
@@ -160,9 +164,6 @@ class Ctx:
         work.mkdir(parents=True, exist_ok=True)
         if dry:
             torch.set_num_threads(1)
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside autocast
-            torch.backends.cudnn.allow_tf32 = True
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.t0)
@@ -237,14 +238,16 @@ def synthetic_text(cfg, steps: int):
     return TextData(_Vocab(vocab), zipf_tokens(n_train, vocab, 0), zipf_tokens(n_val, vocab, 1), [], [])
 
 
+# 200 steps x 16,384 tokens; warm-up and ReLoRA's merge scaled from the paper profile's 400 steps
+CRNET_GPU_SETS = ["train.max_steps=200", "train.warmup_steps=20", "train.log_every=50", "relora.reset_every=100"]
+
+
 def part_crnet(ctx: Ctx) -> None:
     """Every method at the 60M preset, the same steps, bf16 autocast, each inside an equal share of the budget."""
     from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs, arm_lr
     from pretrainkit.systems.crnet.pipeline import train_lm
 
-    # 200 steps x 16,384 tokens; warm-up and ReLoRA's merge scaled from the paper profile's 400 steps
-    cfg, sets = crnet_setup(ctx, [] if ctx.dry else ["train.max_steps=200", "train.warmup_steps=20",
-                                                     "train.log_every=50", "relora.reset_every=100"])
+    cfg, sets = crnet_setup(ctx, [] if ctx.dry else CRNET_GPU_SETS)
     data = synthetic_text(cfg, cfg.train.max_steps)
     arms = arm_configs(cfg, cfg.data.vocab_size)
     ctx.emit({"kind": "setup", "overrides": sets, "steps": cfg.train.max_steps, "seq_len": cfg.seq_len,
@@ -398,26 +401,30 @@ def write_episodes(folder: Path, tasks: list[str], episodes: int, seed: int) -> 
                  expert_actions=acts, rewards=rng.uniform(0, 10, n).astype(np.float32), dones=dones)
 
 
-def part_l2m(ctx: Ctx) -> None:
-    """L2M's paper profile shortened: DT pre-training on the 40 MT tasks, then one continual stage of L2M."""
+def l2m_config(ctx: Ctx, name: str, steps: int, cont_steps: int = 1):
+    """configs/l2m/paper.yaml with ``steps`` pre-training and ``cont_steps`` continual steps (tiny in a dry run)."""
     from pretrainkit.core.config import load_config
     from pretrainkit.core.profiles import profile_path
-    from pretrainkit.systems.l2m import pipeline as l2m
     from pretrainkit.systems.l2m.config import L2MConfig
 
     tiny = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "pretrain.batch_size=4",
             "continual.batch_size=4", "data.pretrain_tasks=[assembly-v3,basketball-v3]",
             "data.continual_tasks=[hammer-v3]", "threads=1"]
-    base = [f"device={ctx.device}", f"data.dir={ctx.work / 'data'}", *(tiny if ctx.dry else [])]
+    c = load_config(L2MConfig, profile_path("l2m", "paper"), [
+        f"device={ctx.device}", f"data.dir={ctx.work / 'data'}", *(tiny if ctx.dry else []),
+        f"out={ctx.work / name}", f"pretrain.train.max_steps={steps}",
+        f"pretrain.train.warmup_steps={max(1, steps // 10)}", f"pretrain.train.log_every={max(1, steps // 10)}",
+        f"continual.steps_per_task={cont_steps}", f"continual.log_every={max(1, cont_steps // 10)}"])
+    c.validate()
+    return c
+
+
+def part_l2m(ctx: Ctx) -> None:
+    """L2M's paper profile shortened: DT pre-training on the 40 MT tasks, then one continual stage of L2M."""
+    from pretrainkit.systems.l2m import pipeline as l2m
 
     def cfg_for(name: str, steps: int, cont_steps: int = 1):
-        every = max(1, steps // 10)
-        c = load_config(L2MConfig, profile_path("l2m", "paper"), [
-            *base, f"out={ctx.work / name}", f"pretrain.train.max_steps={steps}",
-            f"pretrain.train.warmup_steps={max(1, steps // 10)}", f"pretrain.train.log_every={every}",
-            f"continual.steps_per_task={cont_steps}", f"continual.log_every={max(1, cont_steps // 10)}"])
-        c.validate()
-        return c
+        return l2m_config(ctx, name, steps, cont_steps)
 
     probe = cfg_for("probe", 2 if ctx.dry else 60)
     write_episodes(ctx.work / "data", [*probe.data.pretrain_tasks, *probe.data.continual_tasks],
@@ -483,26 +490,32 @@ def _stand_in_optuna() -> bool:
     return True
 
 
-def part_saga(ctx: Ctx) -> None:
-    """Saga's paper profile (reading B: one LIMU-BERT encoder per task) shortened to a few hundred steps each."""
-    stand_in = _stand_in_optuna()
+def saga_config(ctx: Ctx, name: str, steps: int):
+    """configs/saga/paper.yaml on the synthetic LIMU folder, one label and split (the windows carry no times)."""
     from pretrainkit.core.config import load_config
     from pretrainkit.core.profiles import profile_path
     from pretrainkit.systems.saga.config import SagaConfig
+
+    c = load_config(SagaConfig, profile_path("saga", "paper"), [
+        "data.format=limu", f"data.source={ctx.work / 'hapt'}", "data.label_columns={activity: 0, user: 1}",
+        "downstream.labels=[activity]", "downstream.splits=[random]", "pretrain.probe_label=null",
+        *(["pretrain.batch_size=4"] if ctx.dry else []), f"out={ctx.work / name}",
+        f"pretrain.train.max_steps={steps}", f"pretrain.train.log_every={max(1, steps // 10)}",
+        "pretrain.train.ckpt_every=0"])
+    c.validate()
+    return c
+
+
+def part_saga(ctx: Ctx) -> None:
+    """Saga's paper profile (reading B: one LIMU-BERT encoder per task) shortened to a few hundred steps each."""
+    stand_in = _stand_in_optuna()
     from pretrainkit.systems.saga.pipeline import SagaPipeline
 
     n = 64 if ctx.dry else 2090  # HAPT's window count
     write_limu_folder(ctx.work / "hapt", n, seed=0)
-    base = ["data.format=limu", f"data.source={ctx.work / 'hapt'}", "data.label_columns={activity: 0, user: 1}",
-            "downstream.labels=[activity]", "downstream.splits=[random]", "pretrain.probe_label=null",
-            *(["pretrain.batch_size=4"] if ctx.dry else [])]
 
     def pipe_for(name: str, steps: int) -> SagaPipeline:
-        c = load_config(SagaConfig, profile_path("saga", "paper"), [
-            *base, f"out={ctx.work / name}", f"pretrain.train.max_steps={steps}",
-            f"pretrain.train.log_every={max(1, steps // 10)}", "pretrain.train.ckpt_every=0"])
-        c.validate()
-        return SagaPipeline(c, log=print, progress=False)
+        return SagaPipeline(saga_config(ctx, name, steps), log=print, progress=False)
 
     def train(pipe: SagaPipeline, task: str) -> dict:
         t = time.perf_counter()
