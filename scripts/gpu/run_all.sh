@@ -57,7 +57,7 @@ fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever else is installed
 "$PY" - "$DRY" <<'PYEOF'
 import importlib.util, sys
-need = ["torch", "numpy", "yaml", "safetensors", "tqdm", "matplotlib", "scipy"]
+need = ["pretrainkit", "torch", "numpy", "yaml", "safetensors", "tqdm", "matplotlib", "scipy"]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"run_all.sh: missing Python packages: {', '.join(missing)}")
