@@ -37,9 +37,10 @@ RESULT_NAMES = {"crnet": "crnet-gpu", "l2m": "l2m-gpu", "saga": "saga-gpu", "cor
 BUDGET_S = {"crnet": 180, "l2m": 60, "saga": 50, "core": 100}
 DRY_BUDGET_S = {p: 60 for p in PARTS}
 CRNET_METHODS = ("full", "lowrank", "cola", "lora", "relora", "galore", "crnet")
-# Dense bf16 peak by card name (vendor datasheets, as quoted in the device notes' H200.md / HOPPER.md).
-PEAK_BF16 = {"H200": (989e12, "NVIDIA datasheet, H200 SXM dense bf16 (= H100 SXM), per H200.md"),
-             "H100": (989e12, "NVIDIA datasheet, H100 SXM dense bf16")}
+# Dense bf16 peak by the exact name torch reports (vendor datasheets, as the device notes' H200.md quotes them;
+# the SXM parts: an H200 NVL or H100 PCIe has lower peaks and gets no figure rather than a wrong one).
+PEAK_BF16 = {"NVIDIA H200": (989e12, "NVIDIA datasheet, H200 SXM dense bf16 (the H100 SXM's), per H200.md"),
+             "NVIDIA H100 80GB HBM3": (989e12, "NVIDIA datasheet, H100 SXM dense bf16")}
 SYNTHETIC = "synthetic inputs of the real shapes (throughput only; losses are not quality figures)"
 
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     ap.add_argument("--rows", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
@@ -128,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             rows_path = Path(work) / f"{part}.rows.jsonl"
             reserve = 40.0 * (len(parts) - i - 1)  # later parts keep at least this much
             limit = min(hard_limit(part, args.dry_run), t_end - time.monotonic() - reserve)
-            if limit < 20:
+            if limit < 40:
                 status, tail = "skipped: no time left in the total budget", []
             else:
+                # the part's own budget, shrunk when the total deadline leaves less, so it stops before the kill
+                budget = min((DRY_BUDGET_S if args.dry_run else BUDGET_S)[part], (limit - 30) / 1.2)
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--rows", str(rows_path),
-                       "--work", str(Path(work) / part)] + (["--dry-run"] if args.dry_run else [])
+                       "--work", str(Path(work) / part), "--budget", f"{budget:.1f}"]
+                cmd += ["--dry-run"] if args.dry_run else []
                 t0 = time.monotonic()
                 print(f"== {part}: hard limit {limit:.0f} s", flush=True)
                 status, tail = run_guarded(cmd, limit, log=lambda s, p=part: print(f"[{p}] {s}", flush=True))
@@ -153,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 class Ctx:
     """What a part needs: dry run or not, its device, its time budget, a scratch folder, a row sink."""
 
-    def __init__(self, part: str, dry: bool, rows: Path, work: Path):
+    def __init__(self, part: str, dry: bool, rows: Path, work: Path, budget: float | None = None):
         import torch
 
         self.part, self.dry, self.rows, self.work = part, dry, rows, work
         self.device = "cpu" if dry else "cuda"
-        self.budget = (DRY_BUDGET_S if dry else BUDGET_S)[part]
+        self.budget = budget if budget is not None else (DRY_BUDGET_S if dry else BUDGET_S)[part]
         self.t0 = time.monotonic()
         self.cuda = self.device == "cuda"
         work.mkdir(parents=True, exist_ok=True)
@@ -189,7 +194,7 @@ class Ctx:
 
 
 def child(args) -> int:
-    ctx = Ctx(args.child, args.dry_run, Path(args.rows), Path(args.work))
+    ctx = Ctx(args.child, args.dry_run, Path(args.rows), Path(args.work), args.budget)
     if ctx.cuda:
         import torch
 
@@ -352,7 +357,7 @@ def part_core(ctx: Ctx) -> None:
     import torch
 
     name = torch.cuda.get_device_name(0) if ctx.cuda else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), (None, "no datasheet figure for this device"))
+    peak = PEAK_BF16.get(name, (None, "no datasheet figure for this device"))
     ctx.emit({"kind": "ceiling", "device": name, "peak_bf16_flops": peak[0], "peak_source": peak[1],
               "matmul_tflops_measured": matmul_tflops(ctx)})
     cfg, sets = crnet_setup(ctx, [])
