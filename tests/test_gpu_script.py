@@ -137,3 +137,17 @@ def test_the_gpu_run_configs_load_with_the_paper_shapes(tmp_path):
     assert (saga.pretrain.batch_size, saga.model.hidden, saga.pretrain.train.max_steps) == (128, 72, 700)
     assert saga.pretrain.tasks == ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
     assert sum(d.BUDGET_S.values()) <= 420  # with each part's start-up, one 10-minute device call with margin
+
+
+def test_results_record_the_command_and_commit_given(tmp_path, monkeypatch):
+    from pretrainkit.core import results
+
+    monkeypatch.setattr(results, "git_commit", lambda: "unknown")  # a copy without .git (the device machine)
+    results.write_results("x", {"a": 1}, "", {}, out_dir=tmp_path, command="scripts/gpu/run_all.sh", commit="abc1234")
+    prov = json.loads((tmp_path / "x.json").read_text())["provenance"]
+    assert (prov["command"], prov["git_commit"]) == ("scripts/gpu/run_all.sh", "abc1234")
+    assert "`scripts/gpu/run_all.sh`" in (tmp_path / "x.md").read_text()
+    monkeypatch.setattr(results, "git_commit", lambda: "def5678")  # git knows better than the argument
+    results.write_results("x", {"a": 1}, "", {}, out_dir=tmp_path, commit="abc1234")
+    prov = json.loads((tmp_path / "x.json").read_text())["provenance"]
+    assert prov["git_commit"] == "def5678" and prov["command"].startswith("pretrainkit")
