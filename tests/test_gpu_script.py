@@ -15,10 +15,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu" / "run_all.sh"
 HEADLINE = {
-    "crnet-gpu": [f"tokens_per_s_{m}" for m in ("full", "lowrank", "cola", "lora", "relora", "galore", "crnet")]
+    "crnet-gpu": [
+        f"tokens_per_s_{m}" for m in ("full", "lowrank", "cola", "lora", "relora", "galore", "crnet")
+    ]
     + ["peak_mib_full", "peak_mib_crnet"],
-    "core-gpu": ["peak_bf16_tflops", "matmul_tflops_measured", "tokens_per_s_eager", "tokens_per_s_compiled",
-                 "mfu_eager", "mfu_compiled"],
+    "core-gpu": [
+        "peak_bf16_tflops",
+        "matmul_tflops_measured",
+        "tokens_per_s_eager",
+        "tokens_per_s_compiled",
+        "mfu_eager",
+        "mfu_compiled",
+    ],
     "l2m-gpu": ["pretrain_windows_per_s", "pretrain_steps", "continual_windows_per_s", "continual_steps"],
     "saga-gpu": ["steps_per_task", "tasks_ok", "windows_per_s_mean", "trained_on"],
 }
@@ -32,8 +40,11 @@ def _driver():
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _env() -> dict[str, str]:
@@ -44,8 +55,14 @@ def test_dry_run_writes_every_part_and_leaves_docs_results_alone(tmp_path):
     before = _snapshot(REPO / "docs" / "results")
     out = tmp_path / "results"
     t = time.monotonic()
-    r = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True, text=True,
-                       env=_env(), timeout=300, check=False)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert time.monotonic() - t < 240
     for name, keys in HEADLINE.items():
@@ -95,8 +112,9 @@ def test_guard_kills_a_hung_part_and_reports_a_crash():
     status, tail = d.run_guarded([sys.executable, "-c", hang], 2.0, log=lines.append)
     assert status.startswith("timeout") and time.monotonic() - t < 20
     assert tail == ["started"] == lines
-    status, tail = d.run_guarded([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], 30.0,
-                                 log=lambda s: None)
+    status, tail = d.run_guarded(
+        [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], 30.0, log=lambda s: None
+    )
     assert status == "error: exit 3" and tail == ["boom"]
 
 
@@ -104,10 +122,15 @@ def test_a_failed_part_still_writes_its_results(tmp_path):
     d = _driver()
     d.write_part("l2m", [], "timeout: killed after 90 s", ["last words"], tmp_path, True, "cmd", None)
     data = json.loads((tmp_path / "l2m-gpu.json").read_text())
-    assert data["headline"]["status"].startswith("timeout") and data["headline"]["pretrain_windows_per_s"] is None
+    assert (
+        data["headline"]["status"].startswith("timeout")
+        and data["headline"]["pretrain_windows_per_s"] is None
+    )
     assert data["log_tail"] == ["last words"] and "last words" in (tmp_path / "l2m-gpu.md").read_text()
-    rows = [{"kind": "method", "method": "full", "tokens_per_s": 5.0, "steps": 2},
-            {"kind": "method", "method": "galore", "error": "RuntimeError: x"}]
+    rows = [
+        {"kind": "method", "method": "full", "tokens_per_s": 5.0, "steps": 2},
+        {"kind": "method", "method": "galore", "error": "RuntimeError: x"},
+    ]
     d.write_part("crnet", rows, "ok", [], tmp_path, True, "cmd", "abc1234")
     head = json.loads((tmp_path / "crnet-gpu.json").read_text())["headline"]
     assert head["status"] == "partial: galore: RuntimeError: x"
@@ -132,7 +155,11 @@ def test_the_gpu_run_configs_load_with_the_paper_shapes(tmp_path):
     assert cfg.train.precision == "bf16" and cfg.data.vocab_size == 32000
     l2m = d.l2m_config(ctx, "main", 3000, 500)
     assert (l2m.model.d_model, l2m.model.n_layer, len(l2m.data.pretrain_tasks)) == (512, 6, 40)
-    assert (l2m.pretrain.train.max_steps, l2m.continual.steps_per_task, l2m.method.pool_size) == (3000, 500, 30)
+    assert (l2m.pretrain.train.max_steps, l2m.continual.steps_per_task, l2m.method.pool_size) == (
+        3000,
+        500,
+        30,
+    )
     saga = d.saga_config(ctx, "main", 700)
     assert (saga.pretrain.batch_size, saga.model.hidden, saga.pretrain.train.max_steps) == (128, 72, 700)
     assert saga.pretrain.tasks == ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
@@ -143,7 +170,9 @@ def test_results_record_the_command_and_commit_given(tmp_path, monkeypatch):
     from pretrainkit.core import results
 
     monkeypatch.setattr(results, "git_commit", lambda: "unknown")  # a copy without .git (the device machine)
-    results.write_results("x", {"a": 1}, "", {}, out_dir=tmp_path, command="scripts/gpu/run_all.sh", commit="abc1234")
+    results.write_results(
+        "x", {"a": 1}, "", {}, out_dir=tmp_path, command="scripts/gpu/run_all.sh", commit="abc1234"
+    )
     prov = json.loads((tmp_path / "x.json").read_text())["provenance"]
     assert (prov["command"], prov["git_commit"]) == ("scripts/gpu/run_all.sh", "abc1234")
     assert "`scripts/gpu/run_all.sh`" in (tmp_path / "x.md").read_text()

@@ -39,8 +39,10 @@ DRY_BUDGET_S = {p: 60 for p in PARTS}
 CRNET_METHODS = ("full", "lowrank", "cola", "lora", "relora", "galore", "crnet")
 # Dense bf16 peak by the exact name torch reports (vendor datasheets, as the device notes' H200.md quotes them;
 # the SXM parts: an H200 NVL or H100 PCIe has lower peaks and gets no figure rather than a wrong one).
-PEAK_BF16 = {"NVIDIA H200": (989e12, "NVIDIA datasheet, H200 SXM dense bf16 (the H100 SXM's), per H200.md"),
-             "NVIDIA H100 80GB HBM3": (989e12, "NVIDIA datasheet, H100 SXM dense bf16")}
+PEAK_BF16 = {
+    "NVIDIA H200": (989e12, "NVIDIA datasheet, H200 SXM dense bf16 (the H100 SXM's), per H200.md"),
+    "NVIDIA H100 80GB HBM3": (989e12, "NVIDIA datasheet, H100 SXM dense bf16"),
+}
 SYNTHETIC = "synthetic inputs of the real shapes (throughput only; losses are not quality figures)"
 
 
@@ -49,11 +51,13 @@ def hard_limit(part: str, dry: bool) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- parent side
-def run_guarded(cmd: list[str], timeout_s: float, log: Callable[[str], None] = print,
-                env: dict[str, str] | None = None) -> tuple[str, list[str]]:
+def run_guarded(
+    cmd: list[str], timeout_s: float, log: Callable[[str], None] = print, env: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
     """Run ``cmd`` in its own process group, echoing its output; ("ok" | "error: rc N" | "timeout", tail)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     tail: list[str] = []
 
     def pump() -> None:
@@ -93,11 +97,15 @@ def read_rows(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="GPU profile of every system (see scripts/gpu/README.md)")
     ap.add_argument("--dry-run", action="store_true", help="two steps per part on tiny shapes, on the CPU")
-    ap.add_argument("--out", default=None, help="results folder (default docs/results; a dry run needs --out)")
+    ap.add_argument(
+        "--out", default=None, help="results folder (default docs/results; a dry run needs --out)"
+    )
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--commit", default=None, help="git commit to record when the copy has no .git")
     ap.add_argument("--command", default=None, help="the command line to record (run_all.sh passes its own)")
-    ap.add_argument("--total-s", type=float, default=520.0, help="wall-clock cap over all parts (default 520)")
+    ap.add_argument(
+        "--total-s", type=float, default=520.0, help="wall-clock cap over all parts (default 520)"
+    )
     ap.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     ap.add_argument("--rows", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -122,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_profile: torch sees no CUDA device (use --dry-run on a CPU machine)", file=sys.stderr)
         return 2
-    command = args.command or " ".join(["scripts/gpu/gpu_profile.py", *(argv if argv is not None else sys.argv[1:])])
+    command = args.command or " ".join(
+        ["scripts/gpu/gpu_profile.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     t_end = time.monotonic() + args.total_s
     failed = 0
     with tempfile.TemporaryDirectory(prefix="gpu-profile-") as work:
@@ -135,8 +145,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 # the part's own budget, shrunk when the total deadline leaves less, so it stops before the kill
                 budget = min((DRY_BUDGET_S if args.dry_run else BUDGET_S)[part], (limit - 30) / 1.2)
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--rows", str(rows_path),
-                       "--work", str(Path(work) / part), "--budget", f"{budget:.1f}"]
+                cmd = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    part,
+                    "--rows",
+                    str(rows_path),
+                    "--work",
+                    str(Path(work) / part),
+                    "--budget",
+                    f"{budget:.1f}",
+                ]
                 cmd += ["--dry-run"] if args.dry_run else []
                 t0 = time.monotonic()
                 print(f"== {part}: hard limit {limit:.0f} s", flush=True)
@@ -199,8 +219,16 @@ def child(args) -> int:
         import torch
 
         p = torch.cuda.get_device_properties(0)
-        ctx.emit({"kind": "card", "name": torch.cuda.get_device_name(0), "memory_gib": p.total_memory / 2**30,
-                  "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda, "torch": torch.__version__})
+        ctx.emit(
+            {
+                "kind": "card",
+                "name": torch.cuda.get_device_name(0),
+                "memory_gib": p.total_memory / 2**30,
+                "capability": f"{p.major}.{p.minor}",
+                "cuda": torch.version.cuda,
+                "torch": torch.__version__,
+            }
+        )
     {"crnet": part_crnet, "l2m": part_l2m, "saga": part_saga, "core": part_core}[args.child](ctx)
     return 0
 
@@ -225,9 +253,19 @@ def crnet_setup(ctx: Ctx, extra: list[str]):
     from pretrainkit.core.profiles import profile_path
     from pretrainkit.systems.crnet.config import CRNetConfig
 
-    tiny = ["model.preset=tiny", "seq_len=16", "batch_size=2", "eval_batch_size=2", "data.vocab_size=512",
-            "data.val_max_tokens=64", "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1",
-            "relora.reset_every=1", "galore.update_proj_gap=1"]
+    tiny = [
+        "model.preset=tiny",
+        "seq_len=16",
+        "batch_size=2",
+        "eval_batch_size=2",
+        "data.vocab_size=512",
+        "data.val_max_tokens=64",
+        "train.max_steps=2",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "relora.reset_every=1",
+        "galore.update_proj_gap=1",
+    ]
     sets = [f"device={ctx.device}", "train.progress=false", *(tiny if ctx.dry else []), *extra]
     cfg = load_config(CRNetConfig, profile_path("crnet", "paper"), sets)
     cfg.validate()
@@ -244,7 +282,12 @@ def synthetic_text(cfg, steps: int):
 
 
 # 200 steps x 16,384 tokens; warm-up and ReLoRA's merge scaled from the paper profile's 400 steps
-CRNET_GPU_SETS = ["train.max_steps=200", "train.warmup_steps=20", "train.log_every=50", "relora.reset_every=100"]
+CRNET_GPU_SETS = [
+    "train.max_steps=200",
+    "train.warmup_steps=20",
+    "train.log_every=50",
+    "relora.reset_every=100",
+]
 
 
 def part_crnet(ctx: Ctx) -> None:
@@ -255,21 +298,48 @@ def part_crnet(ctx: Ctx) -> None:
     cfg, sets = crnet_setup(ctx, [] if ctx.dry else CRNET_GPU_SETS)
     data = synthetic_text(cfg, cfg.train.max_steps)
     arms = arm_configs(cfg, cfg.data.vocab_size)
-    ctx.emit({"kind": "setup", "overrides": sets, "steps": cfg.train.max_steps, "seq_len": cfg.seq_len,
-              "batch_size": cfg.batch_size, "preset": cfg.model.preset, "precision": cfg.train.precision})
+    ctx.emit(
+        {
+            "kind": "setup",
+            "overrides": sets,
+            "steps": cfg.train.max_steps,
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size,
+            "preset": cfg.model.preset,
+            "precision": cfg.train.precision,
+        }
+    )
     methods = [m for m in CRNET_METHODS if m in arms]
     for i, m in enumerate(methods):
         share = ctx.left() / (len(methods) - i) - 3  # the final evaluation and model build fit in the rest
         lr, scale = arm_lr(cfg, m)
         ctx.reset_peak()
         try:
-            r = train_lm(arm_cfg(cfg, m, 0, lr, scale), data, method=m, mcfg=arms[m],
-                         time_limit_s=max(1.0, share), log=print)
+            r = train_lm(
+                arm_cfg(cfg, m, 0, lr, scale),
+                data,
+                method=m,
+                mcfg=arms[m],
+                time_limit_s=max(1.0, share),
+                log=print,
+            )
         except Exception as e:  # noqa: BLE001 - one method failing (any error) must not lose the others
             ctx.emit({"kind": "method", "method": m, "error": f"{type(e).__name__}: {e}"})
             continue
-        keep = ("steps", "stopped_early", "tokens", "tokens_per_s", "train_loss", "val_loss", "wall_s",
-                "trainable_params", "total_params", "optimizer_state_bytes", "lr", "rank")
+        keep = (
+            "steps",
+            "stopped_early",
+            "tokens",
+            "tokens_per_s",
+            "train_loss",
+            "val_loss",
+            "wall_s",
+            "trainable_params",
+            "total_params",
+            "optimizer_state_bytes",
+            "lr",
+            "rank",
+        )
         ctx.emit({"kind": "method", "method": m, **{k: r.get(k) for k in keep}, "peak_mib": ctx.peak_mib()})
 
 
@@ -332,8 +402,15 @@ def trainer_run(ctx: Ctx, cfg, data, compiled: bool, max_steps: int, limit_s: fl
 
     ctx.reset_peak()
     t0 = time.perf_counter()
-    trainer = Trainer(LMObjective(lm), batches, tcfg, optimizer=make_optimizer("full", cfg, mcfg),
-                      step_hooks=[hook], dist_info=DistInfo(device=torch.device(ctx.device)), unit="tok")
+    trainer = Trainer(
+        LMObjective(lm),
+        batches,
+        tcfg,
+        optimizer=make_optimizer("full", cfg, mcfg),
+        step_hooks=[hook],
+        dist_info=DistInfo(device=torch.device(ctx.device)),
+        unit="tok",
+    )
     loss = None
     try:
         loss = trainer.fit().get("loss")
@@ -346,10 +423,19 @@ def trainer_run(ctx: Ctx, cfg, data, compiled: bool, max_steps: int, limit_s: fl
     # 6N per token for the weight matmuls (forward + backward) plus attention's QK^T and AV, 12 L d T (PaLM's
     # count, no causal saving)
     flops_per_token = 6 * n_matmul + 12 * mcfg.n_layers * mcfg.hidden * cfg.seq_len
-    return {"kind": "mfu", "compiled": compiled, "steps": last, "timed_steps": last - warm,
-            "time_to_warm_s": stamps[warm] - t0, "tokens_per_s": tps, "loss": loss,
-            "matmul_params": n_matmul, "flops_per_token": flops_per_token,
-            "achieved_tflops": tps * flops_per_token / 1e12, "peak_mib": ctx.peak_mib()}
+    return {
+        "kind": "mfu",
+        "compiled": compiled,
+        "steps": last,
+        "timed_steps": last - warm,
+        "time_to_warm_s": stamps[warm] - t0,
+        "tokens_per_s": tps,
+        "loss": loss,
+        "matmul_params": n_matmul,
+        "flops_per_token": flops_per_token,
+        "achieved_tflops": tps * flops_per_token / 1e12,
+        "peak_mib": ctx.peak_mib(),
+    }
 
 
 def part_core(ctx: Ctx) -> None:
@@ -358,13 +444,28 @@ def part_core(ctx: Ctx) -> None:
 
     name = torch.cuda.get_device_name(0) if ctx.cuda else "cpu"
     peak = PEAK_BF16.get(name, (None, "no datasheet figure for this device"))
-    ctx.emit({"kind": "ceiling", "device": name, "peak_bf16_flops": peak[0], "peak_source": peak[1],
-              "matmul_tflops_measured": matmul_tflops(ctx)})
+    ctx.emit(
+        {
+            "kind": "ceiling",
+            "device": name,
+            "peak_bf16_flops": peak[0],
+            "peak_source": peak[1],
+            "matmul_tflops_measured": matmul_tflops(ctx),
+        }
+    )
     cfg, sets = crnet_setup(ctx, [])
     steps = 2 if ctx.dry else 300
     data = synthetic_text(cfg, 2 * steps)
-    ctx.emit({"kind": "setup", "overrides": sets, "preset": cfg.model.preset, "seq_len": cfg.seq_len,
-              "batch_size": cfg.batch_size, "precision": cfg.train.precision})
+    ctx.emit(
+        {
+            "kind": "setup",
+            "overrides": sets,
+            "preset": cfg.model.preset,
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size,
+            "precision": cfg.train.precision,
+        }
+    )
     # eager gets a quarter of the budget; torch.compile the rest (its compile time included)
     for compiled in (False, True):
         share = ctx.left() - 5 if compiled else ctx.left() / 4
@@ -402,8 +503,14 @@ def write_episodes(folder: Path, tasks: list[str], episodes: int, seed: int) -> 
         dones = np.zeros(n, bool)
         dones[HORIZON - 1 :: HORIZON] = True
         acts = rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32)
-        np.savez(task_file(folder, t), states=rng.normal(size=(n, OBS_DIM)).astype(np.float32), actions=acts,
-                 expert_actions=acts, rewards=rng.uniform(0, 10, n).astype(np.float32), dones=dones)
+        np.savez(
+            task_file(folder, t),
+            states=rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+            actions=acts,
+            expert_actions=acts,
+            rewards=rng.uniform(0, 10, n).astype(np.float32),
+            dones=dones,
+        )
 
 
 def l2m_config(ctx: Ctx, name: str, steps: int, cont_steps: int = 1):
@@ -412,14 +519,31 @@ def l2m_config(ctx: Ctx, name: str, steps: int, cont_steps: int = 1):
     from pretrainkit.core.profiles import profile_path
     from pretrainkit.systems.l2m.config import L2MConfig
 
-    tiny = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "pretrain.batch_size=4",
-            "continual.batch_size=4", "data.pretrain_tasks=[assembly-v3,basketball-v3]",
-            "data.continual_tasks=[hammer-v3]", "threads=1"]
-    c = load_config(L2MConfig, profile_path("l2m", "paper"), [
-        f"device={ctx.device}", f"data.dir={ctx.work / 'data'}", *(tiny if ctx.dry else []),
-        f"out={ctx.work / name}", f"pretrain.train.max_steps={steps}",
-        f"pretrain.train.warmup_steps={max(1, steps // 10)}", f"pretrain.train.log_every={max(1, steps // 10)}",
-        f"continual.steps_per_task={cont_steps}", f"continual.log_every={max(1, cont_steps // 10)}"])
+    tiny = [
+        "model.d_model=32",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "pretrain.batch_size=4",
+        "continual.batch_size=4",
+        "data.pretrain_tasks=[assembly-v3,basketball-v3]",
+        "data.continual_tasks=[hammer-v3]",
+        "threads=1",
+    ]
+    c = load_config(
+        L2MConfig,
+        profile_path("l2m", "paper"),
+        [
+            f"device={ctx.device}",
+            f"data.dir={ctx.work / 'data'}",
+            *(tiny if ctx.dry else []),
+            f"out={ctx.work / name}",
+            f"pretrain.train.max_steps={steps}",
+            f"pretrain.train.warmup_steps={max(1, steps // 10)}",
+            f"pretrain.train.log_every={max(1, steps // 10)}",
+            f"continual.steps_per_task={cont_steps}",
+            f"continual.log_every={max(1, cont_steps // 10)}",
+        ],
+    )
     c.validate()
     return c
 
@@ -429,8 +553,12 @@ def part_l2m(ctx: Ctx) -> None:
     from pretrainkit.systems.l2m import pipeline as l2m
 
     probe = l2m_config(ctx, "probe", 2 if ctx.dry else 60)
-    write_episodes(ctx.work / "data", [*probe.data.pretrain_tasks, *probe.data.continual_tasks],
-                   2 if ctx.dry else 8, seed=0)
+    write_episodes(
+        ctx.work / "data",
+        [*probe.data.pretrain_tasks, *probe.data.continual_tasks],
+        2 if ctx.dry else 8,
+        seed=0,
+    )
     st = l2m.pretrain(probe, seed=0, resume=None, progress=False)
     rate = metrics_throughput(Path(probe.out) / "pretrain" / "seed-0")
     rate = rate / probe.pretrain.batch_size if rate else st.get("steps_per_s")
@@ -438,22 +566,48 @@ def part_l2m(ctx: Ctx) -> None:
     steps = 2 if ctx.dry else sized_steps(rate, ctx.left() * 0.6, 50000)
     cont = 2 if ctx.dry else sized_steps(rate, ctx.left() * 0.25, 5000)
     cfg = l2m_config(ctx, "main", steps, cont)
-    ctx.emit({"kind": "setup", "tasks": len(cfg.data.pretrain_tasks), "batch_size": cfg.pretrain.batch_size,
-              "d_model": cfg.model.d_model, "n_layer": cfg.model.n_layer, "context": cfg.model.context,
-              "probe_steps_per_s": rate})
+    ctx.emit(
+        {
+            "kind": "setup",
+            "tasks": len(cfg.data.pretrain_tasks),
+            "batch_size": cfg.pretrain.batch_size,
+            "d_model": cfg.model.d_model,
+            "n_layer": cfg.model.n_layer,
+            "context": cfg.model.context,
+            "probe_steps_per_s": rate,
+        }
+    )
     ctx.reset_peak()
     st = l2m.pretrain(cfg, seed=0, resume=None, progress=False)
-    ctx.emit({"kind": "pretrain", "steps": st["timed_steps"], "seconds": st["seconds"],
-              "windows_per_s": metrics_throughput(Path(cfg.out) / "pretrain" / "seed-0"),
-              "wall_steps_per_s": st["steps_per_s"], "loss": st["final"].get("loss"), "params": st["params"],
-              "peak_mib": ctx.peak_mib()})
+    ctx.emit(
+        {
+            "kind": "pretrain",
+            "steps": st["timed_steps"],
+            "seconds": st["seconds"],
+            "windows_per_s": metrics_throughput(Path(cfg.out) / "pretrain" / "seed-0"),
+            "wall_steps_per_s": st["steps_per_s"],
+            "loss": st["final"].get("loss"),
+            "params": st["params"],
+            "peak_mib": ctx.peak_mib(),
+        }
+    )
     ctx.reset_peak()
     run = l2m.ContinualRun(cfg, "l2m", seed=0, progress=False)
     task = cfg.data.continual_tasks[0]
     rec = run.learn(0, task)
-    ctx.emit({"kind": "continual", "method": "l2m", "task": task, "steps": rec["steps"],
-              "seconds": rec["seconds"], "windows_per_s": metrics_throughput(run.dir / "stage-0"),
-              "loss": rec.get("loss"), "batch_size": cfg.continual.batch_size, "peak_mib": ctx.peak_mib()})
+    ctx.emit(
+        {
+            "kind": "continual",
+            "method": "l2m",
+            "task": task,
+            "steps": rec["steps"],
+            "seconds": rec["seconds"],
+            "windows_per_s": metrics_throughput(run.dir / "stage-0"),
+            "loss": rec.get("loss"),
+            "batch_size": cfg.continual.batch_size,
+            "peak_mib": ctx.peak_mib(),
+        }
+    )
 
 
 def write_limu_folder(folder: Path, n: int, seed: int) -> None:
@@ -488,7 +642,9 @@ def _stand_in_optuna() -> bool:
 
     mod.__getattr__ = missing
     sys.modules["optuna"] = mod
-    print("saga: optuna absent; a stand-in that fails on use replaces it (no weight search is run)", flush=True)
+    print(
+        "saga: optuna absent; a stand-in that fails on use replaces it (no weight search is run)", flush=True
+    )
     return True
 
 
@@ -498,12 +654,23 @@ def saga_config(ctx: Ctx, name: str, steps: int):
     from pretrainkit.core.profiles import profile_path
     from pretrainkit.systems.saga.config import SagaConfig
 
-    c = load_config(SagaConfig, profile_path("saga", "paper"), [
-        "data.format=limu", f"data.source={ctx.work / 'hapt'}", "data.label_columns={activity: 0, user: 1}",
-        "downstream.labels=[activity]", "downstream.splits=[random]", "pretrain.probe_label=null",
-        *(["pretrain.batch_size=4"] if ctx.dry else []), f"out={ctx.work / name}",
-        f"pretrain.train.max_steps={steps}", f"pretrain.train.log_every={max(1, steps // 10)}",
-        "pretrain.train.ckpt_every=0"])
+    c = load_config(
+        SagaConfig,
+        profile_path("saga", "paper"),
+        [
+            "data.format=limu",
+            f"data.source={ctx.work / 'hapt'}",
+            "data.label_columns={activity: 0, user: 1}",
+            "downstream.labels=[activity]",
+            "downstream.splits=[random]",
+            "pretrain.probe_label=null",
+            *(["pretrain.batch_size=4"] if ctx.dry else []),
+            f"out={ctx.work / name}",
+            f"pretrain.train.max_steps={steps}",
+            f"pretrain.train.log_every={max(1, steps // 10)}",
+            "pretrain.train.ckpt_every=0",
+        ],
+    )
     c.validate()
     return c
 
@@ -527,8 +694,12 @@ def part_saga(ctx: Ctx) -> None:
         last = read_rows(run / "metrics.jsonl")
         loss = next((r["loss"] for r in reversed(last) if "loss" in r), None)
         # the device the pipeline really trained on (it chooses it itself)
-        return {"wall_s": wall, "windows_per_s": metrics_throughput(run), "loss": loss,
-                "trained_on": str(next(encoder.parameters()).device)}
+        return {
+            "wall_s": wall,
+            "windows_per_s": metrics_throughput(run),
+            "loss": loss,
+            "trained_on": str(next(encoder.parameters()).device),
+        }
 
     probe_steps = 2 if ctx.dry else 60
     probe = pipe_for("probe", probe_steps)
@@ -538,13 +709,32 @@ def part_saga(ctx: Ctx) -> None:
     rate = (p["windows_per_s"] or 0) / probe.cfg.pretrain.batch_size or probe_steps / p["wall_s"]
     steps = 2 if ctx.dry else sized_steps(rate, (ctx.left() - 4 * 3) / len(tasks), 40000)
     pipe = pipe_for("main", steps)
-    ctx.emit({"kind": "setup", "windows": n, "window": [120, 6], "batch_size": pipe.cfg.pretrain.batch_size,
-              "hidden": pipe.cfg.model.hidden, "n_layers": pipe.cfg.model.n_layers, "steps": steps,
-              "probe_steps_per_s": rate, "optuna_stand_in": stand_in, "trained_on": p["trained_on"]})
+    ctx.emit(
+        {
+            "kind": "setup",
+            "windows": n,
+            "window": [120, 6],
+            "batch_size": pipe.cfg.pretrain.batch_size,
+            "hidden": pipe.cfg.model.hidden,
+            "n_layers": pipe.cfg.model.n_layers,
+            "steps": steps,
+            "probe_steps_per_s": rate,
+            "optuna_stand_in": stand_in,
+            "trained_on": p["trained_on"],
+        }
+    )
     for task in tasks:
         ctx.reset_peak()
         try:
-            ctx.emit({"kind": "task", "task": task, "steps": steps, **train(pipe, task), "peak_mib": ctx.peak_mib()})
+            ctx.emit(
+                {
+                    "kind": "task",
+                    "task": task,
+                    "steps": steps,
+                    **train(pipe, task),
+                    "peak_mib": ctx.peak_mib(),
+                }
+            )
         except Exception as e:  # noqa: BLE001 - one task failing must not lose the others
             ctx.emit({"kind": "task", "task": task, "error": f"{type(e).__name__}: {e}"})
 
@@ -558,19 +748,41 @@ def _fmt(v, digits: int = 4):
     return v
 
 
-def write_part(part: str, rows: list[dict], status: str, tail: list[str], out: Path, dry: bool,
-               command: str, commit: str | None) -> Path:
+def write_part(
+    part: str,
+    rows: list[dict],
+    status: str,
+    tail: list[str],
+    out: Path,
+    dry: bool,
+    command: str,
+    commit: str | None,
+) -> Path:
     """``<out>/<system>-gpu.{md,json}`` from a part's rows, whatever its status (a failure is a result too)."""
     from pretrainkit.core.results import md_table, write_results
 
     card = next((r for r in rows if r.get("kind") == "card"), {})
-    errors = [f"{r.get('method') or r.get('task') or r.get('kind')}: {r['error']}" for r in rows if "error" in r]
+    errors = [
+        f"{r.get('method') or r.get('task') or r.get('kind')}: {r['error']}" for r in rows if "error" in r
+    ]
     if status == "ok" and errors:
         status = "partial: " + "; ".join(errors)
-    headline: dict = {"status": status, "device": card.get("name", "cpu (dry run)" if dry else "unknown"),
-                      "dry_run": dry, "inputs": "synthetic"}
-    body, data = [], {"rows": rows, "status": status, "budget_s": (DRY_BUDGET_S if dry else BUDGET_S)[part],
-                      "inputs": SYNTHETIC, "card": card}
+    headline: dict = {
+        "status": status,
+        "device": card.get("name", "cpu (dry run)" if dry else "unknown"),
+        "dry_run": dry,
+        "inputs": "synthetic",
+    }
+    body, data = (
+        [],
+        {
+            "rows": rows,
+            "status": status,
+            "budget_s": (DRY_BUDGET_S if dry else BUDGET_S)[part],
+            "inputs": SYNTHETIC,
+            "card": card,
+        },
+    )
     if status != "ok":
         data["log_tail"] = tail[-20:]
     setup = next((r for r in rows if r.get("kind") == "setup"), {})
@@ -580,74 +792,186 @@ def write_part(part: str, rows: list[dict], status: str, tail: list[str], out: P
             headline[f"tokens_per_s_{m}"] = ms.get(m, {}).get("tokens_per_s")
         headline["peak_mib_full"] = ms.get("full", {}).get("peak_mib")
         headline["peak_mib_crnet"] = ms.get("crnet", {}).get("peak_mib")
-        body.append(f"CR-Net's paper profile (configs/crnet/paper.yaml: preset {setup.get('preset')}, seq "
-                    f"{setup.get('seq_len')} x batch {setup.get('batch_size')}, {setup.get('precision')} autocast, "
-                    f"eager) for {setup.get('steps')} steps per method on {SYNTHETIC}.")
-        body.append(md_table(["method", "steps", "tokens/s", "peak MiB", "train loss", "val loss", "trainable",
-                              "stopped early"],
-                             [[m, r.get("steps"), _fmt(r.get("tokens_per_s")), _fmt(r.get("peak_mib")),
-                               _fmt(r.get("train_loss")), _fmt(r.get("val_loss")), r.get("trainable_params"),
-                               r.get("stopped_early")] for m, r in ms.items()]))
+        body.append(
+            f"CR-Net's paper profile (configs/crnet/paper.yaml: preset {setup.get('preset')}, seq "
+            f"{setup.get('seq_len')} x batch {setup.get('batch_size')}, {setup.get('precision')} autocast, "
+            f"eager) for {setup.get('steps')} steps per method on {SYNTHETIC}."
+        )
+        body.append(
+            md_table(
+                [
+                    "method",
+                    "steps",
+                    "tokens/s",
+                    "peak MiB",
+                    "train loss",
+                    "val loss",
+                    "trainable",
+                    "stopped early",
+                ],
+                [
+                    [
+                        m,
+                        r.get("steps"),
+                        _fmt(r.get("tokens_per_s")),
+                        _fmt(r.get("peak_mib")),
+                        _fmt(r.get("train_loss")),
+                        _fmt(r.get("val_loss")),
+                        r.get("trainable_params"),
+                        r.get("stopped_early"),
+                    ]
+                    for m, r in ms.items()
+                ],
+            )
+        )
     elif part == "core":
         ceil = next((r for r in rows if r.get("kind") == "ceiling"), {})
-        runs = {("compiled" if r["compiled"] else "eager"): r for r in rows if r.get("kind") == "mfu"
-                and "error" not in r}
+        runs = {
+            ("compiled" if r["compiled"] else "eager"): r
+            for r in rows
+            if r.get("kind") == "mfu" and "error" not in r
+        }
         peak, measured = ceil.get("peak_bf16_flops"), ceil.get("matmul_tflops_measured")
-        headline.update(peak_bf16_tflops=peak / 1e12 if peak else None, peak_source=ceil.get("peak_source"),
-                        matmul_tflops_measured=measured)
+        headline.update(
+            peak_bf16_tflops=peak / 1e12 if peak else None,
+            peak_source=ceil.get("peak_source"),
+            matmul_tflops_measured=measured,
+        )
         for k in ("eager", "compiled"):
             r = runs.get(k, {})
             ach = r.get("achieved_tflops")
             headline[f"tokens_per_s_{k}"] = r.get("tokens_per_s")
             headline[f"mfu_{k}"] = ach * 1e12 / peak if ach and peak else None
             headline[f"mfu_{k}_vs_measured_matmul"] = ach / measured if ach and measured else None
-        body.append(f"The core Trainer on the LLaMA {setup.get('preset')} config (CR-Net's full-rank model, "
-                    f"configs/crnet/paper.yaml shape: seq {setup.get('seq_len')} x batch {setup.get('batch_size')}, "
-                    f"{setup.get('precision')} autocast) on {SYNTHETIC}. Model FLOPs per token = 6 N (N = weight-"
-                    "matrix parameters, the embedding table left out, the output head counted) + 12 L d T "
-                    "(attention scores and values, PaLM's count); MFU = tokens/s x FLOPs per token / the peak "
-                    f"figure ({_fmt(headline['peak_bf16_tflops'])} TFLOP/s: {ceil.get('peak_source')}). The "
-                    "second MFU column divides by the bf16 matrix rate measured on this card in the same run.")
-        body.append(md_table(["mode", "timed steps", "tokens/s", "TFLOP/s", "MFU", "MFU vs measured", "to warm (s)",
-                              "peak MiB"],
-                             [[k, r.get("timed_steps"), _fmt(r.get("tokens_per_s")), _fmt(r.get("achieved_tflops")),
-                               _fmt(headline[f"mfu_{k}"]), _fmt(headline[f"mfu_{k}_vs_measured_matmul"]),
-                               _fmt(r.get("time_to_warm_s")), _fmt(r.get("peak_mib"))] for k, r in runs.items()]))
+        body.append(
+            f"The core Trainer on the LLaMA {setup.get('preset')} config (CR-Net's full-rank model, "
+            f"configs/crnet/paper.yaml shape: seq {setup.get('seq_len')} x batch {setup.get('batch_size')}, "
+            f"{setup.get('precision')} autocast) on {SYNTHETIC}. Model FLOPs per token = 6 N (N = weight-"
+            "matrix parameters, the embedding table left out, the output head counted) + 12 L d T "
+            "(attention scores and values, PaLM's count); MFU = tokens/s x FLOPs per token / the peak "
+            f"figure ({_fmt(headline['peak_bf16_tflops'])} TFLOP/s: {ceil.get('peak_source')}). The "
+            "second MFU column divides by the bf16 matrix rate measured on this card in the same run."
+        )
+        body.append(
+            md_table(
+                [
+                    "mode",
+                    "timed steps",
+                    "tokens/s",
+                    "TFLOP/s",
+                    "MFU",
+                    "MFU vs measured",
+                    "to warm (s)",
+                    "peak MiB",
+                ],
+                [
+                    [
+                        k,
+                        r.get("timed_steps"),
+                        _fmt(r.get("tokens_per_s")),
+                        _fmt(r.get("achieved_tflops")),
+                        _fmt(headline[f"mfu_{k}"]),
+                        _fmt(headline[f"mfu_{k}_vs_measured_matmul"]),
+                        _fmt(r.get("time_to_warm_s")),
+                        _fmt(r.get("peak_mib")),
+                    ]
+                    for k, r in runs.items()
+                ],
+            )
+        )
     elif part == "l2m":
         pre = next((r for r in rows if r.get("kind") == "pretrain"), {})
         con = next((r for r in rows if r.get("kind") == "continual"), {})
-        headline.update(pretrain_windows_per_s=pre.get("windows_per_s"), pretrain_steps=pre.get("steps"),
-                        continual_windows_per_s=con.get("windows_per_s"), continual_steps=con.get("steps"))
-        body.append(f"L2M's paper profile (configs/l2m/paper.yaml: DT d {setup.get('d_model')}, {setup.get('n_layer')} "
-                    f"layers, context {setup.get('context')}, {setup.get('tasks')} pre-training tasks, batch "
-                    f"{setup.get('batch_size')}), steps cut to the time budget, on {SYNTHETIC} (no Meta-World "
-                    "rollouts: no success rates). Then one continual stage of L2M's modulator pool.")
-        body.append(md_table(["phase", "steps", "windows/s", "seconds", "loss", "peak MiB"],
-                             [[k, r.get("steps"), _fmt(r.get("windows_per_s")), _fmt(r.get("seconds")),
-                               _fmt(r.get("loss")), _fmt(r.get("peak_mib"))] for k, r in
-                              (("pre-training", pre), ("continual (l2m, stage 1)", con)) if r]))
+        headline.update(
+            pretrain_windows_per_s=pre.get("windows_per_s"),
+            pretrain_steps=pre.get("steps"),
+            continual_windows_per_s=con.get("windows_per_s"),
+            continual_steps=con.get("steps"),
+        )
+        body.append(
+            f"L2M's paper profile (configs/l2m/paper.yaml: DT d {setup.get('d_model')}, {setup.get('n_layer')} "
+            f"layers, context {setup.get('context')}, {setup.get('tasks')} pre-training tasks, batch "
+            f"{setup.get('batch_size')}), steps cut to the time budget, on {SYNTHETIC} (no Meta-World "
+            "rollouts: no success rates). Then one continual stage of L2M's modulator pool."
+        )
+        body.append(
+            md_table(
+                ["phase", "steps", "windows/s", "seconds", "loss", "peak MiB"],
+                [
+                    [
+                        k,
+                        r.get("steps"),
+                        _fmt(r.get("windows_per_s")),
+                        _fmt(r.get("seconds")),
+                        _fmt(r.get("loss")),
+                        _fmt(r.get("peak_mib")),
+                    ]
+                    for k, r in (("pre-training", pre), ("continual (l2m, stage 1)", con))
+                    if r
+                ],
+            )
+        )
     else:
         ts = [r for r in rows if r.get("kind") == "task" and "error" not in r]
         rates = [r["windows_per_s"] for r in ts if r.get("windows_per_s")]
         trained_on = sorted({r.get("trained_on") for r in ts if r.get("trained_on")})
-        headline.update(steps_per_task=setup.get("steps"), tasks_ok=len(ts), trained_on=",".join(trained_on),
-                        windows_per_s_mean=sum(rates) / len(rates) if rates else None)
-        body.append(f"Saga's paper profile (configs/saga/paper.yaml, reading B: one LIMU-BERT encoder per task, "
-                    f"hidden {setup.get('hidden')}, {setup.get('n_layers')} layers, batch {setup.get('batch_size')}), "
-                    f"{setup.get('steps')} steps per task instead of 40,000, on {SYNTHETIC} "
-                    f"({setup.get('windows')} HAPT-shaped windows of 120 x 6), trained on "
-                    f"{', '.join(trained_on) or 'n/a'} (the pipeline picks its device itself)."
-                    + (" optuna is absent here: a stand-in that fails on use replaced it (no weight search runs)."
-                       if setup.get("optuna_stand_in") else ""))
-        body.append(md_table(["task", "steps", "windows/s", "wall s", "last loss", "device", "peak MiB"],
-                             [[r["task"], r["steps"], _fmt(r.get("windows_per_s")), _fmt(r.get("wall_s")),
-                               _fmt(r.get("loss")), r.get("trained_on"), _fmt(r.get("peak_mib"))] for r in ts]))
+        headline.update(
+            steps_per_task=setup.get("steps"),
+            tasks_ok=len(ts),
+            trained_on=",".join(trained_on),
+            windows_per_s_mean=sum(rates) / len(rates) if rates else None,
+        )
+        body.append(
+            f"Saga's paper profile (configs/saga/paper.yaml, reading B: one LIMU-BERT encoder per task, "
+            f"hidden {setup.get('hidden')}, {setup.get('n_layers')} layers, batch {setup.get('batch_size')}), "
+            f"{setup.get('steps')} steps per task instead of 40,000, on {SYNTHETIC} "
+            f"({setup.get('windows')} HAPT-shaped windows of 120 x 6), trained on "
+            f"{', '.join(trained_on) or 'n/a'} (the pipeline picks its device itself)."
+            + (
+                " optuna is absent here: a stand-in that fails on use replaced it (no weight search runs)."
+                if setup.get("optuna_stand_in")
+                else ""
+            )
+        )
+        body.append(
+            md_table(
+                ["task", "steps", "windows/s", "wall s", "last loss", "device", "peak MiB"],
+                [
+                    [
+                        r["task"],
+                        r["steps"],
+                        _fmt(r.get("windows_per_s")),
+                        _fmt(r.get("wall_s")),
+                        _fmt(r.get("loss")),
+                        r.get("trained_on"),
+                        _fmt(r.get("peak_mib")),
+                    ]
+                    for r in ts
+                ],
+            )
+        )
     if errors or status != "ok":
-        body.append("Status: " + status + ("\n\nLast lines of its log:\n\n```\n" + "\n".join(tail[-10:]) + "\n```"
-                                           if tail and status != "ok" else ""))
+        body.append(
+            "Status: "
+            + status
+            + (
+                "\n\nLast lines of its log:\n\n```\n" + "\n".join(tail[-10:]) + "\n```"
+                if tail and status != "ok"
+                else ""
+            )
+        )
     title = f"{RESULT_NAMES[part]}{' (dry run: tiny shapes, two steps, not a measurement)' if dry else ''}"
-    return write_results(RESULT_NAMES[part], headline, "\n\n".join(body), data, seeds=[0], out_dir=out,
-                         title=title, command=command, commit=commit)
+    return write_results(
+        RESULT_NAMES[part],
+        headline,
+        "\n\n".join(body),
+        data,
+        seeds=[0],
+        out_dir=out,
+        title=title,
+        command=command,
+        commit=commit,
+    )
 
 
 if __name__ == "__main__":
