@@ -135,6 +135,11 @@ def test_a_failed_part_still_writes_its_results(tmp_path):
     head = json.loads((tmp_path / "crnet-gpu.json").read_text())["headline"]
     assert head["status"] == "partial: galore: RuntimeError: x"
     assert head["tokens_per_s_full"] == 5.0 and head["tokens_per_s_galore"] is None
+    # the report is drawn from the stored JSON alone: drawn again, the same headline
+    assert d.main(["--rerender", str(tmp_path / "crnet-gpu.json")]) == 0
+    again = json.loads((tmp_path / "crnet-gpu.json").read_text())
+    assert again["headline"] == head and again["kind"] == "gpu.crnet"
+    assert "re-rendered" in (tmp_path / "crnet-gpu.md").read_text()
 
 
 def test_sized_steps_fits_the_budget():

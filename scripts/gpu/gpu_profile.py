@@ -43,6 +43,7 @@ PEAK_BF16 = {
     "NVIDIA H200": (989e12, "NVIDIA datasheet, H200 SXM dense bf16 (the H100 SXM's), per H200.md"),
     "NVIDIA H100 80GB HBM3": (989e12, "NVIDIA datasheet, H100 SXM dense bf16"),
 }
+PROFILES = {p: f"configs/{'crnet' if p == 'core' else p}/paper.yaml, shortened" for p in PARTS}
 SYNTHETIC = "synthetic inputs of the real shapes (throughput only; losses are not quality figures)"
 
 
@@ -110,9 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--rerender", default=None, metavar="JSON", help="draw a stored results file's report again"
+    )
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
+    if args.rerender:
+        from pretrainkit.core.results import load_results, rerender
+
+        payload = load_results(args.rerender, "a GPU profile")
+        title = title_of(payload.get("part", "crnet"), bool(payload.get("dry_run")))
+        print(f"wrote {rerender(args.rerender, render, out_dir=args.out, title=title, what='a GPU profile')}")
+        return 0
     parts = [p for p in args.parts.split(",") if p]
     bad = sorted(set(parts) - set(PARTS))
     if bad:
@@ -196,7 +207,7 @@ class Ctx:
     def emit(self, row: dict) -> None:
         with open(self.rows, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
-        print(json.dumps(row, default=str), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=str), flush=True)
 
     def reset_peak(self) -> None:
         if self.cuda:
@@ -231,6 +242,12 @@ def child(args) -> int:
         )
     {"crnet": part_crnet, "l2m": part_l2m, "saga": part_saga, "core": part_core}[args.child](ctx)
     return 0
+
+
+def config_dict(cfg) -> dict:
+    from pretrainkit.core.results import config_dict as as_dict
+
+    return as_dict(cfg)
 
 
 def zipf_tokens(n: int, vocab: int, seed: int):
@@ -301,6 +318,7 @@ def part_crnet(ctx: Ctx) -> None:
     ctx.emit(
         {
             "kind": "setup",
+            "config": config_dict(cfg),
             "overrides": sets,
             "steps": cfg.train.max_steps,
             "seq_len": cfg.seq_len,
@@ -443,6 +461,7 @@ def part_core(ctx: Ctx) -> None:
     ctx.emit(
         {
             "kind": "setup",
+            "config": config_dict(cfg),
             "overrides": sets,
             "preset": cfg.model.preset,
             "seq_len": cfg.seq_len,
@@ -553,6 +572,7 @@ def part_l2m(ctx: Ctx) -> None:
     ctx.emit(
         {
             "kind": "setup",
+            "config": config_dict(cfg),
             "tasks": len(cfg.data.pretrain_tasks),
             "batch_size": cfg.pretrain.batch_size,
             "d_model": cfg.model.d_model,
@@ -696,6 +716,7 @@ def part_saga(ctx: Ctx) -> None:
     ctx.emit(
         {
             "kind": "setup",
+            "config": config_dict(pipe.cfg),
             "windows": n,
             "window": [120, 6],
             "batch_size": pipe.cfg.pretrain.batch_size,
@@ -732,6 +753,9 @@ def _fmt(v, digits: int = 4):
     return v
 
 
+KIND = "gpu.{part}"  # results kind: the part's name follows
+
+
 def write_part(
     part: str,
     rows: list[dict],
@@ -742,9 +766,48 @@ def write_part(
     command: str,
     commit: str | None,
 ) -> Path:
-    """``<out>/<system>-gpu.{md,json}`` from a part's rows, whatever its status (a failure is a result too)."""
-    from pretrainkit.core.results import md_table, write_results
+    """``<out>/<system>-gpu.{md,json}`` from a part's rows, whatever its status (a failure is a result too).
+    The report is drawn from the stored JSON alone (``render``), so ``--rerender`` can draw it again."""
+    from pretrainkit.core.results import as_stored, write_results
 
+    data = {
+        "part": part,
+        "status": status,
+        "dry_run": dry,
+        "budget_s": (DRY_BUDGET_S if dry else BUDGET_S)[part],
+        "inputs": SYNTHETIC,
+        "rows": rows,
+        **({"log_tail": tail[-20:]} if status != "ok" else {}),
+    }
+    stored = as_stored(data)
+    headline, body, derived = render(stored)
+    setup = next((r for r in rows if r.get("kind") == "setup"), {})
+    return write_results(
+        RESULT_NAMES[part],
+        headline,
+        body,
+        {**stored, **derived},
+        seeds=[0],
+        out_dir=out,
+        title=title_of(part, dry),
+        kind=KIND.format(part=part),
+        config=setup.get("config"),
+        profile=PROFILES[part],
+        command=command,
+        commit=commit,
+    )
+
+
+def title_of(part: str, dry: bool) -> str:
+    return f"{RESULT_NAMES[part]}{' (dry run: tiny shapes, two steps, not a measurement)' if dry else ''}"
+
+
+def render(payload: dict) -> tuple[dict, str, dict]:
+    """(headline, markdown body, derived fields) of one part from its stored results."""
+    from pretrainkit.core.results import md_table
+
+    part, rows, dry = payload["part"], payload["rows"], payload["dry_run"]
+    status, tail = payload["status"], payload.get("log_tail", [])
     card = next((r for r in rows if r.get("kind") == "card"), {})
     errors = [
         f"{r.get('method') or r.get('task') or r.get('kind')}: {r['error']}" for r in rows if "error" in r
@@ -757,18 +820,7 @@ def write_part(
         "dry_run": dry,
         "inputs": "synthetic",
     }
-    body, data = (
-        [],
-        {
-            "rows": rows,
-            "status": status,
-            "budget_s": (DRY_BUDGET_S if dry else BUDGET_S)[part],
-            "inputs": SYNTHETIC,
-            "card": card,
-        },
-    )
-    if status != "ok":
-        data["log_tail"] = tail[-20:]
+    body: list[str] = []
     setup = next((r for r in rows if r.get("kind") == "setup"), {})
     if part == "crnet":
         ms = {r["method"]: r for r in rows if r.get("kind") == "method" and "error" not in r}
@@ -944,18 +996,7 @@ def write_part(
                 else ""
             )
         )
-    title = f"{RESULT_NAMES[part]}{' (dry run: tiny shapes, two steps, not a measurement)' if dry else ''}"
-    return write_results(
-        RESULT_NAMES[part],
-        headline,
-        "\n\n".join(body),
-        data,
-        seeds=[0],
-        out_dir=out,
-        title=title,
-        command=command,
-        commit=commit,
-    )
+    return headline, "\n\n".join(body), {"status": status, "card": card}
 
 
 if __name__ == "__main__":
