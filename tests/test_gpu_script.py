@@ -165,7 +165,7 @@ def test_the_gpu_run_configs_load_with_the_paper_shapes(tmp_path):
         500,
         30,
     )
-    saga = d.saga_config(ctx, "main", 700)
+    saga = d.saga_config(ctx, 700)
     assert (saga.pretrain.batch_size, saga.model.hidden, saga.pretrain.train.max_steps) == (128, 72, 700)
     assert saga.pretrain.tasks == ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
     assert sum(d.BUDGET_S.values()) <= 420  # with each part's start-up, one 10-minute device call with margin

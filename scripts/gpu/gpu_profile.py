@@ -614,46 +614,19 @@ def part_l2m(ctx: Ctx) -> None:
     )
 
 
-def write_limu_folder(folder: Path, n: int, seed: int) -> None:
-    """HAPT-shaped windows in LIMU-BERT's layout: (n, 120, 6) signals, (n, 120, 2) activity / user labels."""
+def imu_windows(n: int, seed: int):
+    """HAPT-shaped windows: (n, 120, 6) float32, a few sinusoids per channel plus noise."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
     t = np.arange(120) / 20.0
     freq = rng.uniform(0.5, 3.0, (n, 1, 6))
     x = np.sin(2 * np.pi * freq * t[None, :, None]) + 0.3 * rng.normal(size=(n, 120, 6))
-    labels = np.stack([rng.integers(0, 6, n), rng.integers(0, 30, n)], axis=1).astype(np.float32)
-    np.save(folder / "data_20_120.npy", x.astype(np.float32))
-    np.save(folder / "label_20_120.npy", np.repeat(labels[:, None, :], 120, axis=1))
+    return x.astype(np.float32)
 
 
-def _stand_in_optuna() -> bool:
-    """The device image has no optuna; Saga's pipeline imports it for the weight search, which this profile
-    never runs. A module that fails on first use stands in, so nothing can silently use it."""
-    import types
-
-    try:
-        import optuna  # noqa: F401
-
-        return False
-    except ImportError:
-        pass
-    mod = types.ModuleType("optuna")
-
-    def missing(name: str):  # AttributeError, so hasattr() and inspect see a plain module
-        raise AttributeError(f"optuna is not installed here (optuna.{name} used)")
-
-    mod.__getattr__ = missing
-    sys.modules["optuna"] = mod
-    print(
-        "saga: optuna absent; a stand-in that fails on use replaces it (no weight search is run)", flush=True
-    )
-    return True
-
-
-def saga_config(ctx: Ctx, name: str, steps: int):
-    """configs/saga/paper.yaml on the synthetic LIMU folder, one label and split (the windows carry no times)."""
+def saga_config(ctx: Ctx, steps: int):
+    """configs/saga/paper.yaml with ``steps`` pre-training steps (batches of 4 in a dry run)."""
     from pretrainkit.core.config import load_config
     from pretrainkit.core.profiles import profile_path
     from pretrainkit.systems.saga.config import SagaConfig
@@ -662,84 +635,84 @@ def saga_config(ctx: Ctx, name: str, steps: int):
         SagaConfig,
         profile_path("saga", "paper"),
         [
-            "data.format=limu",
-            f"data.source={ctx.work / 'hapt'}",
-            "data.label_columns={activity: 0, user: 1}",
-            "downstream.labels=[activity]",
-            "downstream.splits=[random]",
-            "pretrain.probe_label=null",
             *(["pretrain.batch_size=4"] if ctx.dry else []),
-            f"out={ctx.work / name}",
             f"pretrain.train.max_steps={steps}",
             f"pretrain.train.log_every={max(1, steps // 10)}",
-            "pretrain.train.ckpt_every=0",
+            "pretrain.train.progress=false",
         ],
     )
     c.validate()
     return c
 
 
+def saga_run(ctx: Ctx, cfg, x, task: str) -> dict:
+    """One reading-B encoder, built as SagaPipeline.pretrain builds it (the task's TaskMix around a LIMU-BERT
+    encoder, seeded the same), trained by the core Trainer on ``ctx.device`` and timed by ``fit()``. Saga's
+    pipeline itself is not called: it has no device setting yet (its Trainer runs on the CPU) and it imports
+    optuna, which the device image lacks."""
+    import torch
+
+    import pretrainkit.systems.saga.tasks  # noqa: F401  (registers the saga.* tasks)
+    from pretrainkit.core.data import EpochBatches
+    from pretrainkit.core.distributed import DistInfo
+    from pretrainkit.core.task import TASKS, MixModel, TaskMix
+    from pretrainkit.core.trainer import Trainer
+    from pretrainkit.systems.saga.model import LimuBertEncoder
+
+    m, tcfg = cfg.model, cfg.pretrain.train
+    torch.manual_seed(tcfg.seed)
+    mix = TaskMix([TASKS.build(task, hidden=m.hidden, n_channels=x.shape[2])], weights=None)
+    enc = LimuBertEncoder(
+        n_channels=x.shape[2],
+        seq_len=x.shape[1],
+        hidden=m.hidden,
+        ff=m.ff,
+        n_heads=m.n_heads,
+        n_layers=m.n_layers,
+        limu_code_compat=m.limu_code_compat,
+    )
+    batches = EpochBatches({"x": torch.from_numpy(x)}, cfg.pretrain.batch_size, seed=tcfg.seed)
+    ctx.reset_peak()
+    out = Trainer(
+        MixModel(enc, mix), batches, tcfg, unit="windows", dist_info=DistInfo(device=torch.device(ctx.device))
+    ).fit()
+    return {
+        "steps": out.get("steps_run"),
+        "wall_s": out.get("wall_s"),
+        "steps_per_s": out.get("steps_per_s"),
+        "windows_per_s": out.get("items_per_s"),
+        "loss": out.get("loss"),
+        "trained_on": ctx.device,
+        "peak_mib": ctx.peak_mib(),
+    }
+
+
 def part_saga(ctx: Ctx) -> None:
-    """Saga's paper profile (reading B: one LIMU-BERT encoder per task) shortened to a few hundred steps each."""
-    stand_in = _stand_in_optuna()
-    from pretrainkit.systems.saga.pipeline import SagaPipeline
-
+    """Saga's paper profile (reading B: one LIMU-BERT encoder per task), steps per task cut to the budget."""
     n = 64 if ctx.dry else 2090  # HAPT's window count
-    write_limu_folder(ctx.work / "hapt", n, seed=0)
-
-    def pipe_for(name: str, steps: int) -> SagaPipeline:
-        return SagaPipeline(saga_config(ctx, name, steps), log=print, progress=False)
-
-    def train(pipe: SagaPipeline, task: str) -> dict:
-        t = time.perf_counter()
-        encoder = pipe.pretrain([task], None, tag=f"B-{task}")
-        wall = time.perf_counter() - t
-        run = pipe.out / "pretrain" / pipe.pool_name / f"B-{task}"
-        last = read_rows(run / "metrics.jsonl")
-        loss = next((r["loss"] for r in reversed(last) if "loss" in r), None)
-        # the device the pipeline really trained on (it chooses it itself)
-        return {
-            "wall_s": wall,
-            "windows_per_s": metrics_throughput(run),
-            "loss": loss,
-            "trained_on": str(next(encoder.parameters()).device),
-        }
-
-    probe_steps = 2 if ctx.dry else 60
-    probe = pipe_for("probe", probe_steps)
-    tasks = probe.cfg.pretrain.tasks
-    p = train(probe, tasks[0])
-    # steady-state steps/s from the logged intervals, else the probe's wall clock (start-up included)
-    rate = (p["windows_per_s"] or 0) / probe.cfg.pretrain.batch_size or probe_steps / p["wall_s"]
-    steps = 2 if ctx.dry else sized_steps(rate, (ctx.left() - 4 * 3) / len(tasks), 40000)
-    pipe = pipe_for("main", steps)
+    x = imu_windows(n, seed=0)
+    probe = saga_config(ctx, 2 if ctx.dry else 60)
+    tasks = probe.pretrain.tasks
+    rate = saga_run(ctx, probe, x, tasks[0])["steps_per_s"]
+    steps = 2 if ctx.dry else sized_steps(rate, (ctx.left() - 4 * 2) / len(tasks), 40000)
+    cfg = saga_config(ctx, steps)
     ctx.emit(
         {
             "kind": "setup",
-            "config": config_dict(pipe.cfg),
+            "config": config_dict(cfg),
             "windows": n,
             "window": [120, 6],
-            "batch_size": pipe.cfg.pretrain.batch_size,
-            "hidden": pipe.cfg.model.hidden,
-            "n_layers": pipe.cfg.model.n_layers,
+            "batch_size": cfg.pretrain.batch_size,
+            "hidden": cfg.model.hidden,
+            "n_layers": cfg.model.n_layers,
             "steps": steps,
             "probe_steps_per_s": rate,
-            "optuna_stand_in": stand_in,
-            "trained_on": p["trained_on"],
+            "trained_on": ctx.device,
         }
     )
     for task in tasks:
-        ctx.reset_peak()
         try:
-            ctx.emit(
-                {
-                    "kind": "task",
-                    "task": task,
-                    "steps": steps,
-                    **train(pipe, task),
-                    "peak_mib": ctx.peak_mib(),
-                }
-            )
+            ctx.emit({"kind": "task", "task": task, **saga_run(ctx, cfg, x, task)})
         except Exception as e:  # noqa: BLE001 - one task failing must not lose the others
             ctx.emit({"kind": "task", "task": task, "error": f"{type(e).__name__}: {e}"})
 
@@ -962,12 +935,10 @@ def render(payload: dict) -> tuple[dict, str, dict]:
             f"hidden {setup.get('hidden')}, {setup.get('n_layers')} layers, batch {setup.get('batch_size')}), "
             f"{setup.get('steps')} steps per task instead of 40,000, on {SYNTHETIC} "
             f"({setup.get('windows')} HAPT-shaped windows of 120 x 6), trained on "
-            f"{', '.join(trained_on) or 'n/a'} (the pipeline picks its device itself)."
-            + (
-                " optuna is absent here: a stand-in that fails on use replaced it (no weight search runs)."
-                if setup.get("optuna_stand_in")
-                else ""
-            )
+            f"{', '.join(trained_on) or 'n/a'} with bf16 autocast there. Each encoder is built as "
+            "SagaPipeline.pretrain builds it (its task's TaskMix around LIMU-BERT, the same seed) and trained "
+            "by the core Trainer, timed by fit() (warm-up steps left out); the pipeline itself has no device "
+            "setting yet (its trainer runs on the CPU) and needs optuna, which the device image lacks."
         )
         body.append(
             md_table(

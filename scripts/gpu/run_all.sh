@@ -13,8 +13,8 @@
 #   --log FILE  also write the whole output there
 #
 # Set-up on a bare machine: the package comes from this checkout (pip install --no-deps, so pip never pulls
-# a torch; the GPU machine's own CUDA torch is used), else PYTHONPATH=src. PYTHON picks the interpreter
-# (default: .venv/bin/python if present, else python3).
+# a torch; the GPU machine's own CUDA torch is used), else PYTHONPATH=src; wheels in .whl/ are installed
+# into /tmp/site. PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
 set -euo pipefail
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -55,6 +55,12 @@ if ! "$PY" -c "import pretrainkit" 2>/dev/null; then
     || echo "run_all.sh: pip install failed (see /tmp/run_all_pip.log); running from src/ instead"
 fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever else is installed
+# Wheels carried in .whl/ (optuna and its needs, absent from the GPU image: scripts/gpu/README.md) go to /tmp/site.
+if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$ROOT"/.whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site" \
+    || echo "run_all.sh: installing the wheels in .whl failed; the parts that need them will say so"
+fi
 "$PY" - "$DRY" <<'PYEOF'
 import importlib.util, sys
 need = ["pretrainkit", "torch", "numpy", "yaml", "safetensors", "tqdm", "matplotlib", "scipy"]
