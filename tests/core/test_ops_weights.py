@@ -35,7 +35,9 @@ def test_a_file_without_a_checksum_is_refused_unless_a_manifest_vouched_for_it(t
     assert torch.equal(load_weights(p, verified=True)["a"], torch.ones(2))
 
 
-def test_l2m_backbone_with_a_flipped_bit_is_rebuilt_from_its_checkpoint(tmp_path, monkeypatch):
+@pytest.fixture
+def l2m_pretrained(tmp_path, monkeypatch):
+    """(pipeline module, config) after a tiny L2M pre-training on synthetic tasks, rollouts faked."""
     pytest.importorskip("metaworld")
     import sys
     from pathlib import Path
@@ -48,6 +50,11 @@ def test_l2m_backbone_with_a_flipped_bit_is_rebuilt_from_its_checkpoint(tmp_path
     monkeypatch.setattr(pipeline, "evaluate_task", _fake_rollout)
     cfg = _config(tmp_path)
     pipeline.pretrain(cfg, 0, progress=False, log=lambda s: None)
+    return pipeline, cfg
+
+
+def test_l2m_backbone_with_a_flipped_bit_is_rebuilt_from_its_checkpoint(l2m_pretrained):
+    pipeline, cfg = l2m_pretrained
     path = pipeline.backbone_path(cfg, 0)
     good = {k: v.clone() for k, v in load_weights(path).items()}  # load_file maps the file: copy first
     _flip(path)
@@ -83,19 +90,8 @@ def test_saga_final_encoder_with_a_flipped_bit_falls_back_to_the_previous_checkp
     load_weights(final, verified=True)
 
 
-def test_l2m_stage_file_with_a_flipped_bit_is_refused_in_one_line(tmp_path, monkeypatch):
-    pytest.importorskip("metaworld")
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "l2m"))
-    from test_pipeline import _config, _fake_rollout
-
-    from pretrainkit.systems.l2m import pipeline
-
-    monkeypatch.setattr(pipeline, "evaluate_task", _fake_rollout)
-    cfg = _config(tmp_path)
-    pipeline.pretrain(cfg, 0, progress=False, log=lambda s: None)
+def test_l2m_stage_file_with_a_flipped_bit_is_refused_in_one_line(l2m_pretrained):
+    pipeline, cfg = l2m_pretrained
     run = pipeline.ContinualRun(cfg, "lora", 0, log=lambda s: None)
     run.run()
     _flip(run.dir / "stage-1" / "method.safetensors")
