@@ -77,3 +77,23 @@ def test_sweep_report_rerenders_to_itself(tmp_path):
     text = md.read_text()
     assert "1,234 tokens" in text and "1.5 min" in text and not tables_without_n(text)
     assert_rerender_equals(md, tmp_path / "b", lambda p, d: rerender(p, sweep.render, d))
+
+
+def test_budget_is_trainable_parameters_and_frozen_ones_are_labelled_apart(tmp_path):
+    """LoRA from scratch carries a frozen random W: its total is larger than CR-Net's, but it learns fewer
+    parameters, so it is no equal-budget rival (the old report counted the frozen weights)."""
+    ppl = {"lora": [104.4, 104.6], "crnet": [112.9, 113.9]}
+    payload = _bench_payload(ppl)
+    for r in payload["runs"]:
+        if r["method"] == "lora":
+            r["trainable_params"], r["total_params"] = 900, 1600
+    md = publish("crnet", payload, report.render, kind=report.KIND, seeds=[0, 1], out_dir=tmp_path,
+                 config=load_config(CRNetConfig, None, ["bench.methods=[lora, crnet]"]))
+    out = json.loads(md.with_suffix(".json").read_text())
+    assert out["verdict"]["comparisons"]["lora"]["other_params_ge_crnet"] is False
+    assert out["verdict"]["crnet_beats_low_rank_at_equal_or_smaller_params"] is None  # no eligible rival
+    assert out["headline"]["trainable_params"] == {"lora": 900, "crnet": 1000}
+    assert out["headline"]["frozen_params"] == {"lora": 700, "crnet": 0}
+    text = md.read_text()
+    assert "| 900 | 700 | 1,600 |" in text
+    assert "trains FEWER parameters (its frozen weights not counted)" in text

@@ -61,7 +61,10 @@ def summarise(rows: list[dict], ranks: dict[str, int | None], memory: dict[str, 
 
 
 def verdict(summary: dict[str, dict]) -> dict:
-    """CR-Net's gap to full rank and, against each low-rank method whose budget is >= CR-Net's, win or loss."""
+    """CR-Net's gap to full rank and, against each low-rank method whose budget is >= CR-Net's, win or loss.
+
+    The budget is the number of trainable parameters: LoRA's and ReLoRA's frozen random weights cost memory but
+    are not learned, so counting them would call a method that learns fewer parameters an equal-budget rival."""
     out: dict = {
         "crnet_gap_to_full_pct": None,
         "crnet_beats_low_rank_at_equal_or_smaller_params": None,
@@ -77,7 +80,7 @@ def verdict(summary: dict[str, dict]) -> dict:
         o = summary.get(m)
         if o is None:
             continue
-        eligible = o["total_params"] >= c["total_params"]
+        eligible = o["trainable_params"] >= c["trainable_params"]
         diff = c["ppl_mean"] - o["ppl_mean"]
         noise = None if c["ppl_std"] is None or o["ppl_std"] is None else c["ppl_std"] + o["ppl_std"]
         out["comparisons"][m] = {
@@ -168,6 +171,7 @@ def body(
                 s["label"],
                 _fmt_rank(s["rank"]),
                 f"{s['trainable_params']:,}",
+                f"{s['total_params'] - s['trainable_params']:,}",
                 f"{s['total_params']:,}",
                 fmt_mean_std(MeanStd(s["ppl_mean"], s["ppl_std"], s["n"]), 2, n=False),
                 s["n"],
@@ -185,6 +189,7 @@ def body(
                 "method",
                 "rank",
                 "trainable params",
+                "frozen params",
                 "total params",
                 "val ppl (mean ± sample sd)",
                 "n",
@@ -203,14 +208,16 @@ def body(
         lines.append(
             f"- Gap to full rank: CR-Net's perplexity is {v['crnet_gap_to_full_pct']:+.2f} % relative to "
             f"full-rank AdamW ({summary['crnet']['ppl_mean']:.2f} vs {summary['full']['ppl_mean']:.2f}) with "
-            f"{summary['crnet']['total_params'] / summary['full']['total_params']:.2f}x its parameters."
+            f"{summary['crnet']['trainable_params'] / summary['full']['trainable_params']:.2f}x its trainable "
+            "parameters."
         )
     for m, c in v["comparisons"].items():
         word = "lower" if c["crnet_better"] else "higher"
         budget = (
-            "the other has >= CR-Net's parameters"
+            "the other trains >= CR-Net's parameters"
             if c["other_params_ge_crnet"]
-            else "the other has FEWER parameters, so this pair is not at an equal budget"
+            else "the other trains FEWER parameters (its frozen weights not counted), so this pair is not at an "
+            "equal budget"
         )
         if c["sum_of_stds"] is None:
             noise = "a single finite run, so no spread to judge noise by"
@@ -229,7 +236,7 @@ def body(
         + (
             "no eligible comparison."
             if b is None
-            else "CR-Net beats every low-rank method whose parameter budget is >= its own."
+            else "CR-Net beats every low-rank method whose trainable-parameter budget is >= its own."
             if b
             else "CR-Net does NOT beat every low-rank method at an equal or larger "
             "budget (see the lines above)."
@@ -315,6 +322,8 @@ def headline(summary: dict, v: dict, probes: list[dict], hf: dict, device: str) 
         "ppl": {m: round(s["ppl_mean"], 3) for m, s in summary.items()},
         "ppl_std": {m: None if s["ppl_std"] is None else round(s["ppl_std"], 3) for m, s in summary.items()},
         "ppl_n": {m: s["ppl_n"] for m, s in summary.items()},
+        "trainable_params": {m: s["trainable_params"] for m, s in summary.items()},
+        "frozen_params": {m: s["total_params"] - s["trainable_params"] for m, s in summary.items()},
         "crnet_gap_to_full_pct": None
         if v["crnet_gap_to_full_pct"] is None
         else round(v["crnet_gap_to_full_pct"], 2),
