@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     systems = _systems()
     args = build_parser(load=argv[0] if argv and argv[0] in systems else "", systems=systems).parse_args(argv)
+    if args.system is not None:
+        from pretrainkit.core import tracking
+
+        tracking.set_system(args.system.name)  # MLflow's experiment is named after the system
     try:
         try:
             return int(args.func(args) or 0)

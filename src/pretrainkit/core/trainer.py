@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from torch import nn
 
 from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core import distributed as dist_
+from pretrainkit.core import tracking
 from pretrainkit.core.data import BatchStream, to_device
 from pretrainkit.core.device import autocast
 from pretrainkit.core.rundir import RunDir
@@ -60,6 +61,9 @@ class TrainConfig:
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     seed: int = 0
     progress: bool = True
+    # Where the logged metrics also go (core/tracking.py): "tensorboard", "mlflow"; metrics.jsonl always.
+    trackers: list[str] = field(default_factory=list)
+    mlflow_uri: str = ""  # "": $MLFLOW_TRACKING_URI if set, else sqlite:///<run dir>/mlflow.db
 
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every"):
@@ -69,6 +73,7 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.lr' must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        tracking.validate_names(self.trackers)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -139,6 +144,7 @@ class Trainer:
         self._stop = False
         self._unchecked: list[torch.Tensor] = []  # per-step losses not yet checked for finiteness
         self._unchecked_from = 0  # the step the first of them was taken at
+        self._trackers: list[tracking.Tracker] = []  # open during fit() on rank 0: metrics.jsonl and cfg.trackers
 
     def request_stop(self) -> None:
         """End ``fit()`` after the current step; it still logs that step, runs the final evaluation and saves.
@@ -260,16 +266,26 @@ class Trainer:
         """
         if self.run_dir is not None and self.info.is_main:
             self.run_dir.lock()  # one writer per run directory
+        failed = True
         try:
-            return self._fit(resume)
+            out = self._fit(resume)
+            failed = False
+            return out
         finally:
-            if self.run_dir is not None and self.info.is_main:
-                self.run_dir.unlock()
+            trackers, self._trackers = self._trackers, []
+            try:
+                tracking.close_all(trackers, failed=failed)
+            finally:
+                if self.run_dir is not None and self.info.is_main:
+                    self.run_dir.unlock()
 
     def _fit(self, resume: str | Path | None) -> dict[str, Any]:
         cfg = self.cfg
         wall0, cpu0 = time.perf_counter(), time.process_time()
         self.resume(resume)
+        if self.info.is_main:  # opened after resuming: a resumed run appends to its own TensorBoard/MLflow history
+            self._trackers = tracking.open_trackers(cfg.trackers, self.run_dir, resumed_at=self.step,
+                                                    mlflow_uri=cfg.mlflow_uri, config=cfg)
         self._stop, self._unchecked = False, []
         self.model.train()
         bar = None
@@ -306,8 +322,7 @@ class Trainer:
                     if tokens:
                         last["tokens_per_s"] = tokens * per_step * rate
                     t0, steps_since = time.perf_counter(), 0
-                    if self.run_dir is not None and self.info.is_main:
-                        self.run_dir.log({"step": self.step, **last})
+                    self._log(last)
                     if bar is not None:
                         rates = {f"{self.unit}/s": f"{last['throughput']:.0f}"}
                         if tokens:
@@ -406,9 +421,18 @@ class Trainer:
         for hook in self.eval_hooks:
             out.update(hook(self, self.step))
         self.model.train()
-        if out and self.run_dir is not None and self.info.is_main:
-            self.run_dir.log({"step": self.step, **{f"eval/{k}": v for k, v in out.items()}})
+        if out:
+            self._log({f"eval/{k}": v for k, v in out.items()})
         return out
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        """One logged record at the current step: to every open tracker, else (outside fit) metrics.jsonl."""
+        if self.run_dir is None or not self.info.is_main:
+            return
+        if self._trackers:
+            tracking.log_all(self._trackers, self.step, metrics)
+        else:
+            self.run_dir.log({"step": self.step, **metrics})
 
 
 def _np_state() -> dict[str, Any]:

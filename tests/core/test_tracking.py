@@ -1,0 +1,174 @@
+"""Tracking where users look: TensorBoard event files and an MLflow run read back with their own readers,
+resume into the same history, one-line errors for an unknown tracker or a missing extra, and the weight
+search's study opened with optuna-dashboard's storage code."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pretrainkit.core import tracking
+from pretrainkit.core.config import from_dict
+from pretrainkit.core.data import EpochBatches
+from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.trainer import TrainConfig, Trainer
+from pretrainkit.errors import ConfigError, NonFiniteLossError, PretrainkitError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy import ToyRegressor, toy_data
+
+torch.set_num_threads(1)
+
+
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
+needs_tb = pytest.mark.skipif(_missing("tensorboard"), reason="tensorboard not installed: pip install '.[tracking]'")
+needs_mlflow = pytest.mark.skipif(_missing("mlflow"), reason="mlflow not installed: pip install '.[tracking]'")
+needs_dashboard = pytest.mark.skipif(_missing("optuna_dashboard"),
+                                     reason="optuna-dashboard not installed: pip install '.[tracking]'")
+
+
+def _trainer(run_dir, eval_hooks=(), model=ToyRegressor, **kw):
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{"max_steps": 6, "lr": 0.05, "progress": False, "log_every": 2, **kw})
+    return Trainer(model(), EpochBatches(toy_data(), 16, seed=1), cfg, run_dir=run_dir, eval_hooks=eval_hooks)
+
+
+def _logged(run_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in RunDir(run_dir).read_metrics() if key in r]
+
+
+def _probe(trainer, step):
+    return {"probe": float(step) / 10}
+
+
+# ---- switch and errors ----------------------------------------------------------------------------------
+def test_no_tracker_writes_only_metrics_jsonl(tmp_path):
+    _trainer(tmp_path).fit()
+    assert [s for s, _ in _logged(tmp_path)] == [2, 4, 6]
+    assert not (tmp_path / tracking.TENSORBOARD_DIR).exists()
+    assert not (tmp_path / tracking.MLFLOW_DB).exists() and not (tmp_path / tracking.MLFLOW_RUN_FILE).exists()
+
+
+def test_unknown_tracker_is_a_one_line_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.trackers.*'wandb'.*allowed: tensorboard, mlflow") as e:
+        from_dict(TrainConfig, {"trackers": "[tensorboard, wandb]"})  # as --set ...train.trackers=[...] gives it
+    assert "\n" not in str(e.value)
+    # a TrainConfig built in code (never validated) is refused when fit starts, before any step
+    t = _trainer(tmp_path, trackers=["wandb"])
+    with pytest.raises(ConfigError, match="allowed: tensorboard, mlflow"):
+        t.fit()
+    assert t.step == 0
+    with pytest.raises(ConfigError, match="twice"):
+        from_dict(TrainConfig, {"trackers": ["tensorboard", "tensorboard"]})
+
+
+@pytest.mark.parametrize("name,module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+def test_missing_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if it were not installed
+    t = _trainer(tmp_path, trackers=[name])
+    with pytest.raises(PretrainkitError, match=r"needs the tracking extra: pip install 'pretrainkit\[tracking\]'") as e:
+        t.fit()
+    assert "\n" not in str(e.value) and t.step == 0
+    _trainer(tmp_path).fit()  # the run directory's lock was released
+
+
+def test_trackers_need_a_run_directory():
+    with pytest.raises(ConfigError, match="needs a run directory"):
+        _trainer(None, trackers=["tensorboard"]).fit()
+
+
+# ---- TensorBoard ------------------------------------------------------------------------------------------
+def _tb_scalars(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / tracking.TENSORBOARD_DIR))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(key)] if key in acc.Tags()["scalars"] else []
+
+
+@needs_tb
+def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path):
+    _trainer(tmp_path, trackers=["tensorboard"], eval_every=4, eval_hooks=[_probe]).fit()
+    assert list((tmp_path / tracking.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    for key in ("loss", "lr", "eval/probe"):
+        want = _logged(tmp_path, key)
+        assert want and [s for s, _ in _tb_scalars(tmp_path, key)] == [s for s, _ in want]
+        # event files store float32
+        assert [v for _, v in _tb_scalars(tmp_path, key)] == pytest.approx([v for _, v in want], rel=1e-6)
+    assert [s for s, _ in _tb_scalars(tmp_path, "eval/probe")] == [4, 6]
+
+
+@needs_tb
+def test_tensorboard_resume_appends_and_a_fresh_start_clears(tmp_path):
+    _trainer(tmp_path, trackers=["tensorboard"], max_steps=4).fit()
+    _trainer(tmp_path, trackers=["tensorboard"], max_steps=8).fit(resume="auto")
+    assert [s for s, _ in _tb_scalars(tmp_path, "loss")] == [2, 4, 6, 8] == [s for s, _ in _logged(tmp_path)]
+    _trainer(tmp_path, trackers=["tensorboard"], max_steps=2).fit()  # fresh start in the same folder
+    assert [s for s, _ in _tb_scalars(tmp_path, "loss")] == [2]
+
+
+# ---- MLflow -------------------------------------------------------------------------------------------------
+def _mlflow_run(run_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    ref = json.loads((run_dir / tracking.MLFLOW_RUN_FILE).read_text())
+    assert ref["tracking_uri"] == f"sqlite:///{(run_dir / tracking.MLFLOW_DB).resolve()}"
+    client = MlflowClient(tracking_uri=ref["tracking_uri"])
+    return client, client.get_run(ref["run_id"])
+
+
+def _history(client, run, key: str = "loss") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setitem(tracking._context, "system", "toy-system")
+
+
+@needs_mlflow
+def test_mlflow_run_holds_params_and_loss_history_and_resumes_into_it(tmp_path, mlflow_env):
+    run_dir = tmp_path / "my-run"
+    run_dir.mkdir()
+    resolved = {"seed": 3, "pretrain": {"tasks": ["a", "b"], "train": {"max_steps": 4, "lr": 0.05}}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved))
+    _trainer(run_dir, trackers=["mlflow"], max_steps=4, eval_hooks=[_probe]).fit()
+    client, run = _mlflow_run(run_dir)
+    assert run.info.run_name == "my-run" and run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "toy-system"
+    assert run.data.params == {"seed": "3", "pretrain.tasks": "[a, b]", "pretrain.train.max_steps": "4",
+                               "pretrain.train.lr": "0.05"}
+    assert _history(client, run) == _logged(run_dir)  # doubles both ways: exact
+    assert _history(client, run, "eval/probe") == _logged(run_dir, "eval/probe")
+
+    # resume: the same run goes on (a param the resumed config adds is logged, the others are kept)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**resolved, "extra": 1}))
+    _trainer(run_dir, trackers=["mlflow"], max_steps=8).fit(resume="auto")
+    client, again = _mlflow_run(run_dir)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.params["extra"] == "1" and again.data.params["seed"] == "3"
+    assert [s for s, _ in _history(client, again)] == [2, 4, 6, 8]
+    assert _history(client, again) == _logged(run_dir)
+
+
+class _NanAfter(ToyRegressor):
+    def forward(self, batch):
+        loss, metrics = super().forward(batch)
+        self.calls = getattr(self, "calls", 0) + 1
+        return (loss * float("nan") if self.calls > 3 else loss), metrics
+
+
+@needs_mlflow
+def test_mlflow_run_is_marked_failed_when_fit_raises(tmp_path, mlflow_env):
+    with pytest.raises(NonFiniteLossError):
+        _trainer(tmp_path, trackers=["mlflow"], model=_NanAfter).fit()
+    _client, run = _mlflow_run(tmp_path)
+    assert run.info.status == "FAILED"
