@@ -28,10 +28,15 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-needs_tb = pytest.mark.skipif(_missing("tensorboard"), reason="tensorboard not installed: pip install '.[tracking]'")
-needs_mlflow = pytest.mark.skipif(_missing("mlflow"), reason="mlflow not installed: pip install '.[tracking]'")
-needs_dashboard = pytest.mark.skipif(_missing("optuna_dashboard"),
-                                     reason="optuna-dashboard not installed: pip install '.[tracking]'")
+needs_tb = pytest.mark.skipif(
+    _missing("tensorboard"), reason="tensorboard not installed: pip install '.[tracking]'"
+)
+needs_mlflow = pytest.mark.skipif(
+    _missing("mlflow"), reason="mlflow not installed: pip install '.[tracking]'"
+)
+needs_dashboard = pytest.mark.skipif(
+    _missing("optuna_dashboard"), reason="optuna-dashboard not installed: pip install '.[tracking]'"
+)
 
 
 def _trainer(run_dir, eval_hooks=(), model=ToyRegressor, **kw):
@@ -58,7 +63,9 @@ def test_no_tracker_writes_only_metrics_jsonl(tmp_path):
 
 def test_unknown_tracker_is_a_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.trackers.*'wandb'.*allowed: tensorboard, mlflow") as e:
-        from_dict(TrainConfig, {"trackers": "[tensorboard, wandb]"})  # as --set ...train.trackers=[...] gives it
+        from_dict(
+            TrainConfig, {"trackers": "[tensorboard, wandb]"}
+        )  # as --set ...train.trackers=[...] gives it
     assert "\n" not in str(e.value)
     # a TrainConfig built in code (never validated) is refused when fit starts, before any step
     t = _trainer(tmp_path, trackers=["wandb"])
@@ -73,7 +80,9 @@ def test_unknown_tracker_is_a_one_line_config_error(tmp_path):
 def test_missing_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch, name, module):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if it were not installed
     t = _trainer(tmp_path, trackers=[name])
-    with pytest.raises(PretrainkitError, match=r"needs the tracking extra: pip install 'pretrainkit\[tracking\]'") as e:
+    with pytest.raises(
+        PretrainkitError, match=r"needs the tracking extra: pip install 'pretrainkit\[tracking\]'"
+    ) as e:
         t.fit()
     assert "\n" not in str(e.value) and t.step == 0
     _trainer(tmp_path).fit()  # the run directory's lock was released
@@ -144,8 +153,12 @@ def test_mlflow_run_holds_params_and_loss_history_and_resumes_into_it(tmp_path, 
     client, run = _mlflow_run(run_dir)
     assert run.info.run_name == "my-run" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "toy-system"
-    assert run.data.params == {"seed": "3", "pretrain.tasks": "[a, b]", "pretrain.train.max_steps": "4",
-                               "pretrain.train.lr": "0.05"}
+    assert run.data.params == {
+        "seed": "3",
+        "pretrain.tasks": "[a, b]",
+        "pretrain.train.max_steps": "4",
+        "pretrain.train.lr": "0.05",
+    }
     assert _history(client, run) == _logged(run_dir)  # doubles both ways: exact
     assert _history(client, run, "eval/probe") == _logged(run_dir, "eval/probe")
 
@@ -172,3 +185,43 @@ def test_mlflow_run_is_marked_failed_when_fit_raises(tmp_path, mlflow_env):
         _trainer(tmp_path, trackers=["mlflow"], model=_NanAfter).fit()
     _client, run = _mlflow_run(tmp_path)
     assert run.info.status == "FAILED"
+
+
+# ---- optuna-dashboard ---------------------------------------------------------------------------------
+def _get(app, path: str) -> tuple[str, dict]:
+    """One GET through the dashboard's WSGI app, as its web page would ask."""
+    from wsgiref.util import setup_testing_defaults
+
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+    setup_testing_defaults(env)
+    status = []
+    body = b"".join(app(env, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0], json.loads(body)
+
+
+@needs_dashboard
+def test_weight_search_study_opens_in_optuna_dashboard(tmp_path, monkeypatch):
+    import optuna_dashboard
+
+    from pretrainkit.search.task_weights import SearchConfig, search_task_weights
+
+    monkeypatch.chdir(tmp_path)
+    # as a system runs it: the study in <out>/search/study.db (Saga's pipeline passes run_dir=<out>/search)
+    cfg = SearchConfig(n_trials=3, n_startup_trials=3, seed=0)
+    res = search_task_weights(
+        lambda w: -((w["a"] - 0.7) ** 2), ["a", "b"], cfg, run_dir="out/search", progress=False
+    )
+    app = optuna_dashboard.wsgi(
+        "sqlite:///out/search/study.db"
+    )  # what `optuna-dashboard sqlite:///...` opens
+    status, studies = _get(app, "/api/studies")
+    assert status.startswith("200")
+    [study] = studies["study_summaries"]
+    assert study["study_name"] == cfg.study_name and study["directions"] == [cfg.direction]
+    status, detail = _get(app, f"/api/studies/{study['study_id']}")
+    assert status.startswith("200")
+    trials = detail["trials"]
+    assert [t["number"] for t in trials] == [h["number"] for h in res.history]
+    assert [t["state"] for t in trials] == ["Complete"] * cfg.n_trials
+    assert [t["values"] for t in trials] == [[h["value"]] for h in res.history]
+    assert {p["name"] for p in trials[0]["params"]} == {"w_a", "w_b"}

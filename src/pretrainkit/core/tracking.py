@@ -91,7 +91,9 @@ def _need(module: str, tracker: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise PretrainkitError(f"train.trackers={tracker} needs the tracking extra: {EXTRA_HINT} ({e})") from None
+        raise PretrainkitError(
+            f"train.trackers={tracker} needs the tracking extra: {EXTRA_HINT} ({e})"
+        ) from None
 
 
 # ---- the trackers ------------------------------------------------------------------------------------------
@@ -147,7 +149,11 @@ class MlflowTracker:
         _need("mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir.path / MLFLOW_DB).resolve()}"
+        self.uri = (
+            uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(run_dir.path / MLFLOW_DB).resolve()}"
+        )
         self.client = MlflowClient(tracking_uri=self.uri)
         self._resumed = False
         ref = run_dir.path / MLFLOW_RUN_FILE
@@ -159,13 +165,17 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             # artifacts next to the database, not in ./mlruns of whatever folder the user started from
-            art = (run_dir.path / "mlflow-artifacts").resolve().as_uri() if not uri and "MLFLOW_TRACKING_URI" \
-                not in os.environ else None
+            art = (
+                (run_dir.path / "mlflow-artifacts").resolve().as_uri()
+                if not uri and "MLFLOW_TRACKING_URI" not in os.environ
+                else None
+            )
             exp_id = self.client.create_experiment(name, artifact_location=art)
         else:
             exp_id = exp.experiment_id
-        run = self.client.create_run(exp_id, run_name=run_dir.path.name,
-                                     tags={"pretrainkit.run_dir": str(run_dir.path.resolve())})
+        run = self.client.create_run(
+            exp_id, run_name=run_dir.path.name, tags={"pretrainkit.run_dir": str(run_dir.path.resolve())}
+        )
         self.run_id = run.info.run_id
         atomic_write_text(ref, json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}, indent=1))
 
@@ -187,17 +197,19 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step) for k, v in scalars(metrics).items()]
         for i in range(0, len(batch), 1000):  # MLflow's per-request limit on metrics
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000], synchronous=True)
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000], synchronous=True)
 
     def log_params(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         params = {k: str(v) for k, v in flatten(config).items()}
         if self._resumed:  # MLflow refuses to change a logged param: a resume adds only the new keys
-            params = {k: v for k, v in params.items() if k not in self.client.get_run(self.run_id).data.params}
+            params = {
+                k: v for k, v in params.items() if k not in self.client.get_run(self.run_id).data.params
+            }
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-request limit on params
-            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
     def close(self, failed: bool = False) -> None:
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
@@ -216,8 +228,13 @@ def resolved_config(run_dir: RunDir, fallback: Any = None) -> dict[str, Any]:
     return {"train": to_dict(fallback)} if fallback is not None else {}
 
 
-def open_trackers(names: list[str] | tuple[str, ...], run_dir: RunDir | None, resumed_at: int = 0,
-                  mlflow_uri: str = "", config: Any = None) -> list[Tracker]:
+def open_trackers(
+    names: list[str] | tuple[str, ...],
+    run_dir: RunDir | None,
+    resumed_at: int = 0,
+    mlflow_uri: str = "",
+    config: Any = None,
+) -> list[Tracker]:
     """``metrics.jsonl`` plus every named tracker, each given the run's params; ``resumed_at``: the step a
     resumed run continues from (0 for a fresh start)."""
     validate_names(names)
@@ -228,8 +245,11 @@ def open_trackers(names: list[str] | tuple[str, ...], run_dir: RunDir | None, re
     out: list[Tracker] = [JsonlTracker(run_dir)]
     try:
         for n in names:
-            out.append(TensorBoardTracker(run_dir, resumed_at) if n == "tensorboard"
-                       else MlflowTracker(run_dir, resumed_at, uri=mlflow_uri))
+            out.append(
+                TensorBoardTracker(run_dir, resumed_at)
+                if n == "tensorboard"
+                else MlflowTracker(run_dir, resumed_at, uri=mlflow_uri)
+            )
         if names:
             params = resolved_config(run_dir, config)
             for t in out:
@@ -257,5 +277,17 @@ def close_all(trackers: list[Tracker], failed: bool = False) -> None:
         raise err
 
 
-__all__ = ["TRACKERS", "Tracker", "JsonlTracker", "TensorBoardTracker", "MlflowTracker", "open_trackers",
-           "log_all", "close_all", "flatten", "resolved_config", "set_system", "validate_names"]
+__all__ = [
+    "TRACKERS",
+    "Tracker",
+    "JsonlTracker",
+    "TensorBoardTracker",
+    "MlflowTracker",
+    "open_trackers",
+    "log_all",
+    "close_all",
+    "flatten",
+    "resolved_config",
+    "set_system",
+    "validate_names",
+]
