@@ -283,6 +283,7 @@ class Trainer:
         cfg = self.cfg
         wall0, cpu0 = time.perf_counter(), time.process_time()
         self.resume(resume)
+        tracking.validate_names(cfg.trackers)  # on every rank, so a bad name stops them all
         if self.info.is_main:  # opened after resuming: a resumed run appends to its own TensorBoard/MLflow history
             self._trackers = tracking.open_trackers(cfg.trackers, self.run_dir, resumed_at=self.step,
                                                     mlflow_uri=cfg.mlflow_uri, config=cfg)
