@@ -117,11 +117,24 @@ def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path):
     assert [s for s, _ in _tb_scalars(tmp_path, "eval/probe")] == [4, 6]
 
 
+class _Doubled(ToyRegressor):
+    def forward(self, batch):
+        loss, metrics = super().forward(batch)
+        return 2 * loss, metrics
+
+
 @needs_tb
 def test_tensorboard_resume_appends_and_a_fresh_start_clears(tmp_path):
     _trainer(tmp_path, trackers=["tensorboard"], max_steps=4).fit()
     _trainer(tmp_path, trackers=["tensorboard"], max_steps=8).fit(resume="auto")
     assert [s for s, _ in _tb_scalars(tmp_path, "loss")] == [2, 4, 6, 8] == [s for s, _ in _logged(tmp_path)]
+    # as if killed after logging step 8 but before its checkpoint: the resumed run re-logs step 8 once
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000008")
+    before = _logged(tmp_path)[-1][1]
+    _trainer(tmp_path, trackers=["tensorboard"], max_steps=8, model=_Doubled).fit(resume="auto")
+    logged, shown = _logged(tmp_path), _tb_scalars(tmp_path, "loss")
+    assert [s for s, _ in shown] == [s for s, _ in logged] == [2, 4, 6, 8] and logged[-1][1] != before
+    assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6)
     _trainer(tmp_path, trackers=["tensorboard"], max_steps=2).fit()  # fresh start in the same folder
     assert [s for s, _ in _tb_scalars(tmp_path, "loss")] == [2]
 
@@ -159,7 +172,7 @@ def blank_store():
 @pytest.fixture
 def mlflow_env(monkeypatch, blank_store):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setitem(tracking._context, "system", "toy-system")
+    monkeypatch.setenv(tracking.SYSTEM_ENV, "toy-system")
 
     def store(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,12 +36,13 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 # <out>/pretrain/<pool>/<tag> and writes <out>/config.yaml).
 CONFIG_SEARCH_DEPTH = 3
 
-# The system whose CLI verb is running (set by the CLI): MLflow's experiment is named after it.
-_context: dict[str, str] = {}
+# The system whose CLI verb is running, set by the CLI: MLflow's experiment is named after it. An environment
+# variable, so the training processes a pipeline starts (Saga's encoder workers, torchrun's ranks) see it too.
+SYSTEM_ENV = "PRETRAINKIT_SYSTEM"
 
 
 def set_system(name: str) -> None:
-    _context["system"] = name
+    os.environ[SYSTEM_ENV] = name
 
 
 class Tracker(Protocol):
@@ -161,7 +162,7 @@ class MlflowTracker:
         if resumed_at and known.get("tracking_uri") == self.uri and self._reopen(known.get("run_id")):
             self.run_id, self._resumed = known["run_id"], True
             return
-        name = experiment or _context.get("system") or "pretrainkit"
+        name = experiment or os.environ.get(SYSTEM_ENV) or "pretrainkit"
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             # artifacts next to the database, not in ./mlruns of whatever folder the user started from
