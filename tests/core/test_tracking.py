@@ -79,6 +79,20 @@ def test_unknown_tracker_is_a_one_line_config_error(tmp_path):
         from_dict(TrainConfig, {"trackers": ["tensorboard", "tensorboard"]})
 
 
+def test_cli_refuses_an_unknown_tracker_in_one_line_and_names_the_system(tmp_path, monkeypatch, capsys):
+    from pretrainkit.cli import main
+
+    monkeypatch.setenv(tracking.SYSTEM_ENV, "unset")  # restored after the test
+    rc = main(
+        ["saga", "pretrain", "--set", "pretrain.train.trackers=[tensorboard,wandb]", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert (
+        rc == 2 and err.count("\n") == 1 and "'wandb' is not a tracker; allowed: tensorboard, mlflow" in err
+    )
+    assert os.environ[tracking.SYSTEM_ENV] == "saga"  # what MLflow's experiment would be named
+
+
 @pytest.mark.parametrize("name,module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
 def test_missing_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch, name, module):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if it were not installed
