@@ -225,6 +225,14 @@ def test_mlflow_run_holds_params_and_loss_history_and_resumes_into_it(tmp_path, 
     assert _history(client, again) == _logged(run_dir)
 
 
+@needs_mlflow
+def test_an_mlflow_store_that_cannot_be_opened_is_a_one_line_error(tmp_path, mlflow_env):
+    t = _trainer(tmp_path, trackers=["tensorboard", "mlflow"], mlflow_uri="nosuchscheme://host/db")
+    with pytest.raises(PretrainkitError, match="cannot open the tracking store") as e:
+        t.fit()
+    assert "\n" not in str(e.value) and t.step == 0
+
+
 class _NanAfter(ToyRegressor):
     def forward(self, batch):
         loss, metrics = super().forward(batch)

@@ -255,6 +255,15 @@ def open_trackers(
             params = resolved_config(run_dir, config)
             for t in out:
                 t.log_params(params)
+    except PretrainkitError:
+        close_all(out, failed=True)
+        raise
+    except Exception as e:  # a store that cannot be opened (bad URI, server down): one line, not a traceback
+        close_all(out, failed=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PretrainkitError(
+            f"train.trackers={list(names)}: cannot open the tracking store: {first}"
+        ) from None
     except BaseException:
         close_all(out, failed=True)
         raise
@@ -267,14 +276,15 @@ def log_all(trackers: list[Tracker], step: int, metrics: Mapping[str, Any]) -> N
 
 
 def close_all(trackers: list[Tracker], failed: bool = False) -> None:
-    """Close every tracker even if one fails to (the first error is raised after the others closed)."""
+    """Close every tracker even if one fails to. After a good run the first error is raised once the others
+    are closed; after a failed one it is dropped, so the error that stopped training is the one reported."""
     err = None
     for t in trackers:
         try:
             t.close(failed)
         except Exception as e:  # keep closing the rest
             err = err or e
-    if err is not None:
+    if err is not None and not failed:
         raise err
 
 
