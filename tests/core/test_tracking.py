@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -151,6 +152,21 @@ def test_tensorboard_resume_appends_and_a_fresh_start_clears(tmp_path):
     assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6)
     _trainer(tmp_path, trackers=["tensorboard"], max_steps=2).fit()  # fresh start in the same folder
     assert [s for s, _ in _tb_scalars(tmp_path, "loss")] == [2]
+
+
+@pytest.mark.slow  # two torchrun processes: ~15 s here
+@needs_tb
+def test_under_ddp_only_rank_0_writes_the_event_files(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).parent / "dist_worker.py"), "ddp", str(tmp_path / "w.safetensors"),
+           str(tmp_path / "run"), "tensorboard"]  # fmt: skip
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "run" / tracking.TENSORBOARD_DIR).glob("events.out.tfevents.*"))) == 1
+    assert [s for s, _ in _tb_scalars(tmp_path / "run", "loss")] == [s for s, _ in _logged(tmp_path / "run")]
+    assert [s for s, _ in _logged(tmp_path / "run")] == list(range(1, 7))
 
 
 # ---- MLflow -------------------------------------------------------------------------------------------------
