@@ -205,9 +205,8 @@ class MlflowTracker:
 
         params = {k: str(v) for k, v in flatten(config).items()}
         if self._resumed:  # MLflow refuses to change a logged param: a resume adds only the new keys
-            params = {
-                k: v for k, v in params.items() if k not in self.client.get_run(self.run_id).data.params
-            }
+            logged = self.client.get_run(self.run_id).data.params
+            params = {k: v for k, v in params.items() if k not in logged}
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-request limit on params
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
