@@ -80,8 +80,7 @@ class Truncation:
         if not self.pages:
             return None
         line = (f"note: {self.pages} of {self.total_pages} {what} pages were truncated to model.max_tokens="
-                f"{cfg.max_tokens} / model.max_segments={cfg.max_segments} ({self.words} words dropped; "
-                "dropped words count as predicted O in evaluation)")
+                f"{cfg.max_tokens} / model.max_segments={cfg.max_segments} ({self.words} words dropped)")
         print(line, file=stream)
         return line
 

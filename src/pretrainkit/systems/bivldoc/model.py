@@ -157,14 +157,17 @@ class BoxEmbedding(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """Strided conv-BN-ReLU stages to a 1/2^k map, projected to d_model, with a learned grid embedding."""
+    """Strided conv-GroupNorm-ReLU stages to a 1/2^k map, projected to d_model, with a learned grid embedding.
+    GroupNorm, not BatchNorm: batches are a handful of pages, and it keeps no running statistics."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         layers, c_in = [], 1
         for c in cfg.cnn_channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            groups = 8 if c % 8 == 0 else 1
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(groups, c),
+                       nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(groups, c),
+                       nn.ReLU(inplace=True)]
             c_in = c
         self.stages = nn.Sequential(*layers)
         self.grid = cfg.image_size // 2 ** len(cfg.cnn_channels)

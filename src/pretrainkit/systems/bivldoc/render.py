@@ -91,13 +91,13 @@ def render_page(rng: np.random.Generator, text: TextSource, page_id: str, size: 
         """Draw ``run`` left to right from (x, y) up to ``x_max``; returns where the next word would go."""
         space = max(3, int(font.size * 0.3))
         for w in run:
-            l, t, r, b = draw.textbbox((x, y), w, font=font)
+            left, top, r, b = draw.textbbox((x, y), w, font=font)
             if r > x_max:
                 break
             draw.text((x, y), w, font=font, fill=int(rng.integers(0, 60)))
-            if r > l and b > t:  # a word with no ink (e.g. only combining marks) gets no box
+            if r > left and b > top:  # a word with no ink (e.g. only combining marks) gets no box
                 words.append(w)
-                boxes.append((l, t, r, b))
+                boxes.append((left, top, r, b))
                 seg_ids.append(seg)
             x = r + space
         return x, y

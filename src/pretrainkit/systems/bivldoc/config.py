@@ -1,0 +1,77 @@
+"""Bi-VLDoc's configuration: data, model preset (+ overrides), pre-training tasks and fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pretrainkit.core.trainer import TrainConfig
+from pretrainkit.errors import ConfigError
+from pretrainkit.systems.bivldoc.model import ModelConfig, preset
+from pretrainkit.systems.bivldoc.stream import ViewConfig
+from pretrainkit.systems.bivldoc.tasks import TASK_NAMES
+
+
+@dataclass
+class DataSection:
+    root: str | None = None  # None: $PRETRAINKIT_SHARED_DATA, else ../shared/data beside the checkout
+    synthetic_pages: int = 64  # rendered Gutenberg pages added to the pre-training corpus
+    synthetic_noise: float = 0.5
+    funsd_limit: int | None = None  # first n FUNSD training pages in pre-training (None: all 149)
+    sroie_limit: int | None = None  # first n receipts (None: all)
+    own_pages: str | None = None  # a folder of your scanned pages, OCR'd with Tesseract and added to pre-training
+    # pre-training pages longer than the model: "truncate" (stated in one line) or "error"; fine-tuning and
+    # evaluation always split long pages into windows, so every word is labelled and scored
+    overflow: Literal["truncate", "error"] = "truncate"
+
+
+@dataclass
+class PretrainSection:
+    weights: dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in TASK_NAMES})
+    view: ViewConfig = field(default_factory=ViewConfig)
+    tipa_mode: Literal["grid", "regress"] = "grid"
+    tipa_grid: int = 8
+    temperature: float = 0.1  # LGV InfoNCE
+    vocab_size: int = 4000  # WordPiece vocabulary trained on the pre-training pages
+    batch_size: int = 4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, lr=5e-4, warmup_steps=20,
+                                                                   weight_decay=0.01, log_every=10))
+
+    def validate(self) -> None:
+        unknown = set(self.weights) - set(TASK_NAMES)
+        if unknown:
+            raise ConfigError(f"unknown pre-training task '{sorted(unknown)[0]}'; allowed: {', '.join(TASK_NAMES)}")
+
+
+@dataclass
+class FinetuneSection:
+    init: str | None = None  # a pre-training run directory; None = from scratch (vocabulary from FUNSD train)
+    train_forms: int | None = None  # the first n FUNSD training forms (None: all 149): the few-label curve
+    batch_size: int = 4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=400, lr=5e-4, warmup_steps=20,
+                                                                   weight_decay=0.01, log_every=20))
+
+
+@dataclass
+class BiVLDocConfig:
+    preset: str = "cpu"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields overriding the preset
+    data: DataSection = field(default_factory=DataSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    device: str = "auto"
+    out: str = "runs/bivldoc"
+
+    def validate(self) -> None:
+        self.model_config(vocab_size=self.pretrain.vocab_size)
+
+    def model_config(self, **fixed) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(self.model) - names
+        if unknown:
+            raise ConfigError(f"unknown config key 'model.{sorted(unknown)[0]}'; allowed: {', '.join(sorted(names))}")
+        kw = {**self.model, **fixed}
+        if isinstance(kw.get("cnn_channels"), list):
+            kw["cnn_channels"] = tuple(kw["cnn_channels"])
+        return preset(self.preset, **kw)

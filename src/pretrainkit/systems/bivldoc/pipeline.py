@@ -1,0 +1,224 @@
+"""Bi-VLDoc end to end on the core Trainer: pre-train, fine-tune FUNSD entity labelling, evaluate (seqeval F1).
+
+A pre-training run directory holds ``tokenizer.json``, ``model.json`` (the resolved ``ModelConfig``),
+checkpoints (resumable with ``--resume auto``) and ``backbone.safetensors``; fine-tuning reads those three.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrainkit.core import checkpoint as ckpt
+from pretrainkit.core import distributed as dist_
+from pretrainkit.core.config import save_config, to_dict
+from pretrainkit.core.losses import TokenCrossEntropy
+from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.task import MixModel, TaskMix
+from pretrainkit.core.trainer import Trainer
+from pretrainkit.errors import CheckpointError, ConfigError, DataError
+from pretrainkit.paths import shared_data_root
+from pretrainkit.systems.bivldoc.config import BiVLDocConfig
+from pretrainkit.systems.bivldoc.data import BIO_TAGS, Page, load_funsd, pretrain_pages
+from pretrainkit.systems.bivldoc.encoding import encode_pages, load_tokenizer, save_tokenizer, train_tokenizer
+from pretrainkit.systems.bivldoc.model import BiVLDocModel, DocBatch, ModelConfig, collate, n_params
+from pretrainkit.systems.bivldoc.stream import PageStream
+from pretrainkit.systems.bivldoc.tasks import build_tasks
+
+TOKENIZER, MODEL_JSON, BACKBONE = "tokenizer.json", "model.json", "backbone.safetensors"
+
+
+def data_root(cfg: BiVLDocConfig) -> Path:
+    return Path(cfg.data.root) if cfg.data.root else shared_data_root()
+
+
+def _dist(cfg: BiVLDocConfig) -> dist_.DistInfo:
+    return dist_.init_distributed(cfg.device)
+
+
+def _write_model_config(path: Path, mcfg: ModelConfig) -> None:
+    path.write_text(json.dumps(to_dict(mcfg), indent=1))
+
+
+def read_model_config(run: Path) -> ModelConfig:
+    p = Path(run) / MODEL_JSON
+    if not p.is_file():
+        raise CheckpointError(f"{run} is not a Bi-VLDoc run directory (no {MODEL_JSON})")
+    d = json.loads(p.read_text())
+    d["cnn_channels"] = tuple(d["cnn_channels"])
+    return ModelConfig(**d)
+
+
+def build_pretrain_model(cfg: BiVLDocConfig, mcfg: ModelConfig) -> MixModel:
+    p = cfg.pretrain
+    tasks = build_tasks(mcfg.d_model, mcfg.vocab_size, p.tipa_mode, p.tipa_grid, p.temperature)
+    return MixModel(BiVLDocModel(mcfg), TaskMix(tasks, weights=p.weights))
+
+
+# ---- pre-training ------------------------------------------------------------------------------------------
+def corpus(cfg: BiVLDocConfig, out: Path) -> list[Page]:
+    root = data_root(cfg)
+    extra: list[Page] = []
+    if cfg.data.own_pages:
+        from pretrainkit.systems.bivldoc.ocr import ocr_folder
+
+        extra = ocr_folder(cfg.data.own_pages, cache_dir=out / "ocr_cache")
+    return pretrain_pages(root, synthetic=cfg.data.synthetic_pages, seed=cfg.pretrain.train.seed,
+                          funsd_limit=cfg.data.funsd_limit, sroie_limit=cfg.data.sroie_limit, extra=extra,
+                          noise=cfg.data.synthetic_noise)
+
+
+def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
+    """Pre-train the backbone on FUNSD-train + receipts + rendered (+ your OCR'd) pages with the task mix."""
+    info = _dist(cfg)
+    run = RunDir(cfg.out)
+    pages = corpus(cfg, run.path)
+    tok_path = run.path / TOKENIZER
+    if resume and tok_path.is_file():  # a resumed run keeps its vocabulary
+        tok = load_tokenizer(tok_path)
+    else:
+        tok = train_tokenizer(pages, cfg.pretrain.vocab_size)
+    mcfg = cfg.model_config(vocab_size=tok.get_vocab_size())
+    enc, note = encode_pages(pages, tok, mcfg, "pre-training", cfg.data.overflow)
+    model = build_pretrain_model(cfg, mcfg)
+    stream = PageStream(enc, cfg.pretrain.batch_size, seed=cfg.pretrain.train.seed, layout=mcfg.layout,
+                        view=cfg.pretrain.view, vocab_size=mcfg.vocab_size, rank=info.rank, world=info.world)
+    trainer = Trainer(model, stream, cfg.pretrain.train, run_dir=run, dist_info=info, unit="pages")
+    if info.is_main:  # before training, so a run killed mid-way resumes with the same vocabulary
+        save_config(cfg, run.path / "config.yaml")
+        save_tokenizer(tok, tok_path)
+        _write_model_config(run.path / MODEL_JSON, mcfg)
+    result = trainer.fit(resume)  # a fresh start clears the run's old checkpoints and metrics first
+    if info.is_main:
+        ckpt.save_weights(run.path / BACKBONE, trainer.raw_model.backbone.state_dict())
+        result = {**result, "pages": len(pages), "params": n_params(model.backbone), "truncation": note,
+                  "sources": {s: sum(p.source == s for p in pages) for s in sorted({p.source for p in pages})}}
+        run.write_results(result)
+    return result
+
+
+# ---- fine-tuning: FUNSD entity labelling -------------------------------------------------------------------
+class EntityTagger(nn.Module):
+    """Word-level BIO tagging on the fused text features; ``forward(batch) -> (loss, metrics)``."""
+
+    def __init__(self, backbone: BiVLDocModel, n_labels: int = len(BIO_TAGS), dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.cfg.d_model, n_labels))
+        self.ce = TokenCrossEntropy(ignore_index=-100)
+
+    def logits(self, batch: DocBatch) -> torch.Tensor:
+        return self.head(self.backbone(batch).text)
+
+    def forward(self, batch: DocBatch):
+        return self.ce(self.logits(batch), batch.labels), {}
+
+
+@torch.no_grad()
+def predict_tags(model: EntityTagger, pages: list[Page], enc, batch_size: int = 8,
+                 device: torch.device | str = "cpu") -> list[list[str]]:
+    """One BIO tag per word of every page (windows of long pages put back together; a word no window kept
+    is predicted O)."""
+    model.eval()
+    by_id = {p.page_id: ["O"] * len(p.words) for p in pages}
+    for i in range(0, len(enc), batch_size):
+        chunk = enc[i:i + batch_size]
+        b = collate(chunk, layout=model.backbone.cfg.layout).to(device)
+        pred = model.logits(b).argmax(-1).cpu()
+        for j, e in enumerate(chunk):
+            wi = b.word_index[j].cpu()
+            for t in (wi >= 0).nonzero().flatten().tolist():
+                by_id[e.page_id][int(wi[t])] = BIO_TAGS[int(pred[j, t])]
+    return [by_id[p.page_id] for p in pages]
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision/recall/F1 (seqeval, the field's standard, default conlleval-style mode)."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+    per = classification_report(gold, pred, output_dict=True, zero_division=0)
+    out = {"f1": f1_score(gold, pred, zero_division=0), "precision": precision_score(gold, pred, zero_division=0),
+           "recall": recall_score(gold, pred, zero_division=0)}
+    out.update({f"f1/{k}": v["f1-score"] for k, v in per.items() if k in ("HEADER", "QUESTION", "ANSWER")})
+    return out
+
+
+def _init_backbone(cfg: BiVLDocConfig, train_pages: list[Page]) -> tuple[BiVLDocModel, Any, str]:
+    init = cfg.finetune.init
+    if init:
+        run = Path(init)
+        tok = load_tokenizer(run / TOKENIZER)
+        mcfg = read_model_config(run)
+        backbone = BiVLDocModel(mcfg)
+        if not (run / BACKBONE).is_file():
+            raise CheckpointError(f"{run} has no {BACKBONE}: its pre-training did not finish")
+        state = ckpt.load_weights(run / BACKBONE)
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{run / BACKBONE} does not fit the model (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
+        return backbone, tok, f"pretrained:{run}"
+    tok = train_tokenizer(train_pages, cfg.pretrain.vocab_size)  # from scratch: vocabulary of FUNSD train only
+    return BiVLDocModel(cfg.model_config(vocab_size=tok.get_vocab_size())), tok, "scratch"
+
+
+def finetune(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
+    """Fine-tune entity labelling on the first ``finetune.train_forms`` FUNSD training forms (all by default),
+    then score the 50 test forms; writes results.json and the tagger (for ``evaluate``)."""
+    info = _dist(cfg)
+    root = data_root(cfg)
+    train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
+    if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
+        raise ConfigError(f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}")
+    backbone, tok, origin = _init_backbone(cfg, train_pages)
+    run = RunDir(cfg.out)
+    enc, _ = encode_pages(train_pages, tok, backbone.cfg, "FUNSD train", overflow="windows")
+    model = EntityTagger(backbone)
+    stream = PageStream(enc, cfg.finetune.batch_size, seed=cfg.finetune.train.seed, layout=backbone.cfg.layout,
+                        rank=info.rank, world=info.world)
+    trainer = Trainer(model, stream, cfg.finetune.train, run_dir=run, dist_info=info, unit="windows")
+    if info.is_main:
+        save_config(cfg, run.path / "config.yaml")
+    fit = trainer.fit(resume)
+    if not info.is_main:
+        return fit
+    save_tokenizer(tok, run.path / TOKENIZER)
+    _write_model_config(run.path / MODEL_JSON, backbone.cfg)
+    ckpt.save_weights(run.path / "tagger.safetensors", trainer.raw_model.state_dict())
+    scores = evaluate_tagger(model, tok, root, device=info.device)
+    result = {"init": origin, "train_forms": len(train_pages), "fit": fit, "test": scores,
+              "layout": backbone.cfg.layout}
+    run.write_results(result)
+    return result
+
+
+def evaluate_tagger(model: EntityTagger, tok, root: Path, device="cpu") -> dict[str, float]:
+    test = load_funsd(root, "test")
+    enc, _ = encode_pages(test, tok, model.backbone.cfg, "FUNSD test", overflow="windows")
+    pred = predict_tags(model.to(device), test, enc, device=device)
+    return {**entity_scores([p.labels for p in test], pred), "pages": len(test)}
+
+
+def load_tagger(run: str | Path) -> tuple[EntityTagger, Any]:
+    run = Path(run)
+    path = run / "tagger.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no fine-tuned tagger (tagger.safetensors); run `finetune` first")
+    model = EntityTagger(BiVLDocModel(read_model_config(run)))
+    missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, load_tokenizer(run / TOKENIZER)
+
+
+def evaluate(cfg: BiVLDocConfig, run: str | Path) -> dict[str, Any]:
+    """Score a fine-tuned run's tagger on FUNSD test (entity F1, seqeval)."""
+    model, tok = load_tagger(run)
+    scores = evaluate_tagger(model, tok, data_root(cfg))
+    if not scores["pages"]:
+        raise DataError("no FUNSD test pages found")
+    return scores
