@@ -1,10 +1,10 @@
-"""Words to model inputs: a WordPiece vocabulary trained here, and ``encode_page`` (page -> ``EncodedPage``).
+"""Words to model inputs: a WordPiece vocabulary built here, and ``encode_page`` (page -> ``EncodedPage``).
 
-No model hub is reachable, so the vocabulary is trained with the ``tokenizers`` package on the pre-training
-pages' words (FUNSD train, receipts, rendered Gutenberg text); never on FUNSD's test pages. WordPiece rather
-than byte-level BPE because every sub-word must map back to one page word (``word_ids``), which it does for
-pre-split words, and its lower-cased word pieces suit noisy short form text. Saved as ``tokenizer.json`` in
-the pre-training run and reused by fine-tuning.
+No model hub is reachable, so the vocabulary is built from the pre-training pages' words (FUNSD train,
+receipts, rendered Gutenberg text), never from FUNSD's test pages, by counting (see ``train_tokenizer``);
+the ``tokenizers`` package normalises, splits and tokenises. WordPiece rather than byte-level BPE because
+every sub-word must map back to one page word (``word_ids``), and lower-cased word pieces suit noisy short
+form text. Saved as ``tokenizer.json`` in the pre-training run and reused by fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,22 +26,48 @@ PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
 LABEL_IDS = {t: i for i, t in enumerate(BIO_TAGS)}
 
 
-def train_tokenizer(pages: Iterable[Page], vocab_size: int):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+def _tokenizer(vocab: dict[str, int] | None = None):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    model = models.WordPiece(vocab, unk_token="[UNK]") if vocab is not None else models.WordPiece(unk_token="[UNK]")
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    return tok
+
+
+def train_tokenizer(pages: Iterable[Page], vocab_size: int):
+    """A WordPiece vocabulary from the pages' words, built deterministically: the specials, every character
+    seen (as a word start and as ``##c``), then the most frequent whole words and ``##`` endings (2-4 chars)
+    by (count, text). The ``tokenizers`` trainer is not used: it breaks frequency ties differently from run to
+    run, so two runs with one seed would get different vocabularies (and different results)."""
+    from collections import Counter
+
     pages = list(pages)
     for p in pages:
         if p.source == "funsd-test":
             raise DataError(f"the vocabulary must not see FUNSD test page {p.page_id}")
-    tok.train_from_iterator((" ".join(p.words) for p in pages), trainer)
-    for i, s in enumerate(SPECIALS):
-        if tok.token_to_id(s) != i:
-            raise DataError(f"tokenizer special token {s} got id {tok.token_to_id(s)}, expected {i}")
-    return tok
+    probe = _tokenizer({s: i for i, s in enumerate(SPECIALS)})
+    words: Counter[str] = Counter()
+    for p in pages:
+        for w in p.words:
+            words.update(piece for piece, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(w)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(SPECIALS) + chars + [f"##{c}" for c in chars]
+    if len(vocab) > vocab_size:
+        raise DataError(f"pretrain.vocab_size={vocab_size} is below the {len(vocab)} characters and specials seen")
+    ends: Counter[str] = Counter()
+    for w, n in words.items():
+        for k in range(2, min(4, len(w) - 1) + 1):
+            ends[f"##{w[-k:]}"] += n
+    room = vocab_size - len(vocab)
+    ranked = lambda c: [t for t, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])) if n > 1]  # noqa: E731
+    seen = set(vocab)
+    whole = [w for w in ranked(words) if len(w) > 1 and w not in seen][: room * 3 // 4]
+    vocab += whole
+    seen.update(whole)
+    vocab += [e for e in ranked(ends) if e not in seen][: vocab_size - len(vocab)]
+    return _tokenizer({t: i for i, t in enumerate(vocab)})
 
 
 def save_tokenizer(tok, path: str | Path) -> None:

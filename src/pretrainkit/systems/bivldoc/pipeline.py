@@ -84,6 +84,7 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
         tok = train_tokenizer(pages, cfg.pretrain.vocab_size)
     mcfg = cfg.model_config(vocab_size=tok.get_vocab_size())
     enc, note = encode_pages(pages, tok, mcfg, "pre-training", cfg.data.overflow)
+    torch.manual_seed(cfg.pretrain.train.seed)  # the initial weights are a function of the seed
     model = build_pretrain_model(cfg, mcfg)
     stream = PageStream(enc, cfg.pretrain.batch_size, seed=cfg.pretrain.train.seed, layout=mcfg.layout,
                         view=cfg.pretrain.view, vocab_size=mcfg.vocab_size, rank=info.rank, world=info.world)
@@ -174,9 +175,11 @@ def finetune(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
     if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
         raise ConfigError(f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}")
+    torch.manual_seed(cfg.finetune.train.seed)
     backbone, tok, origin = _init_backbone(cfg, train_pages)
     run = RunDir(cfg.out)
     enc, _ = encode_pages(train_pages, tok, backbone.cfg, "FUNSD train", overflow="windows")
+    torch.manual_seed(cfg.finetune.train.seed + 1)  # the head's init does not depend on how the backbone was made
     model = EntityTagger(backbone)
     stream = PageStream(enc, cfg.finetune.batch_size, seed=cfg.finetune.train.seed, layout=backbone.cfg.layout,
                         rank=info.rank, world=info.world)
