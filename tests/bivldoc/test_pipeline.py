@@ -49,6 +49,26 @@ def test_finetune_from_pretraining_then_evaluate(tmp_path):
     again = pipeline.evaluate(cfg, tmp_path / "ft")
     assert again["f1"] == pytest.approx(res["test"]["f1"])  # the saved tagger scores the same
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["test"]["f1"] == res["test"]["f1"]
+    from PIL import Image
+
+    with Image.open(again["picture"]) as im:  # the report picture: gold beside predicted, one test page
+        assert im.width > 2 * 700 and im.height > 900
+
+
+def test_entity_picture_draws_each_entity_in_its_colour(funsd_few, tmp_path):
+    import numpy as np
+
+    from pretrainkit.systems.bivldoc.report import COLOURS, entity_picture
+
+    page = funsd_few[0]
+    path = entity_picture(page, ["O"] * len(page.words), tmp_path / "p.png")
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path))
+    w = page.size[0]
+    gold, pred = arr[30:, :w], arr[30:, w + 10:]
+    for col in COLOURS.values():
+        assert (gold == col).all(-1).any() and not (pred == col).all(-1).any()
 
 
 def test_seqeval_entity_f1_is_entity_level():

@@ -17,9 +17,10 @@ VERBS = {
                 "train + SROIE receipts + rendered pages (+ --pages: your scans, OCR'd)",
     "finetune": "fine-tune FUNSD entity labelling (word-level BIO) from a pre-training run (--init) or from "
                 "scratch, and report the test set's entity F1 (seqeval)",
-    "evaluate": "score a fine-tuned run on the FUNSD test forms (entity F1, seqeval)",
+    "evaluate": "score a fine-tuned run on the FUNSD test forms (entity F1, seqeval) and draw one test page's "
+                "predicted entities beside the gold ones",
     "ocr": "OCR a folder of page images with Tesseract (cached per page) and print a summary per page",
-    "bench": "(not yet implemented) the Bi-VLDoc benchmark",
+    "bench": "(not yet implemented) the Bi-VLDoc benchmark: baselines, seeds, few-label curve, SROIE",
 }
 
 
@@ -49,6 +50,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                            help="use the first N FUNSD training forms (few-label curve: 10, 25, 50, 149)")
         if verb == "evaluate":
             p.add_argument("run", help="a fine-tuning run directory")
+            p.add_argument("--picture-page", type=int, default=0,
+                           help="which FUNSD test page (0-49) to draw with its entities (default 0)")
         p.set_defaults(func=_run)
 
 
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"FUNSD test entity F1 {t['f1']:.4f} (P {t['precision']:.4f}, R {t['recall']:.4f}) after fine-tuning "
               f"on {res['train_forms']} forms from {res['init']}; run: {cfg.out}")
     else:
-        t = pipeline.evaluate(cfg, args.run)
+        t = pipeline.evaluate(cfg, args.run, picture_page=args.picture_page)
         print(json.dumps(t, indent=1))
     return 0
 
