@@ -12,6 +12,8 @@ from pretrainkit.systems.bivldoc.model import ModelConfig, preset
 from pretrainkit.systems.bivldoc.stream import ViewConfig
 from pretrainkit.systems.bivldoc.tasks import TASK_NAMES
 
+SHORT_NAMES = tuple(n.split(".", 1)[1] for n in TASK_NAMES)
+
 
 @dataclass
 class DataSection:
@@ -28,7 +30,9 @@ class DataSection:
 
 @dataclass
 class PretrainSection:
-    weights: dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in TASK_NAMES})
+    # by short name (mvlm, tipa, lgv, itm: the registered tasks are bivldoc.<name>), so a dotted --set works:
+    # --set pretrain.weights.tipa=0.5; a task left out keeps weight 1, weight 0 switches it off
+    weights: dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in SHORT_NAMES})
     view: ViewConfig = field(default_factory=ViewConfig)
     tipa_mode: Literal["grid", "regress"] = "grid"
     tipa_grid: int = 8
@@ -39,9 +43,14 @@ class PretrainSection:
                                                                    weight_decay=0.01, log_every=10))
 
     def validate(self) -> None:
-        unknown = set(self.weights) - set(TASK_NAMES)
+        unknown = set(self.weights) - set(SHORT_NAMES)
         if unknown:
-            raise ConfigError(f"unknown pre-training task '{sorted(unknown)[0]}'; allowed: {', '.join(TASK_NAMES)}")
+            raise ConfigError(f"unknown pre-training task '{sorted(unknown)[0]}' in pretrain.weights; allowed: "
+                              f"{', '.join(SHORT_NAMES)}")
+
+    def task_weights(self) -> dict[str, float]:
+        """The weights by registered task name."""
+        return {f"bivldoc.{n}": w for n, w in self.weights.items()}
 
 
 @dataclass

@@ -56,7 +56,7 @@ def read_model_config(run: Path) -> ModelConfig:
 def build_pretrain_model(cfg: BiVLDocConfig, mcfg: ModelConfig) -> MixModel:
     p = cfg.pretrain
     tasks = build_tasks(mcfg.d_model, mcfg.vocab_size, p.tipa_mode, p.tipa_grid, p.temperature)
-    return MixModel(BiVLDocModel(mcfg), TaskMix(tasks, weights=p.weights))
+    return MixModel(BiVLDocModel(mcfg), TaskMix(tasks, weights=p.task_weights()))
 
 
 # ---- pre-training ------------------------------------------------------------------------------------------
