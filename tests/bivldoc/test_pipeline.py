@@ -71,6 +71,18 @@ def test_entity_picture_draws_each_entity_in_its_colour(funsd_few, tmp_path):
         assert (gold == col).all(-1).any() and not (pred == col).all(-1).any()
 
 
+def test_weight_search_scores_in_budget_validation_forms(tmp_path):
+    cfg = _cfg(tmp_path / "search", "pretrain.train.max_steps=1", "finetune.train.max_steps=1",
+               "finetune.val_forms=2", "search.n_trials=2", "search.n_startup_trials=2")
+    res = pipeline.search_weights(cfg)
+    assert set(res["best_weights"]) == {"mvlm", "tipa", "lgv", "itm"} and 0.0 <= res["best_val_f1"] <= 1.0
+    trials = sorted((tmp_path / "search" / "trials").glob("ft-*"))
+    assert len(trials) == 2  # equal weights first, then a random draw
+    for t in trials:  # each trial fine-tuned on 2 forms and scored on the other 2 training forms, not the test set
+        r = json.loads((t / "results.json").read_text())
+        assert r["train_forms"] == 2 and r["val"]["pages"] == 2 and "test" not in r
+
+
 def test_seqeval_entity_f1_is_entity_level():
     gold = [["B-QUESTION", "I-QUESTION", "O", "B-ANSWER"]]
     assert pipeline.entity_scores(gold, gold)["f1"] == 1.0

@@ -1,4 +1,4 @@
-"""`pretrainkit bivldoc <verb>`: pretrain, finetune, evaluate, ocr, bench."""
+"""`pretrainkit bivldoc <verb>`: pretrain, finetune, evaluate, search-weights, ocr, bench."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ VERBS = {
                 "scratch, and report the test set's entity F1 (seqeval)",
     "evaluate": "score a fine-tuned run on the FUNSD test forms (entity F1, seqeval) and draw one test page's "
                 "predicted entities beside the gold ones",
+    "search-weights": "search the four task weights (the core's GP search); each trial pre-trains, fine-tunes on "
+                      "FUNSD train minus finetune.val_forms and scores entity F1 on those (never the test forms)",
     "ocr": "OCR a folder of page images with Tesseract (cached per page) and print a summary per page",
     "bench": "(not yet implemented) the Bi-VLDoc benchmark: baselines, seeds, few-label curve, SROIE",
 }
@@ -85,6 +87,11 @@ def _run(args: argparse.Namespace) -> int:
         t = res["test"]
         print(f"FUNSD test entity F1 {t['f1']:.4f} (P {t['precision']:.4f}, R {t['recall']:.4f}) after fine-tuning "
               f"on {res['train_forms']} forms from {res['init']}; run: {cfg.out}")
+    elif args.verb == "search-weights":
+        res = pipeline.search_weights(cfg)
+        w = ", ".join(f"{k} {v:.3f}" for k, v in res["best_weights"].items())
+        print(f"best weights {w}: validation entity F1 {res['best_val_f1']:.4f} on {res['val_forms']} training "
+              f"forms; run: {cfg.out}")
     else:
         t = pipeline.evaluate(cfg, args.run, picture_page=args.picture_page)
         print(json.dumps(t, indent=1))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pretrainkit.core.trainer import TrainConfig
 from pretrainkit.errors import ConfigError
+from pretrainkit.search.task_weights import SearchConfig
 from pretrainkit.systems.bivldoc.model import ModelConfig, preset
 from pretrainkit.systems.bivldoc.stream import ViewConfig
 from pretrainkit.systems.bivldoc.tasks import TASK_NAMES
@@ -55,8 +56,11 @@ class PretrainSection:
 
 @dataclass
 class FinetuneSection:
-    init: str | None = None  # a pre-training run directory; None = from scratch (vocabulary from FUNSD train)
+    # a pre-training run directory (its model.json fixes the model: `model` overrides do not apply);
+    # None = from scratch (model from `preset` + `model`, vocabulary from the FUNSD training forms)
+    init: str | None = None
     train_forms: int | None = None  # the first n FUNSD training forms (None: all 149): the few-label curve
+    val_forms: int = 20  # search-weights only: the last n of those forms score each trial (in-budget)
     batch_size: int = 4
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=400, lr=5e-4, warmup_steps=20,
                                                                    weight_decay=0.01, log_every=20))
@@ -69,6 +73,7 @@ class BiVLDocConfig:
     data: DataSection = field(default_factory=DataSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(n_trials=8, n_startup_trials=3))
     device: str = "auto"
     out: str = "runs/bivldoc"
 

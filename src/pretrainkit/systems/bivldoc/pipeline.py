@@ -167,14 +167,18 @@ def _init_backbone(cfg: BiVLDocConfig, train_pages: list[Page]) -> tuple[BiVLDoc
     return BiVLDocModel(cfg.model_config(vocab_size=tok.get_vocab_size())), tok, "scratch"
 
 
-def finetune(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
+def finetune(cfg: BiVLDocConfig, resume: str | None = None, train_pages: list[Page] | None = None,
+             eval_pages: list[Page] | None = None) -> dict[str, Any]:
     """Fine-tune entity labelling on the first ``finetune.train_forms`` FUNSD training forms (all by default),
-    then score the 50 test forms; writes results.json and the tagger (for ``evaluate``)."""
+    then score the 50 test forms (``results["test"]``) and draw one of them; writes results.json and the tagger
+    (for ``evaluate``). ``train_pages``/``eval_pages``: other labelled pages instead (the weight search's
+    in-budget split: then ``results["val"]`` and no picture)."""
     info = _dist(cfg)
     root = data_root(cfg)
-    train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
-    if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
-        raise ConfigError(f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}")
+    if train_pages is None:
+        train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
+        if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
+            raise ConfigError(f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}")
     torch.manual_seed(cfg.finetune.train.seed)
     backbone, tok, origin = _init_backbone(cfg, train_pages)
     run = RunDir(cfg.out)
@@ -192,27 +196,29 @@ def finetune(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     save_tokenizer(tok, run.path / TOKENIZER)
     _write_model_config(run.path / MODEL_JSON, backbone.cfg)
     ckpt.save_weights(run.path / "tagger.safetensors", trainer.raw_model.state_dict())
-    scores = evaluate_tagger(model, tok, root, device=info.device, picture=run.path / "plots" / "entities.png")
-    result = {"init": origin, "train_forms": len(train_pages), "fit": fit, "test": scores,
+    on_test = eval_pages is None
+    pages = load_funsd(root, "test") if on_test else eval_pages
+    scores = evaluate_tagger(model, tok, pages, device=info.device,
+                             picture=run.path / "plots" / "entities.png" if on_test else None)
+    result = {"init": origin, "train_forms": len(train_pages), "fit": fit, "test" if on_test else "val": scores,
               "layout": backbone.cfg.layout}
     run.write_results(result)
     return result
 
 
-def evaluate_tagger(model: EntityTagger, tok, root: Path, device="cpu", picture: Path | None = None,
+def evaluate_tagger(model: EntityTagger, tok, pages: list[Page], device="cpu", picture: Path | None = None,
                     picture_page: int = 0) -> dict[str, Any]:
-    """Entity F1 on the 50 FUNSD test forms; ``picture``: also draw test page ``picture_page`` (gold beside
-    predicted entities) to that PNG."""
-    test = load_funsd(root, "test")
-    enc, _ = encode_pages(test, tok, model.backbone.cfg, "FUNSD test", overflow="windows")
-    pred = predict_tags(model.to(device), test, enc, device=device)
-    scores: dict[str, Any] = {**entity_scores([p.labels for p in test], pred), "pages": len(test)}
+    """Entity F1 on labelled ``pages`` (the FUNSD test forms); ``picture``: also draw page ``picture_page``
+    (gold beside predicted entities) to that PNG."""
+    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    pred = predict_tags(model.to(device), pages, enc, device=device)
+    scores: dict[str, Any] = {**entity_scores([p.labels for p in pages], pred), "pages": len(pages)}
     if picture is not None:
         from pretrainkit.systems.bivldoc.report import entity_picture
 
-        if not 0 <= picture_page < len(test):
-            raise ConfigError(f"picture page {picture_page} is not one of the {len(test)} FUNSD test pages")
-        scores["picture"] = str(entity_picture(test[picture_page], pred[picture_page], picture))
+        if not 0 <= picture_page < len(pages):
+            raise ConfigError(f"picture page {picture_page} is not one of the {len(pages)} evaluated pages")
+        scores["picture"] = str(entity_picture(pages[picture_page], pred[picture_page], picture))
     return scores
 
 
@@ -232,8 +238,43 @@ def evaluate(cfg: BiVLDocConfig, run: str | Path, picture_page: int = 0) -> dict
     """Score a fine-tuned run's tagger on FUNSD test (entity F1, seqeval) and draw one test page's entities
     (``<run>/plots/entities.png``)."""
     model, tok = load_tagger(run)
-    scores = evaluate_tagger(model, tok, data_root(cfg), picture=Path(run) / "plots" / "entities.png",
-                             picture_page=picture_page)
+    scores = evaluate_tagger(model, tok, load_funsd(data_root(cfg), "test"),
+                             picture=Path(run) / "plots" / "entities.png", picture_page=picture_page)
     if not scores["pages"]:
         raise DataError("no FUNSD test pages found")
     return scores
+
+
+# ---- task-weight search ------------------------------------------------------------------------------------
+def search_weights(cfg: BiVLDocConfig) -> dict[str, Any]:
+    """The core's Bayesian (GP) search over the four task weights. Each trial pre-trains with its weights
+    (``pretrain.train`` as configured), fine-tunes on the FUNSD training forms but the last
+    ``finetune.val_forms`` and scores entity F1 on those: an in-budget objective (the test forms are never
+    read). Trials live under ``<out>/trials``, the study under ``<out>/search`` (resumable)."""
+    import dataclasses
+    import hashlib
+
+    from pretrainkit.search.task_weights import search_task_weights
+    from pretrainkit.systems.bivldoc.config import SHORT_NAMES
+
+    labelled = load_funsd(data_root(cfg), "train", cfg.finetune.train_forms)
+    n_val = cfg.finetune.val_forms
+    if not 0 < n_val < len(labelled):
+        raise ConfigError(f"finetune.val_forms={n_val} must leave training forms: 0 < val_forms < {len(labelled)}")
+    fit_pages, val_pages = labelled[:-n_val], labelled[-n_val:]
+    out = Path(cfg.out)
+
+    def objective(weights: dict[str, float]) -> float:
+        tag = hashlib.sha1(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:10]
+        pre = dataclasses.replace(cfg, out=str(out / "trials" / f"pre-{tag}"),
+                                  pretrain=dataclasses.replace(cfg.pretrain, weights=dict(weights)))
+        pretrain(pre)
+        ft = dataclasses.replace(cfg, out=str(out / "trials" / f"ft-{tag}"),
+                                 finetune=dataclasses.replace(cfg.finetune, init=pre.out))
+        return float(finetune(ft, train_pages=fit_pages, eval_pages=val_pages)["val"]["f1"])
+
+    res = search_task_weights(objective, list(SHORT_NAMES), cfg.search, run_dir=out / "search")
+    result = {"best_weights": res.best_weights, "best_val_f1": res.best_value, "val_forms": n_val,
+              "trials": cfg.search.n_trials}
+    RunDir(out).write_results(result)
+    return result
