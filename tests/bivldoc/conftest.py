@@ -7,9 +7,20 @@ import pytest
 
 from pretrainkit.systems.bivldoc.model import preset
 
-SHARED = Path(os.environ.get("PRETRAINKIT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-TINY = dict(d_model=32, ffn=64, n_heads=2, text_layers=1, fusion_layers=1, image_size=64,
-            cnn_channels=(8, 8, 16, 16), max_tokens=64, max_segments=16)
+SHARED = Path(
+    os.environ.get("PRETRAINKIT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+)
+TINY = dict(
+    d_model=32,
+    ffn=64,
+    n_heads=2,
+    text_layers=1,
+    fusion_layers=1,
+    image_size=64,
+    cnn_channels=(8, 8, 16, 16),
+    max_tokens=64,
+    max_segments=16,
+)
 
 
 def tiny_config(vocab_size: int, **kw):

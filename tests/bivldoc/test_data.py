@@ -53,9 +53,16 @@ def test_pretraining_never_sees_funsd_test(shared_data, tmp_path):
     # the same scan under another name (e.g. a user's folder) is caught by its content
     copy = tmp_path / "my_scan.png"
     shutil.copy(test.image_path, copy)
-    disguised = Page(page_id="my_scan", source="ocr", words=["x"], boxes=np.zeros((1, 4), np.int64),
-                     seg_ids=np.zeros(1, np.int64), seg_boxes=np.zeros((1, 4), np.int64), size=(10, 10),
-                     image_path=copy)
+    disguised = Page(
+        page_id="my_scan",
+        source="ocr",
+        words=["x"],
+        boxes=np.zeros((1, 4), np.int64),
+        seg_ids=np.zeros(1, np.int64),
+        seg_boxes=np.zeros((1, 4), np.int64),
+        size=(10, 10),
+        image_path=copy,
+    )
     with pytest.raises(DataError, match="is FUNSD test page"):
         check_no_funsd_test(pages + [disguised], shared_data)
 
@@ -83,18 +90,26 @@ def _funsd_ann(tmp_path, shared_data, form):
 
 def test_bad_annotations(shared_data, tmp_path):
     ent = {"id": 0, "text": "a", "label": "question", "linking": [], "box": [1, 1, 5, 5]}
-    ann, img = _funsd_ann(tmp_path, shared_data, [{**ent, "words": [{"text": "a", "box": [10, 10, 5000, 20]}]}])
+    ann, img = _funsd_ann(
+        tmp_path, shared_data, [{**ent, "words": [{"text": "a", "box": [10, 10, 5000, 20]}]}]
+    )
     with pytest.raises(DataError, match="outside"):
         load_funsd_page(ann, img, "funsd-train")
     ann, img = _funsd_ann(tmp_path, shared_data, [{**ent, "words": []}])
     with pytest.raises(DataError, match="word list is empty"):
         load_funsd_page(ann, img, "funsd-train")
-    ann, img = _funsd_ann(tmp_path, shared_data, [{**ent, "label": "signature",
-                                                   "words": [{"text": "a", "box": [1, 1, 5, 5]}]}])
+    ann, img = _funsd_ann(
+        tmp_path, shared_data, [{**ent, "label": "signature", "words": [{"text": "a", "box": [1, 1, 5, 5]}]}]
+    )
     with pytest.raises(DataError, match="unknown label 'signature'"):
         load_funsd_page(ann, img, "funsd-train")
-    ok = dict(words=["a"], boxes=np.array([[0, 0, 5, 5]]), seg_ids=np.array([0]),
-              seg_boxes=np.array([[0, 0, 5, 5]]), size=(10, 10))
+    ok = dict(
+        words=["a"],
+        boxes=np.array([[0, 0, 5, 5]]),
+        seg_ids=np.array([0]),
+        seg_boxes=np.array([[0, 0, 5, 5]]),
+        size=(10, 10),
+    )
     with pytest.raises(DataError, match="unknown label 'B-DATE'"):
         Page(page_id="p", source="x", labels=["B-DATE"], **ok)
     with pytest.raises(DataError, match="outside the page"):

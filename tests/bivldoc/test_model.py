@@ -28,8 +28,10 @@ def test_both_attention_variants_fuse_the_streams(encoded, tiny, attention):
     out.text[b.attention_mask].sum().backward()  # the text stream reads the image...
     assert b.images.grad.abs().sum() > 0
     # ...and the visual stream reads the text: other words, other visual features
-    b2 = b.replace(input_ids=torch.where(b.attention_mask, (b.input_ids + 7) % cfg.vocab_size, b.input_ids),
-                   images=b.images.detach())
+    b2 = b.replace(
+        input_ids=torch.where(b.attention_mask, (b.input_ids + 7) % cfg.vocab_size, b.input_ids),
+        images=b.images.detach(),
+    )
     assert not torch.allclose(model(b2).vis_seg, out.vis_seg.detach())
     # padding does not change a page's features
     solo = model(collate(enc[:1]))

@@ -4,8 +4,10 @@ from pretrainkit.errors import DataError
 from pretrainkit.systems.bivldoc import ocr
 from pretrainkit.systems.bivldoc.render import render_pages
 
-needs_tesseract = pytest.mark.skipif(ocr.tesseract_available() is None,
-                                     reason="the tesseract binary is not installed (apt-get install tesseract-ocr)")
+needs_tesseract = pytest.mark.skipif(
+    ocr.tesseract_available() is None,
+    reason="the tesseract binary is not installed (apt-get install tesseract-ocr)",
+)
 
 
 @needs_tesseract

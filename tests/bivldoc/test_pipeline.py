@@ -18,11 +18,26 @@ TINY_SET = [f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TI
 def _cfg(out, *extra):
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED}")
-    return load_config(BiVLDocConfig, None, [
-        f"data.root={SHARED}", "data.synthetic_pages=2", "data.funsd_limit=4", "data.sroie_limit=2",
-        "pretrain.vocab_size=400", "pretrain.batch_size=2", "pretrain.train.progress=false",
-        "pretrain.train.log_every=1", "finetune.train.progress=false", "finetune.batch_size=2",
-        "finetune.train_forms=4", f"out={out}", *TINY_SET, *extra])
+    return load_config(
+        BiVLDocConfig,
+        None,
+        [
+            f"data.root={SHARED}",
+            "data.synthetic_pages=2",
+            "data.funsd_limit=4",
+            "data.sroie_limit=2",
+            "pretrain.vocab_size=400",
+            "pretrain.batch_size=2",
+            "pretrain.train.progress=false",
+            "pretrain.train.log_every=1",
+            "finetune.train.progress=false",
+            "finetune.batch_size=2",
+            "finetune.train_forms=4",
+            f"out={out}",
+            *TINY_SET,
+            *extra,
+        ],
+    )
 
 
 def test_pretrain_resumes_exactly(tmp_path):
@@ -66,19 +81,27 @@ def test_entity_picture_draws_each_entity_in_its_colour(funsd_few, tmp_path):
 
     arr = np.asarray(Image.open(path))
     w = page.size[0]
-    gold, pred = arr[30:, :w], arr[30:, w + 10:]
+    gold, pred = arr[30:, :w], arr[30:, w + 10 :]
     for col in COLOURS.values():
         assert (gold == col).all(-1).any() and not (pred == col).all(-1).any()
 
 
 def test_weight_search_scores_in_budget_validation_forms(tmp_path):
-    cfg = _cfg(tmp_path / "search", "pretrain.train.max_steps=1", "finetune.train.max_steps=1",
-               "finetune.val_forms=2", "search.n_trials=2", "search.n_startup_trials=2")
+    cfg = _cfg(
+        tmp_path / "search",
+        "pretrain.train.max_steps=1",
+        "finetune.train.max_steps=1",
+        "finetune.val_forms=2",
+        "search.n_trials=2",
+        "search.n_startup_trials=2",
+    )
     res = pipeline.search_weights(cfg)
     assert set(res["best_weights"]) == {"mvlm", "tipa", "lgv", "itm"} and 0.0 <= res["best_val_f1"] <= 1.0
     trials = sorted((tmp_path / "search" / "trials").glob("ft-*"))
     assert len(trials) == 2  # equal weights first, then a random draw
-    for t in trials:  # each trial fine-tuned on 2 forms and scored on the other 2 training forms, not the test set
+    for t in (
+        trials
+    ):  # each trial fine-tuned on 2 forms and scored on the other 2 training forms, not the test set
         r = json.loads((t / "results.json").read_text())
         assert r["train_forms"] == 2 and r["val"]["pages"] == 2 and "test" not in r
 

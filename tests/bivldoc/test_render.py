@@ -8,8 +8,8 @@ def test_rendered_boxes_hold_their_ink(shared_data):
         ink = np.asarray(page.image) < 200
         covered = np.zeros_like(ink)
         for x0, y0, x1, y1 in page.pixel_boxes:
-            assert ink[y0:y1 + 1, x0:x1 + 1].any()  # every box holds ink
-            covered[max(0, y0 - 1):y1 + 2, max(0, x0 - 1):x1 + 2] = True
+            assert ink[y0 : y1 + 1, x0 : x1 + 1].any()  # every box holds ink
+            covered[max(0, y0 - 1) : y1 + 2, max(0, x0 - 1) : x1 + 2] = True
         assert not (ink & ~covered).any()  # and no ink lies outside the boxes (1 px anti-aliasing slack)
         w, h = page.size
         assert (page.pixel_boxes[:, [0, 2]] <= w).all() and (page.pixel_boxes[:, [1, 3]] <= h).all()

@@ -28,7 +28,10 @@ def test_mvlm_masks_tokens_and_predicts_them_from_fused_features(encoded, tiny):
     assert (v.input_ids[scored] == MASK).float().mean() > 0.6  # ~80 % shown as [MASK]
     assert torch.equal(v.input_ids[~scored], clean.input_ids[~scored])
     torch.manual_seed(0)
-    model, task = BiVLDocModel(tiny(cfg.vocab_size, dropout=0.0)).eval(), MaskedVisionLanguage(32, cfg.vocab_size)
+    model, task = (
+        BiVLDocModel(tiny(cfg.vocab_size, dropout=0.0)).eval(),
+        MaskedVisionLanguage(32, cfg.vocab_size),
+    )
     v.images.requires_grad_(True)
     loss, _ = task.loss(v, model(v))
     loss.backward()
@@ -39,13 +42,18 @@ def test_tipa_hides_the_box_from_the_text_input(encoded, tiny):
     tok, cfg, enc = encoded
     clean, v = _view(enc[:3], cfg.vocab_size, tipa_prob=0.3, itm_prob=0.0)
     assert v.tipa_hidden.any(1).all() and not (v.tipa_hidden & ~clean.seg_mask).any()
-    tok_hidden = torch.stack([v.tipa_hidden[i][v.seg_index[i].clamp(min=0)] & (v.seg_index[i] >= 0)
-                              for i in range(3)])
+    tok_hidden = torch.stack(
+        [v.tipa_hidden[i][v.seg_index[i].clamp(min=0)] & (v.seg_index[i] >= 0) for i in range(3)]
+    )
     assert (v.boxes[tok_hidden] == 0).all() and (clean.boxes[tok_hidden] != 0).any()
     assert torch.equal(v.tipa_target, clean.seg_boxes)
     # the text stream's input does not depend on the true box: move it, the model's text embedding is the same
-    moved = clean.replace(boxes=torch.where(tok_hidden[..., None], (clean.boxes + 100).clamp(max=1000), clean.boxes))
-    v2 = pretrain_view(moved, ViewConfig(tipa_prob=0.3, itm_prob=0.0), cfg.vocab_size, torch.Generator().manual_seed(0))
+    moved = clean.replace(
+        boxes=torch.where(tok_hidden[..., None], (clean.boxes + 100).clamp(max=1000), clean.boxes)
+    )
+    v2 = pretrain_view(
+        moved, ViewConfig(tipa_prob=0.3, itm_prob=0.0), cfg.vocab_size, torch.Generator().manual_seed(0)
+    )
     model = BiVLDocModel(tiny(cfg.vocab_size, dropout=0.0)).eval()
     torch.testing.assert_close(model.embed(v2), model.embed(v))
 
@@ -65,7 +73,10 @@ def test_lgv_positives_are_the_own_segments(encoded):
         torch.testing.assert_close(p[k], text[page][own].mean(0))
     # visual tokens equal to their own text's mean: a near-zero loss; shuffled, a large one
     means, _ = segment_means(text, v.seg_index, v.seg_mask.shape[1])
-    task.vis.weight.data, task.txt.weight.data = torch.eye(8).repeat(16, 1)[:128], torch.eye(8).repeat(16, 1)[:128]
+    task.vis.weight.data, task.txt.weight.data = (
+        torch.eye(8).repeat(16, 1)[:128],
+        torch.eye(8).repeat(16, 1)[:128],
+    )
     task.vis.bias.data.zero_(), task.txt.bias.data.zero_()
     aligned, _ = task.loss(v, DocFeatures(text, out.vis_global, means))
     perm = torch.randperm(means.shape[1], generator=torch.Generator().manual_seed(1))
@@ -92,12 +103,16 @@ def test_stream_resumes_with_the_same_masks(encoded):
     b = PageStream(enc, 2, seed=5, view=ViewConfig(), vocab_size=cfg.vocab_size)
     b.load_state_dict(a.state_dict())
     x, y = next(a), next(b)
-    assert x.page_ids == y.page_ids and torch.equal(x.input_ids, y.input_ids) and torch.equal(x.boxes, y.boxes)
+    assert (
+        x.page_ids == y.page_ids and torch.equal(x.input_ids, y.input_ids) and torch.equal(x.boxes, y.boxes)
+    )
     assert torch.equal(x.itm_label, y.itm_label)
 
 
-@pytest.mark.skipif(not hasattr(PretrainTask, "shares_input"),
-                    reason="needs the core's shared-forward task mix (branch v2-taskmix)")
+@pytest.mark.skipif(
+    not hasattr(PretrainTask, "shares_input"),
+    reason="needs the core's shared-forward task mix (branch v2-taskmix)",
+)
 def test_the_four_tasks_share_one_backbone_forward(encoded, tiny):
     tok, cfg, enc = encoded
     _, v = _view(enc[:3], cfg.vocab_size)
@@ -116,7 +131,9 @@ def test_mix_trains_every_head(encoded, tiny, mode):
     tok, cfg, enc = encoded
     _, v = _view(enc[:4], cfg.vocab_size)
     torch.manual_seed(0)
-    model = MixModel(BiVLDocModel(tiny(cfg.vocab_size)), TaskMix(build_tasks(cfg.d_model, cfg.vocab_size, mode)))
+    model = MixModel(
+        BiVLDocModel(tiny(cfg.vocab_size)), TaskMix(build_tasks(cfg.d_model, cfg.vocab_size, mode))
+    )
     loss, metrics = model(v)
     assert torch.isfinite(loss)
     loss.backward()

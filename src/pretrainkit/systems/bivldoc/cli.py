@@ -14,13 +14,13 @@ from pretrainkit.errors import PretrainkitError
 
 VERBS = {
     "pretrain": "pre-train the backbone with the task mix (MVLM, TIPA, language-guided vision, ITM) on FUNSD "
-                "train + SROIE receipts + rendered pages (+ --pages: your scans, OCR'd)",
+    "train + SROIE receipts + rendered pages (+ --pages: your scans, OCR'd)",
     "finetune": "fine-tune FUNSD entity labelling (word-level BIO) from a pre-training run (--init) or from "
-                "scratch, and report the test set's entity F1 (seqeval)",
+    "scratch, and report the test set's entity F1 (seqeval)",
     "evaluate": "score a fine-tuned run on the FUNSD test forms (entity F1, seqeval) and draw one test page's "
-                "predicted entities beside the gold ones",
+    "predicted entities beside the gold ones",
     "search-weights": "search the four task weights (the core's GP search); each trial pre-trains, fine-tunes on "
-                      "FUNSD train minus finetune.val_forms and scores entity F1 on those (never the test forms)",
+    "FUNSD train minus finetune.val_forms and scores entity F1 on those (never the test forms)",
     "ocr": "OCR a folder of page images with Tesseract (cached per page) and print a summary per page",
     "bench": "(not yet implemented) the Bi-VLDoc benchmark: baselines, seeds, few-label curve, SROIE",
 }
@@ -44,16 +44,28 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         if verb in ("pretrain", "finetune"):
             p.add_argument("--resume", default=None, metavar="auto|PATH", help="resume from a checkpoint")
         if verb == "pretrain":
-            p.add_argument("--pages", default=None, metavar="FOLDER",
-                           help="also pre-train on your own scanned pages (OCR'd with Tesseract)")
+            p.add_argument(
+                "--pages",
+                default=None,
+                metavar="FOLDER",
+                help="also pre-train on your own scanned pages (OCR'd with Tesseract)",
+            )
         if verb == "finetune":
             p.add_argument("--init", default=None, metavar="RUN", help="a pre-training run directory")
-            p.add_argument("--train-forms", type=int, default=None,
-                           help="use the first N FUNSD training forms (few-label curve: 10, 25, 50, 149)")
+            p.add_argument(
+                "--train-forms",
+                type=int,
+                default=None,
+                help="use the first N FUNSD training forms (few-label curve: 10, 25, 50, 149)",
+            )
         if verb == "evaluate":
             p.add_argument("run", help="a fine-tuning run directory")
-            p.add_argument("--picture-page", type=int, default=0,
-                           help="which FUNSD test page (0-49) to draw with its entities (default 0)")
+            p.add_argument(
+                "--picture-page",
+                type=int,
+                default=0,
+                help="which FUNSD test page (0-49) to draw with its entities (default 0)",
+            )
         p.set_defaults(func=_run)
 
 
@@ -80,18 +92,24 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.verb == "pretrain":
         res = pipeline.pretrain(cfg, resume=args.resume)
-        print(f"pre-trained {res.get('params', 0) / 1e6:.2f}M parameters on {res.get('pages')} pages; "
-              f"final loss {res.get('loss', float('nan')):.4g}; run: {cfg.out}")
+        print(
+            f"pre-trained {res.get('params', 0) / 1e6:.2f}M parameters on {res.get('pages')} pages; "
+            f"final loss {res.get('loss', float('nan')):.4g}; run: {cfg.out}"
+        )
     elif args.verb == "finetune":
         res = pipeline.finetune(cfg, resume=args.resume)
         t = res["test"]
-        print(f"FUNSD test entity F1 {t['f1']:.4f} (P {t['precision']:.4f}, R {t['recall']:.4f}) after fine-tuning "
-              f"on {res['train_forms']} forms from {res['init']}; run: {cfg.out}")
+        print(
+            f"FUNSD test entity F1 {t['f1']:.4f} (P {t['precision']:.4f}, R {t['recall']:.4f}) after fine-tuning "
+            f"on {res['train_forms']} forms from {res['init']}; run: {cfg.out}"
+        )
     elif args.verb == "search-weights":
         res = pipeline.search_weights(cfg)
         w = ", ".join(f"{k} {v:.3f}" for k, v in res["best_weights"].items())
-        print(f"best weights {w}: validation entity F1 {res['best_val_f1']:.4f} on {res['val_forms']} training "
-              f"forms; run: {cfg.out}")
+        print(
+            f"best weights {w}: validation entity F1 {res['best_val_f1']:.4f} on {res['val_forms']} training "
+            f"forms; run: {cfg.out}"
+        )
     else:
         t = pipeline.evaluate(cfg, args.run, picture_page=args.picture_page)
         print(json.dumps(t, indent=1))
@@ -108,8 +126,10 @@ def _ocr(args: argparse.Namespace) -> int:
 
 
 def _bench(_args: argparse.Namespace) -> int:
-    raise PretrainkitError("`pretrainkit bivldoc bench` is not yet implemented (the baselines, seeds and the "
-                           "report picture are planned; see README, Bi-VLDoc)")
+    raise PretrainkitError(
+        "`pretrainkit bivldoc bench` is not yet implemented (the baselines, seeds and the "
+        "report picture are planned; see README, Bi-VLDoc)"
+    )
 
 
 def bench_main(_argv: list[str]) -> int:

@@ -23,7 +23,9 @@ class DataSection:
     synthetic_noise: float = 0.5
     funsd_limit: int | None = None  # first n FUNSD training pages in pre-training (None: all 149)
     sroie_limit: int | None = None  # first n receipts (None: all)
-    own_pages: str | None = None  # a folder of your scanned pages, OCR'd with Tesseract and added to pre-training
+    own_pages: str | None = (
+        None  # a folder of your scanned pages, OCR'd with Tesseract and added to pre-training
+    )
     # pre-training pages longer than the model: "truncate" (stated in one line) or "error"; fine-tuning and
     # evaluation always split long pages into windows, so every word is labelled and scored
     overflow: Literal["truncate", "error"] = "truncate"
@@ -40,14 +42,19 @@ class PretrainSection:
     temperature: float = 0.1  # LGV InfoNCE
     vocab_size: int = 4000  # WordPiece vocabulary trained on the pre-training pages
     batch_size: int = 4
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, lr=5e-4, warmup_steps=20,
-                                                                   weight_decay=0.01, log_every=10))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=300, lr=5e-4, warmup_steps=20, weight_decay=0.01, log_every=10
+        )
+    )
 
     def validate(self) -> None:
         unknown = set(self.weights) - set(SHORT_NAMES)
         if unknown:
-            raise ConfigError(f"unknown pre-training task '{sorted(unknown)[0]}' in pretrain.weights; allowed: "
-                              f"{', '.join(SHORT_NAMES)}")
+            raise ConfigError(
+                f"unknown pre-training task '{sorted(unknown)[0]}' in pretrain.weights; allowed: "
+                f"{', '.join(SHORT_NAMES)}"
+            )
 
     def task_weights(self) -> dict[str, float]:
         """The weights by registered task name."""
@@ -62,8 +69,11 @@ class FinetuneSection:
     train_forms: int | None = None  # the first n FUNSD training forms (None: all 149): the few-label curve
     val_forms: int = 20  # search-weights only: the last n of those forms score each trial (in-budget)
     batch_size: int = 4
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=400, lr=5e-4, warmup_steps=20,
-                                                                   weight_decay=0.01, log_every=20))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=400, lr=5e-4, warmup_steps=20, weight_decay=0.01, log_every=20
+        )
+    )
 
 
 @dataclass
@@ -84,7 +94,9 @@ class BiVLDocConfig:
         names = {f.name for f in dataclasses.fields(ModelConfig)}
         unknown = set(self.model) - names
         if unknown:
-            raise ConfigError(f"unknown config key 'model.{sorted(unknown)[0]}'; allowed: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown config key 'model.{sorted(unknown)[0]}'; allowed: {', '.join(sorted(names))}"
+            )
         kw = {**self.model, **fixed}
         if isinstance(kw.get("cnn_channels"), list):
             kw["cnn_channels"] = tuple(kw["cnn_channels"])

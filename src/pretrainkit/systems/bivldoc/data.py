@@ -66,12 +66,18 @@ class Page:
             raise DataError(f"page {where} has no words: a page needs at least one word with a box")
         n = len(self.words)
         if self.boxes.shape != (n, 4) or self.seg_ids.shape != (n,):
-            raise DataError(f"page {where}: {n} words but boxes {self.boxes.shape}, seg_ids {self.seg_ids.shape}")
+            raise DataError(
+                f"page {where}: {n} words but boxes {self.boxes.shape}, seg_ids {self.seg_ids.shape}"
+            )
         for name, b in (("word", self.boxes), ("segment", self.seg_boxes)):
-            bad = np.nonzero((b < 0).any(1) | (b > 1000).any(1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))[0]
+            bad = np.nonzero((b < 0).any(1) | (b > 1000).any(1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))[
+                0
+            ]
             if len(bad):
-                raise DataError(f"page {where}: {name} box {b[bad[0]].tolist()} lies outside the page "
-                                f"(normalised boxes must satisfy 0 <= x0 <= x1 <= 1000, 0 <= y0 <= y1 <= 1000)")
+                raise DataError(
+                    f"page {where}: {name} box {b[bad[0]].tolist()} lies outside the page "
+                    f"(normalised boxes must satisfy 0 <= x0 <= x1 <= 1000, 0 <= y0 <= y1 <= 1000)"
+                )
         if len(self.seg_ids) and (self.seg_ids.min() < 0 or self.seg_ids.max() >= len(self.seg_boxes)):
             raise DataError(f"page {where}: a word names a segment that does not exist")
         if self.labels is not None:
@@ -91,13 +97,19 @@ class Page:
         return self._image
 
 
-def normalise_boxes(pixel_boxes: Sequence[Sequence[float]], width: int, height: int, where: str) -> np.ndarray:
+def normalise_boxes(
+    pixel_boxes: Sequence[Sequence[float]], width: int, height: int, where: str
+) -> np.ndarray:
     """Pixel boxes -> int boxes in 0-1000; a box outside the page (beyond a 1-pixel rounding slack) is an
     error naming ``where``, never silently clipped."""
     b = np.asarray(pixel_boxes, dtype=np.float64).reshape(-1, 4)
     x0, y0, x1, y1 = b.T
-    bad = np.nonzero((np.minimum(x0, x1) < -1) | (np.minimum(y0, y1) < -1) | (np.maximum(x0, x1) > width + 1)
-                     | (np.maximum(y0, y1) > height + 1))[0]
+    bad = np.nonzero(
+        (np.minimum(x0, x1) < -1)
+        | (np.minimum(y0, y1) < -1)
+        | (np.maximum(x0, x1) > width + 1)
+        | (np.maximum(y0, y1) > height + 1)
+    )[0]
     if len(bad):
         raise DataError(f"{where}: box {b[bad[0]].tolist()} lies outside its {width}x{height} page")
     b = np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)], 1)
@@ -106,7 +118,9 @@ def normalise_boxes(pixel_boxes: Sequence[Sequence[float]], width: int, height: 
 
 
 def union_box(boxes: np.ndarray) -> np.ndarray:
-    return np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()], dtype=np.int64)
+    return np.array(
+        [boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()], dtype=np.int64
+    )
 
 
 def bio_tags(entity: str | None, n: int) -> list[str]:
@@ -117,9 +131,17 @@ def bio_tags(entity: str | None, n: int) -> list[str]:
 def funsd_dir(data_root: str | Path, split: str) -> Path:
     if split not in ("train", "test"):
         raise DataError(f"unknown FUNSD split '{split}'; allowed: train, test")
-    d = Path(data_root) / "docs" / "funsd" / "dataset" / ("training_data" if split == "train" else "testing_data")
+    d = (
+        Path(data_root)
+        / "docs"
+        / "funsd"
+        / "dataset"
+        / ("training_data" if split == "train" else "testing_data")
+    )
     if not d.is_dir():
-        raise DataError(f"FUNSD not found at {d} (expected dataset/{{training,testing}}_data/{{images,annotations}})")
+        raise DataError(
+            f"FUNSD not found at {d} (expected dataset/{{training,testing}}_data/{{images,annotations}})"
+        )
     return d
 
 
@@ -140,7 +162,9 @@ def load_funsd_page(ann_path: Path, image_path: Path, source: str) -> Page:
     for ent in form:
         label = str(ent.get("label", "")).lower()
         if label not in FUNSD_LABELS:
-            raise DataError(f"{ann_path}: unknown label '{ent.get('label')}'; allowed: {', '.join(FUNSD_LABELS)}")
+            raise DataError(
+                f"{ann_path}: unknown label '{ent.get('label')}'; allowed: {', '.join(FUNSD_LABELS)}"
+            )
         ws = [w for w in ent.get("words", []) if str(w.get("text", "")).strip()]  # FUNSD has empty-text words
         if not ws:
             continue
@@ -153,9 +177,17 @@ def load_funsd_page(ann_path: Path, image_path: Path, source: str) -> Page:
         labels += bio_tags(FUNSD_LABELS[label], len(ws))
     if not words:
         raise DataError(f"{ann_path}: the annotation's word list is empty")
-    return Page(page_id=Path(ann_path).stem, source=source, words=words, boxes=np.concatenate(boxes),
-                seg_ids=np.asarray(seg_ids, dtype=np.int64), seg_boxes=np.stack(seg_boxes), size=(width, height),
-                image_path=Path(image_path), labels=labels)
+    return Page(
+        page_id=Path(ann_path).stem,
+        source=source,
+        words=words,
+        boxes=np.concatenate(boxes),
+        seg_ids=np.asarray(seg_ids, dtype=np.int64),
+        seg_boxes=np.stack(seg_boxes),
+        size=(width, height),
+        image_path=Path(image_path),
+        labels=labels,
+    )
 
 
 def load_funsd(data_root: str | Path, split: str, limit: int | None = None) -> list[Page]:
@@ -192,7 +224,9 @@ def load_sroie_page(box_csv: Path, image_path: Path, key_json: Path | None) -> P
         if not row:
             continue
         if len(row) < 9:
-            raise DataError(f"{box_csv} line {i + 1}: expected 8 coordinates and a text, got {len(row)} fields")
+            raise DataError(
+                f"{box_csv} line {i + 1}: expected 8 coordinates and a text, got {len(row)} fields"
+            )
         try:
             q = np.asarray([float(v) for v in row[:8]]).reshape(4, 2)
         except ValueError:
@@ -201,8 +235,12 @@ def load_sroie_page(box_csv: Path, image_path: Path, key_json: Path | None) -> P
         toks = text.split()
         if not toks:
             continue
-        line = normalise_boxes([[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()]], width, height,
-                               f"{box_csv} line {i + 1}")[0]
+        line = normalise_boxes(
+            [[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()]],
+            width,
+            height,
+            f"{box_csv} line {i + 1}",
+        )[0]
         total = sum(len(t) for t in toks) + len(toks) - 1
         x, span = float(line[0]), float(line[2] - line[0])
         seg = len(seg_boxes)
@@ -221,9 +259,17 @@ def load_sroie_page(box_csv: Path, image_path: Path, key_json: Path | None) -> P
             fields = {k: str(v) for k, v in json.loads(key_json.read_text()).items()}
         except ValueError as e:
             raise DataError(f"cannot read SROIE key fields {key_json}: {e}") from None
-    return Page(page_id=f"sroie-{Path(box_csv).stem}", source="sroie", words=words,
-                boxes=np.asarray(boxes, dtype=np.int64), seg_ids=np.asarray(seg_ids, dtype=np.int64),
-                seg_boxes=np.stack(seg_boxes), size=(width, height), image_path=Path(image_path), fields=fields)
+    return Page(
+        page_id=f"sroie-{Path(box_csv).stem}",
+        source="sroie",
+        words=words,
+        boxes=np.asarray(boxes, dtype=np.int64),
+        seg_ids=np.asarray(seg_ids, dtype=np.int64),
+        seg_boxes=np.stack(seg_boxes),
+        size=(width, height),
+        image_path=Path(image_path),
+        fields=fields,
+    )
 
 
 def load_sroie(data_root: str | Path, limit: int | None = None) -> list[Page]:
@@ -245,19 +291,29 @@ def check_no_funsd_test(pages: Iterable[Page], data_root: str | Path) -> None:
     test_digests = None
     for p in pages:
         if p.source == "funsd-test" or p.page_id in test_ids:
-            raise DataError(f"pre-training pages include FUNSD test page {p.page_id}: test pages are never "
-                            "pre-trained on")
+            raise DataError(
+                f"pre-training pages include FUNSD test page {p.page_id}: test pages are never pre-trained on"
+            )
         if p.image_path is not None and p.source != "funsd-train":
             if test_digests is None:
                 test_digests = {file_digest(f): f.stem for f in (d / "images").glob("*.png")}
             hit = test_digests.get(file_digest(p.image_path))
             if hit:
-                raise DataError(f"pre-training image {p.image_path} is FUNSD test page {hit}: test pages are "
-                                "never pre-trained on")
+                raise DataError(
+                    f"pre-training image {p.image_path} is FUNSD test page {hit}: test pages are "
+                    "never pre-trained on"
+                )
 
 
-def pretrain_pages(data_root: str | Path, synthetic: int = 0, seed: int = 0, funsd_limit: int | None = None,
-                   sroie_limit: int | None = None, extra: Sequence[Page] = (), **render_kw) -> list[Page]:
+def pretrain_pages(
+    data_root: str | Path,
+    synthetic: int = 0,
+    seed: int = 0,
+    funsd_limit: int | None = None,
+    sroie_limit: int | None = None,
+    extra: Sequence[Page] = (),
+    **render_kw,
+) -> list[Page]:
     """FUNSD's training pages, the SROIE receipts, ``synthetic`` rendered pages and ``extra`` (e.g. a user's
     OCR'd scans): the unlabelled corpus (labels are dropped). Checked against FUNSD's test set."""
     pages = [*load_funsd(data_root, "train", funsd_limit), *load_sroie(data_root, sroie_limit), *extra]

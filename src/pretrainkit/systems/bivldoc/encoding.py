@@ -29,7 +29,11 @@ LABEL_IDS = {t: i for i, t in enumerate(BIO_TAGS)}
 def _tokenizer(vocab: dict[str, int] | None = None):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    model = models.WordPiece(vocab, unk_token="[UNK]") if vocab is not None else models.WordPiece(unk_token="[UNK]")
+    model = (
+        models.WordPiece(vocab, unk_token="[UNK]")
+        if vocab is not None
+        else models.WordPiece(unk_token="[UNK]")
+    )
     tok = Tokenizer(model)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -51,11 +55,15 @@ def train_tokenizer(pages: Iterable[Page], vocab_size: int):
     words: Counter[str] = Counter()
     for p in pages:
         for w in p.words:
-            words.update(piece for piece, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(w)))
+            words.update(
+                piece for piece, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(w))
+            )
     chars = sorted({c for w in words for c in w})
     vocab = list(SPECIALS) + chars + [f"##{c}" for c in chars]
     if len(vocab) > vocab_size:
-        raise DataError(f"pretrain.vocab_size={vocab_size} is below the {len(vocab)} characters and specials seen")
+        raise DataError(
+            f"pretrain.vocab_size={vocab_size} is below the {len(vocab)} characters and specials seen"
+        )
     ends: Counter[str] = Counter()
     for w, n in words.items():
         for k in range(2, min(4, len(w) - 1) + 1):
@@ -78,7 +86,9 @@ def load_tokenizer(path: str | Path):
     from tokenizers import Tokenizer
 
     if not Path(path).is_file():
-        raise DataError(f"tokenizer not found: {path} (pre-train first, or pass the pre-training run directory)")
+        raise DataError(
+            f"tokenizer not found: {path} (pre-train first, or pass the pre-training run directory)"
+        )
     return Tokenizer.from_file(str(path))
 
 
@@ -105,8 +115,10 @@ class Truncation:
     def report(self, what: str, cfg: ModelConfig, stream=sys.stderr) -> str | None:
         if not self.pages:
             return None
-        line = (f"note: {self.pages} of {self.total_pages} {what} pages were truncated to model.max_tokens="
-                f"{cfg.max_tokens} / model.max_segments={cfg.max_segments} ({self.words} words dropped)")
+        line = (
+            f"note: {self.pages} of {self.total_pages} {what} pages were truncated to model.max_tokens="
+            f"{cfg.max_tokens} / model.max_segments={cfg.max_segments} ({self.words} words dropped)"
+        )
         print(line, file=stream)
         return line
 
@@ -114,8 +126,14 @@ class Truncation:
 Overflow = Literal["truncate", "error", "windows"]
 
 
-def encode_page(page: Page, tok, cfg: ModelConfig, overflow: Overflow = "truncate",
-                image: torch.Tensor | None = None, start: int = 0) -> EncodedPage:
+def encode_page(
+    page: Page,
+    tok,
+    cfg: ModelConfig,
+    overflow: Overflow = "truncate",
+    image: torch.Tensor | None = None,
+    start: int = 0,
+) -> EncodedPage:
     """Tokenise ``page``'s words from word ``start`` on (the first sub-word carries the word's label), keeping
     whole words only while they fit ``cfg.max_tokens`` (with [CLS]) and ``cfg.max_segments``; the window's
     segments are renumbered from 0. ``overflow="error"`` refuses a page that does not fit."""
@@ -132,9 +150,11 @@ def encode_page(page: Page, tok, cfg: ModelConfig, overflow: Overflow = "truncat
     if end == start:
         raise DataError(f"page {page.page_id}: word {start} alone has more sub-words than model.max_tokens")
     if end < len(page.words) and overflow == "error":
-        raise DataError(f"page {page.page_id}: {len(ids)} tokens / {len(page.seg_boxes)} segments exceed "
-                        f"model.max_tokens={cfg.max_tokens} (with [CLS]) / model.max_segments={cfg.max_segments}; "
-                        "set data.overflow=truncate to keep the first words, or windows to split the page")
+        raise DataError(
+            f"page {page.page_id}: {len(ids)} tokens / {len(page.seg_boxes)} segments exceed "
+            f"model.max_tokens={cfg.max_tokens} (with [CLS]) / model.max_segments={cfg.max_segments}; "
+            "set data.overflow=truncate to keep the first words, or windows to split the page"
+        )
     keep = wid < end
     ids, wid, seg = ids[keep], wid[keep], seg[keep] - seg0
     first = np.r_[True, wid[1:] != wid[:-1]]
@@ -156,7 +176,7 @@ def encode_page(page: Page, tok, cfg: ModelConfig, overflow: Overflow = "truncat
         in_seg_pos=cat([0], in_seg),
         word_index=cat([-1], np.where(first, wid, -1)),
         labels=cat([-100], labels),
-        seg_boxes=torch.from_numpy(page.seg_boxes[seg0:seg0 + n_seg].copy()),
+        seg_boxes=torch.from_numpy(page.seg_boxes[seg0 : seg0 + n_seg].copy()),
         image=page_image(page, cfg.image_size) if image is None else image,
         n_words=len(page.words),
         n_words_kept=end - start,
@@ -175,8 +195,9 @@ def encode_windows(page: Page, tok, cfg: ModelConfig) -> list[EncodedPage]:
     return out
 
 
-def encode_pages(pages: Sequence[Page], tok, cfg: ModelConfig, what: str,
-                 overflow: Overflow = "truncate") -> tuple[list[EncodedPage], str | None]:
+def encode_pages(
+    pages: Sequence[Page], tok, cfg: ModelConfig, what: str, overflow: Overflow = "truncate"
+) -> tuple[list[EncodedPage], str | None]:
     """Every page encoded; ``windows`` splits long pages, ``truncate`` states how much it cut (one line)."""
     if overflow == "windows":
         return [e for p in pages for e in encode_windows(p, tok, cfg)], None

@@ -49,9 +49,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
-            raise ConfigError(f"model.d_model {self.d_model} is not divisible by model.n_heads {self.n_heads}")
+            raise ConfigError(
+                f"model.d_model {self.d_model} is not divisible by model.n_heads {self.n_heads}"
+            )
         if self.image_size % (2 ** len(self.cnn_channels)):
-            raise ConfigError(f"model.image_size {self.image_size} must be divisible by 2^{len(self.cnn_channels)}")
+            raise ConfigError(
+                f"model.image_size {self.image_size} must be divisible by 2^{len(self.cnn_channels)}"
+            )
         if self.max_tokens < 2 or self.max_segments < 1:
             raise ConfigError("model.max_tokens must be >= 2 and model.max_segments >= 1")
 
@@ -60,8 +64,18 @@ PRESETS: dict[str, dict] = {
     # a few million parameters: pre-trains on 2 CPU cores in minutes
     "cpu": {},
     # GeoLayoutLM/VLDoc-base-like sizes (12 x 768 text tower, 768^2 pages, 150 segments) for a GPU
-    "base": dict(vocab_size=16000, d_model=768, n_heads=12, text_layers=12, fusion_layers=2, ffn=3072,
-                 max_tokens=512, max_segments=150, image_size=768, cnn_channels=(64, 128, 256, 384, 512)),
+    "base": dict(
+        vocab_size=16000,
+        d_model=768,
+        n_heads=12,
+        text_layers=12,
+        fusion_layers=2,
+        ffn=3072,
+        max_tokens=512,
+        max_segments=150,
+        image_size=768,
+        cnn_channels=(64, 128, 256, 384, 512),
+    ),
 }
 
 
@@ -100,8 +114,11 @@ class DocBatch:
     page_ids: tuple[str, ...] = ()
 
     def to(self, device) -> DocBatch:
-        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True)
-                 for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=True)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
     def replace(self, **changes) -> DocBatch:
@@ -152,8 +169,14 @@ class BoxEmbedding(nn.Module):
 
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
         x0, y0, x1, y1 = boxes.unbind(-1)
-        return (self.x(x0) + self.y(y0) + self.x(x1) + self.y(y1) + self.w((x1 - x0).clamp(0, 1000))
-                + self.h((y1 - y0).clamp(0, 1000)))
+        return (
+            self.x(x0)
+            + self.y(y0)
+            + self.x(x1)
+            + self.y(y1)
+            + self.w((x1 - x0).clamp(0, 1000))
+            + self.h((y1 - y0).clamp(0, 1000))
+        )
 
 
 class ImageTower(nn.Module):
@@ -165,9 +188,14 @@ class ImageTower(nn.Module):
         layers, c_in = [], 1
         for c in cfg.cnn_channels:
             groups = 8 if c % 8 == 0 else 1
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(groups, c),
-                       nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(groups, c),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(groups, c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.GroupNorm(groups, c),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c
         self.stages = nn.Sequential(*layers)
         self.grid = cfg.image_size // 2 ** len(cfg.cnn_channels)
@@ -211,7 +239,9 @@ class _Attn(nn.Module):
 class _FFN(nn.Module):
     def __init__(self, d: int, ffn: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.net = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x)
@@ -257,8 +287,9 @@ class BiVLDocModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.embed = TextLayoutEmbedding(cfg)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ffn, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.n_heads, cfg.ffn, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.text = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.image = ImageTower(cfg)
         self.vis_box = BoxEmbedding(d)
@@ -340,6 +371,16 @@ def collate(pages: list[EncodedPage], layout: str = "word") -> DocBatch:
         else:
             boxes[i, :m] = p.boxes
     images = torch.stack([p.image for p in pages]).float() / 255.0
-    return DocBatch(input_ids=ids, boxes=boxes, attention_mask=att, seg_index=seg_index, in_seg_pos=in_seg,
-                    word_index=word_index, seg_boxes=seg_boxes, seg_mask=seg_mask, images=images, labels=labels,
-                    page_ids=tuple(p.page_id for p in pages))
+    return DocBatch(
+        input_ids=ids,
+        boxes=boxes,
+        attention_mask=att,
+        seg_index=seg_index,
+        in_seg_pos=in_seg,
+        word_index=word_index,
+        seg_boxes=seg_boxes,
+        seg_mask=seg_mask,
+        images=images,
+        labels=labels,
+        page_ids=tuple(p.page_id for p in pages),
+    )

@@ -19,8 +19,10 @@ from pretrainkit.errors import DataError
 from pretrainkit.systems.bivldoc.data import Page, file_digest, load_image, normalise_boxes, union_box
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-INSTALL_HINT = ("install Tesseract: `sudo apt-get install tesseract-ocr` (Debian/Ubuntu), `brew install tesseract` "
-                "(macOS), or see https://tesseract-ocr.github.io/tessdoc/Installation.html")
+INSTALL_HINT = (
+    "install Tesseract: `sudo apt-get install tesseract-ocr` (Debian/Ubuntu), `brew install tesseract` "
+    "(macOS), or see https://tesseract-ocr.github.io/tessdoc/Installation.html"
+)
 
 
 def tesseract_available() -> str | None:
@@ -76,9 +78,16 @@ def ocr_page(path: str | Path, cache_dir: str | Path | None = None) -> Page:
     keys = [tuple(t) for t in rec["lines"]]
     order = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     seg = np.asarray([order[k] for k in keys], dtype=np.int64)
-    page = Page(page_id=path.stem, source="ocr", words=list(rec["words"]), boxes=b, seg_ids=seg,
-                seg_boxes=np.stack([union_box(b[seg == s]) for s in range(len(order))]), size=(width, height),
-                image_path=path)
+    page = Page(
+        page_id=path.stem,
+        source="ocr",
+        words=list(rec["words"]),
+        boxes=b,
+        seg_ids=seg,
+        seg_boxes=np.stack([union_box(b[seg == s]) for s in range(len(order))]),
+        size=(width, height),
+        image_path=path,
+    )
     page._image = image
     return page
 

@@ -67,9 +67,15 @@ def corpus(cfg: BiVLDocConfig, out: Path) -> list[Page]:
         from pretrainkit.systems.bivldoc.ocr import ocr_folder
 
         extra = ocr_folder(cfg.data.own_pages, cache_dir=out / "ocr_cache")
-    return pretrain_pages(root, synthetic=cfg.data.synthetic_pages, seed=cfg.pretrain.train.seed,
-                          funsd_limit=cfg.data.funsd_limit, sroie_limit=cfg.data.sroie_limit, extra=extra,
-                          noise=cfg.data.synthetic_noise)
+    return pretrain_pages(
+        root,
+        synthetic=cfg.data.synthetic_pages,
+        seed=cfg.pretrain.train.seed,
+        funsd_limit=cfg.data.funsd_limit,
+        sroie_limit=cfg.data.sroie_limit,
+        extra=extra,
+        noise=cfg.data.synthetic_noise,
+    )
 
 
 def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
@@ -86,8 +92,16 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     enc, note = encode_pages(pages, tok, mcfg, "pre-training", cfg.data.overflow)
     torch.manual_seed(cfg.pretrain.train.seed)  # the initial weights are a function of the seed
     model = build_pretrain_model(cfg, mcfg)
-    stream = PageStream(enc, cfg.pretrain.batch_size, seed=cfg.pretrain.train.seed, layout=mcfg.layout,
-                        view=cfg.pretrain.view, vocab_size=mcfg.vocab_size, rank=info.rank, world=info.world)
+    stream = PageStream(
+        enc,
+        cfg.pretrain.batch_size,
+        seed=cfg.pretrain.train.seed,
+        layout=mcfg.layout,
+        view=cfg.pretrain.view,
+        vocab_size=mcfg.vocab_size,
+        rank=info.rank,
+        world=info.world,
+    )
     trainer = Trainer(model, stream, cfg.pretrain.train, run_dir=run, dist_info=info, unit="pages")
     if info.is_main:  # before training, so a run killed mid-way resumes with the same vocabulary
         save_config(cfg, run.path / "config.yaml")
@@ -96,8 +110,13 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     result = trainer.fit(resume)  # a fresh start clears the run's old checkpoints and metrics first
     if info.is_main:
         ckpt.save_weights(run.path / BACKBONE, trainer.raw_model.backbone.state_dict())
-        result = {**result, "pages": len(pages), "params": n_params(model.backbone), "truncation": note,
-                  "sources": {s: sum(p.source == s for p in pages) for s in sorted({p.source for p in pages})}}
+        result = {
+            **result,
+            "pages": len(pages),
+            "params": n_params(model.backbone),
+            "truncation": note,
+            "sources": {s: sum(p.source == s for p in pages) for s in sorted({p.source for p in pages})},
+        }
         run.write_results(result)
     return result
 
@@ -120,14 +139,15 @@ class EntityTagger(nn.Module):
 
 
 @torch.no_grad()
-def predict_tags(model: EntityTagger, pages: list[Page], enc, batch_size: int = 8,
-                 device: torch.device | str = "cpu") -> list[list[str]]:
+def predict_tags(
+    model: EntityTagger, pages: list[Page], enc, batch_size: int = 8, device: torch.device | str = "cpu"
+) -> list[list[str]]:
     """One BIO tag per word of every page (windows of long pages put back together; a word no window kept
     is predicted O)."""
     model.eval()
     by_id = {p.page_id: ["O"] * len(p.words) for p in pages}
     for i in range(0, len(enc), batch_size):
-        chunk = enc[i:i + batch_size]
+        chunk = enc[i : i + batch_size]
         b = collate(chunk, layout=model.backbone.cfg.layout).to(device)
         pred = model.logits(b).argmax(-1).cpu()
         for j, e in enumerate(chunk):
@@ -142,8 +162,11 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, flo
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
     per = classification_report(gold, pred, output_dict=True, zero_division=0)
-    out = {"f1": f1_score(gold, pred, zero_division=0), "precision": precision_score(gold, pred, zero_division=0),
-           "recall": recall_score(gold, pred, zero_division=0)}
+    out = {
+        "f1": f1_score(gold, pred, zero_division=0),
+        "precision": precision_score(gold, pred, zero_division=0),
+        "recall": recall_score(gold, pred, zero_division=0),
+    }
     out.update({f"f1/{k}": v["f1-score"] for k, v in per.items() if k in ("HEADER", "QUESTION", "ANSWER")})
     return out
 
@@ -160,15 +183,23 @@ def _init_backbone(cfg: BiVLDocConfig, train_pages: list[Page]) -> tuple[BiVLDoc
         state = ckpt.load_weights(run / BACKBONE)
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"{run / BACKBONE} does not fit the model (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"{run / BACKBONE} does not fit the model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
         return backbone, tok, f"pretrained:{run}"
-    tok = train_tokenizer(train_pages, cfg.pretrain.vocab_size)  # from scratch: vocabulary of FUNSD train only
+    tok = train_tokenizer(
+        train_pages, cfg.pretrain.vocab_size
+    )  # from scratch: vocabulary of FUNSD train only
     return BiVLDocModel(cfg.model_config(vocab_size=tok.get_vocab_size())), tok, "scratch"
 
 
-def finetune(cfg: BiVLDocConfig, resume: str | None = None, train_pages: list[Page] | None = None,
-             eval_pages: list[Page] | None = None) -> dict[str, Any]:
+def finetune(
+    cfg: BiVLDocConfig,
+    resume: str | None = None,
+    train_pages: list[Page] | None = None,
+    eval_pages: list[Page] | None = None,
+) -> dict[str, Any]:
     """Fine-tune entity labelling on the first ``finetune.train_forms`` FUNSD training forms (all by default),
     then score the 50 test forms (``results["test"]``) and draw one of them; writes results.json and the tagger
     (for ``evaluate``). ``train_pages``/``eval_pages``: other labelled pages instead (the weight search's
@@ -178,15 +209,25 @@ def finetune(cfg: BiVLDocConfig, resume: str | None = None, train_pages: list[Pa
     if train_pages is None:
         train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
         if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
-            raise ConfigError(f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}")
+            raise ConfigError(
+                f"finetune.train_forms={cfg.finetune.train_forms} but FUNSD has {len(train_pages)}"
+            )
     torch.manual_seed(cfg.finetune.train.seed)
     backbone, tok, origin = _init_backbone(cfg, train_pages)
     run = RunDir(cfg.out)
     enc, _ = encode_pages(train_pages, tok, backbone.cfg, "FUNSD train", overflow="windows")
-    torch.manual_seed(cfg.finetune.train.seed + 1)  # the head's init does not depend on how the backbone was made
+    torch.manual_seed(
+        cfg.finetune.train.seed + 1
+    )  # the head's init does not depend on how the backbone was made
     model = EntityTagger(backbone)
-    stream = PageStream(enc, cfg.finetune.batch_size, seed=cfg.finetune.train.seed, layout=backbone.cfg.layout,
-                        rank=info.rank, world=info.world)
+    stream = PageStream(
+        enc,
+        cfg.finetune.batch_size,
+        seed=cfg.finetune.train.seed,
+        layout=backbone.cfg.layout,
+        rank=info.rank,
+        world=info.world,
+    )
     trainer = Trainer(model, stream, cfg.finetune.train, run_dir=run, dist_info=info, unit="windows")
     if info.is_main:
         save_config(cfg, run.path / "config.yaml")
@@ -198,16 +239,32 @@ def finetune(cfg: BiVLDocConfig, resume: str | None = None, train_pages: list[Pa
     ckpt.save_weights(run.path / "tagger.safetensors", trainer.raw_model.state_dict())
     on_test = eval_pages is None
     pages = load_funsd(root, "test") if on_test else eval_pages
-    scores = evaluate_tagger(model, tok, pages, device=info.device,
-                             picture=run.path / "plots" / "entities.png" if on_test else None)
-    result = {"init": origin, "train_forms": len(train_pages), "fit": fit, "test" if on_test else "val": scores,
-              "layout": backbone.cfg.layout}
+    scores = evaluate_tagger(
+        model,
+        tok,
+        pages,
+        device=info.device,
+        picture=run.path / "plots" / "entities.png" if on_test else None,
+    )
+    result = {
+        "init": origin,
+        "train_forms": len(train_pages),
+        "fit": fit,
+        "test" if on_test else "val": scores,
+        "layout": backbone.cfg.layout,
+    }
     run.write_results(result)
     return result
 
 
-def evaluate_tagger(model: EntityTagger, tok, pages: list[Page], device="cpu", picture: Path | None = None,
-                    picture_page: int = 0) -> dict[str, Any]:
+def evaluate_tagger(
+    model: EntityTagger,
+    tok,
+    pages: list[Page],
+    device="cpu",
+    picture: Path | None = None,
+    picture_page: int = 0,
+) -> dict[str, Any]:
     """Entity F1 on labelled ``pages`` (the FUNSD test forms); ``picture``: also draw page ``picture_page``
     (gold beside predicted entities) to that PNG."""
     enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
@@ -230,7 +287,9 @@ def load_tagger(run: str | Path) -> tuple[EntityTagger, Any]:
     model = EntityTagger(BiVLDocModel(read_model_config(run)))
     missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model, load_tokenizer(run / TOKENIZER)
 
 
@@ -238,8 +297,13 @@ def evaluate(cfg: BiVLDocConfig, run: str | Path, picture_page: int = 0) -> dict
     """Score a fine-tuned run's tagger on FUNSD test (entity F1, seqeval) and draw one test page's entities
     (``<run>/plots/entities.png``)."""
     model, tok = load_tagger(run)
-    scores = evaluate_tagger(model, tok, load_funsd(data_root(cfg), "test"),
-                             picture=Path(run) / "plots" / "entities.png", picture_page=picture_page)
+    scores = evaluate_tagger(
+        model,
+        tok,
+        load_funsd(data_root(cfg), "test"),
+        picture=Path(run) / "plots" / "entities.png",
+        picture_page=picture_page,
+    )
     if not scores["pages"]:
         raise DataError("no FUNSD test pages found")
     return scores
@@ -260,21 +324,33 @@ def search_weights(cfg: BiVLDocConfig) -> dict[str, Any]:
     labelled = load_funsd(data_root(cfg), "train", cfg.finetune.train_forms)
     n_val = cfg.finetune.val_forms
     if not 0 < n_val < len(labelled):
-        raise ConfigError(f"finetune.val_forms={n_val} must leave training forms: 0 < val_forms < {len(labelled)}")
+        raise ConfigError(
+            f"finetune.val_forms={n_val} must leave training forms: 0 < val_forms < {len(labelled)}"
+        )
     fit_pages, val_pages = labelled[:-n_val], labelled[-n_val:]
     out = Path(cfg.out)
 
     def objective(weights: dict[str, float]) -> float:
         tag = hashlib.sha1(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:10]
-        pre = dataclasses.replace(cfg, out=str(out / "trials" / f"pre-{tag}"),
-                                  pretrain=dataclasses.replace(cfg.pretrain, weights=dict(weights)))
+        pre = dataclasses.replace(
+            cfg,
+            out=str(out / "trials" / f"pre-{tag}"),
+            pretrain=dataclasses.replace(cfg.pretrain, weights=dict(weights)),
+        )
         pretrain(pre)
-        ft = dataclasses.replace(cfg, out=str(out / "trials" / f"ft-{tag}"),
-                                 finetune=dataclasses.replace(cfg.finetune, init=pre.out))
+        ft = dataclasses.replace(
+            cfg,
+            out=str(out / "trials" / f"ft-{tag}"),
+            finetune=dataclasses.replace(cfg.finetune, init=pre.out),
+        )
         return float(finetune(ft, train_pages=fit_pages, eval_pages=val_pages)["val"]["f1"])
 
     res = search_task_weights(objective, list(SHORT_NAMES), cfg.search, run_dir=out / "search")
-    result = {"best_weights": res.best_weights, "best_val_f1": res.best_value, "val_forms": n_val,
-              "trials": cfg.search.n_trials}
+    result = {
+        "best_weights": res.best_weights,
+        "best_val_f1": res.best_value,
+        "val_forms": n_val,
+        "trials": cfg.search.n_trials,
+    }
     RunDir(out).write_results(result)
     return result

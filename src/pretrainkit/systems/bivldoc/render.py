@@ -18,10 +18,15 @@ import numpy as np
 from pretrainkit.errors import DataError
 from pretrainkit.systems.bivldoc.data import Page, normalise_boxes, union_box
 
-FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation",
-             "/usr/share/fonts/truetype/freefont")
-_FALLBACK_WORDS = ("the form date name address total amount number please return to office page of report "
-                   "account signature received approved company phone fax subject item price").split()
+FONT_DIRS = (
+    "/usr/share/fonts/truetype/dejavu",
+    "/usr/share/fonts/truetype/liberation",
+    "/usr/share/fonts/truetype/freefont",
+)
+_FALLBACK_WORDS = (
+    "the form date name address total amount number please return to office page of report "
+    "account signature received approved company phone fax subject item price"
+).split()
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +34,9 @@ def font_files() -> tuple[str, ...]:
     found = []
     for d in FONT_DIRS:
         if Path(d).is_dir():
-            found += sorted(str(p) for p in Path(d).glob("*.ttf") if "Oblique" not in p.name or len(found) < 2)
+            found += sorted(
+                str(p) for p in Path(d).glob("*.ttf") if "Oblique" not in p.name or len(found) < 2
+            )
     return tuple(found)
 
 
@@ -50,7 +57,7 @@ def gutenberg_words(root: str, max_books: int = 8, max_words: int = 200_000) -> 
         text = b.read_text(encoding="utf-8", errors="replace")
         start = re.search(r"\*\*\* ?START OF.*?\*\*\*", text)
         end = re.search(r"\*\*\* ?END OF", text)
-        text = text[start.end() if start else 0:end.start() if end else len(text)]
+        text = text[start.end() if start else 0 : end.start() if end else len(text)]
         words += [w for w in text.split() if len(w) < 24]
         if len(words) >= max_words:
             break
@@ -65,14 +72,20 @@ class TextSource:
 
     def run(self, rng: np.random.Generator, n: int) -> list[str]:
         i = int(rng.integers(0, max(1, len(self.words) - n)))
-        out = list(self.words[i:i + n])
+        out = list(self.words[i : i + n])
         while len(out) < n:
             out.append(self.words[int(rng.integers(len(self.words)))])
         return out
 
 
-def render_page(rng: np.random.Generator, text: TextSource, page_id: str, size: tuple[int, int] = (612, 792),
-                noise: float = 0.5, fonts: tuple[str, ...] | None = None) -> Page:
+def render_page(
+    rng: np.random.Generator,
+    text: TextSource,
+    page_id: str,
+    size: tuple[int, int] = (612, 792),
+    noise: float = 0.5,
+    fonts: tuple[str, ...] | None = None,
+) -> Page:
     """One rendered page. ``noise`` in [0, 1]: scan speckle/blur strength (0 = clean, for exact-ink tests)."""
     from PIL import Image, ImageDraw, ImageFilter
 
@@ -147,15 +160,22 @@ def render_page(rng: np.random.Generator, text: TextSource, page_id: str, size: 
     used = np.unique(seg)  # renumber: a segment whose words all overflowed has no words
     seg = np.searchsorted(used, seg)
     seg_boxes = np.stack([union_box(b[seg == s]) for s in range(len(used))])
-    page = Page(page_id=page_id, source="synthetic", words=words, boxes=b, seg_ids=seg, seg_boxes=seg_boxes,
-                size=size)
+    page = Page(
+        page_id=page_id, source="synthetic", words=words, boxes=b, seg_ids=seg, seg_boxes=seg_boxes, size=size
+    )
     page._image = img
     page.pixel_boxes = np.asarray(boxes, dtype=np.int64)  # exact pixel boxes, for tests and debugging
     return page
 
 
-def render_pages(n: int, data_root: str | Path | None = None, seed: int = 0, size: tuple[int, int] = (612, 792),
-                 noise: float = 0.5, text_root: str | Path | None = None) -> list[Page]:
+def render_pages(
+    n: int,
+    data_root: str | Path | None = None,
+    seed: int = 0,
+    size: tuple[int, int] = (612, 792),
+    noise: float = 0.5,
+    text_root: str | Path | None = None,
+) -> list[Page]:
     """``n`` rendered pages from the Gutenberg books under ``<data_root>/text/gutenberg`` (or ``text_root``)."""
     root = Path(text_root) if text_root else (Path(data_root) / "text" / "gutenberg" if data_root else None)
     words = gutenberg_words(str(root)) if root is not None and root.is_dir() else ()

@@ -28,7 +28,7 @@ def draw_entities(page: Page, tags: list[str], title: str):
     w, h = page.size
     scale = np.array([w, h, w, h]) / 1000
     for kind, s, e in entities(tags):
-        b = page.boxes[s:e + 1]
+        b = page.boxes[s : e + 1]
         box = (np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()]) * scale).round()
         draw.rectangle(box.tolist(), outline=COLOURS.get(kind, (0, 0, 0)), width=2)
     draw.rectangle([0, 0, w, 22], fill=(255, 255, 255))

@@ -20,7 +20,9 @@ from pretrainkit.systems.bivldoc.model import DocBatch, EncodedPage, collate
 @dataclass
 class ViewConfig:
     mask_prob: float = 0.15  # MVLM: share of text tokens masked (80 % [MASK], 10 % random, 10 % kept)
-    tipa_prob: float = 0.15  # TIPA: share of segments whose text-side boxes are hidden (at least one per page)
+    tipa_prob: float = (
+        0.15  # TIPA: share of segments whose text-side boxes are hidden (at least one per page)
+    )
     itm_prob: float = 0.2  # ITM: share of pages given another page's image
 
     def validate(self) -> None:
@@ -49,8 +51,11 @@ def pretrain_view(b: DocBatch, cfg: ViewConfig, vocab_size: int, g: torch.Genera
     if n > 1:
         swap = torch.rand(n, generator=g) < cfg.itm_prob
         for i in swap.nonzero().flatten().tolist():
-            others = [j for j in range(n) if b.page_ids[j] != b.page_ids[i]] if b.page_ids else \
-                [j for j in range(n) if j != i]
+            others = (
+                [j for j in range(n) if b.page_ids[j] != b.page_ids[i]]
+                if b.page_ids
+                else [j for j in range(n) if j != i]
+            )
             if others:
                 images[i] = b.images[others[int(torch.randint(len(others), (1,), generator=g))]]
                 itm[i] = 0.0
@@ -69,8 +74,15 @@ def pretrain_view(b: DocBatch, cfg: ViewConfig, vocab_size: int, g: torch.Genera
     S = b.seg_boxes.shape[1]
     tok_hidden = (b.seg_index[..., None] == torch.arange(S)).mul(hidden[:, None, :]).any(-1)
     boxes = b.boxes.masked_fill(tok_hidden[..., None], 0)
-    return b.replace(input_ids=ids, boxes=boxes, images=images, mlm_labels=mlm_labels, tipa_hidden=hidden,
-                     tipa_target=b.seg_boxes.clone(), itm_label=itm)
+    return b.replace(
+        input_ids=ids,
+        boxes=boxes,
+        images=images,
+        mlm_labels=mlm_labels,
+        tipa_hidden=hidden,
+        tipa_target=b.seg_boxes.clone(),
+        itm_label=itm,
+    )
 
 
 class PageStream:
@@ -79,8 +91,17 @@ class PageStream:
 
     unit = "pages"
 
-    def __init__(self, pages: list[EncodedPage], batch_size: int, seed: int = 0, layout: str = "word",
-                 view: ViewConfig | None = None, vocab_size: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        pages: list[EncodedPage],
+        batch_size: int,
+        seed: int = 0,
+        layout: str = "word",
+        view: ViewConfig | None = None,
+        vocab_size: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if not pages:
             raise DataError("no pages to train on")
         self.pages, self.layout, self.view, self.vocab_size = pages, layout, view, vocab_size
@@ -107,11 +128,13 @@ class PageStream:
     def __next__(self) -> DocBatch:
         if self.pos + self.batch_size > len(self.pages):
             self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        idx = self._order()[self.pos:self.pos + self.batch_size]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + self.pos) * 31 + self.rank)
+        idx = self._order()[self.pos : self.pos + self.batch_size]
+        g = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch * 7919 + self.pos) * 31 + self.rank
+        )
         self.pos += self.batch_size
         per = self.batch_size // self.world
-        idx = idx[self.rank * per:(self.rank + 1) * per].tolist()
+        idx = idx[self.rank * per : (self.rank + 1) * per].tolist()
         batch = collate([self.pages[i] for i in idx], layout=self.layout)
         if self.view is not None:
             batch = pretrain_view(batch, self.view, self.vocab_size, g)

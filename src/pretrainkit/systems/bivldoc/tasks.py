@@ -33,9 +33,13 @@ from pretrainkit.systems.bivldoc.model import DocBatch, DocFeatures
 TASK_NAMES = ("bivldoc.mvlm", "bivldoc.tipa", "bivldoc.lgv", "bivldoc.itm")
 
 
-def segment_means(text: torch.Tensor, seg_index: torch.Tensor, n_seg: int) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_means(
+    text: torch.Tensor, seg_index: torch.Tensor, n_seg: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, d) mean of each segment's token features and (B, S) whether the segment has any token."""
-    onehot = (seg_index[..., None] == torch.arange(n_seg, device=seg_index.device)).to(text.dtype)  # (B, L, S)
+    onehot = (seg_index[..., None] == torch.arange(n_seg, device=seg_index.device)).to(
+        text.dtype
+    )  # (B, L, S)
     count = onehot.sum(1)
     means = torch.einsum("bls,bld->bsd", onehot, text) / count.clamp(min=1)[..., None]
     return means, count > 0
@@ -52,8 +56,9 @@ def _matched(batch: DocBatch) -> torch.Tensor:
 class MaskedVisionLanguage(PretrainTask):
     def __init__(self, d_model: int, vocab_size: int):
         super().__init__()
-        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model),
-                                  nn.Linear(d_model, vocab_size))
+        self.head = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model), nn.Linear(d_model, vocab_size)
+        )
         self.ce = TokenCrossEntropy(ignore_index=-100)
 
     def loss(self, batch: DocBatch, out: DocFeatures):
@@ -72,8 +77,11 @@ class TextImagePosition(PretrainTask):
         if mode not in ("regress", "grid"):
             raise ConfigError(f"unknown pretrain.tipa_mode '{mode}'; allowed: regress, grid")
         self.mode, self.grid = mode, grid
-        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
-                                  nn.Linear(d_model, 4 if mode == "regress" else grid * grid))
+        self.head = nn.Sequential(
+            nn.Linear(d_model, d_model),
+            nn.GELU(),
+            nn.Linear(d_model, 4 if mode == "regress" else grid * grid),
+        )
 
     def cell(self, boxes: torch.Tensor) -> torch.Tensor:
         """The grid cell (row-major) of each box's centre."""
@@ -121,8 +129,14 @@ class LanguageGuidedVision(PretrainTask):
             return (self.vis(out.vis_seg).sum() + self.txt(out.text).sum()) * 0.0, {}
         qv, pt = self.vis(q), self.txt(p)
         with torch.no_grad():
-            acc = ((F.normalize(qv, dim=-1) @ F.normalize(pt, dim=-1).T).argmax(-1)
-                   == torch.arange(len(qv), device=qv.device)).float().mean()
+            acc = (
+                (
+                    (F.normalize(qv, dim=-1) @ F.normalize(pt, dim=-1).T).argmax(-1)
+                    == torch.arange(len(qv), device=qv.device)
+                )
+                .float()
+                .mean()
+            )
         return self.nce(qv, pt), {"acc": acc}
 
 
@@ -140,7 +154,12 @@ class ImageTextMatching(PretrainTask):
         return loss, {"acc": ((logit > 0).float() == batch.itm_label).float().mean().detach()}
 
 
-def build_tasks(d_model: int, vocab_size: int, tipa_mode: str = "grid", tipa_grid: int = 8,
-                temperature: float = 0.1) -> list[PretrainTask]:
-    return [MaskedVisionLanguage(d_model, vocab_size), TextImagePosition(d_model, tipa_mode, tipa_grid),
-            LanguageGuidedVision(d_model, temperature), ImageTextMatching(d_model)]
+def build_tasks(
+    d_model: int, vocab_size: int, tipa_mode: str = "grid", tipa_grid: int = 8, temperature: float = 0.1
+) -> list[PretrainTask]:
+    return [
+        MaskedVisionLanguage(d_model, vocab_size),
+        TextImagePosition(d_model, tipa_mode, tipa_grid),
+        LanguageGuidedVision(d_model, temperature),
+        ImageTextMatching(d_model),
+    ]
