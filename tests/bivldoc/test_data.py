@@ -114,3 +114,22 @@ def test_bad_annotations(shared_data, tmp_path):
         Page(page_id="p", source="x", labels=["B-DATE"], **ok)
     with pytest.raises(DataError, match="outside the page"):
         Page(page_id="p", source="x", **{**ok, "boxes": np.array([[0, 0, 5, 1001]])})
+
+
+def test_sroie_field_labels_by_string_matching(shared_data):
+    from pretrainkit.systems.bivldoc.data import sroie_field_tags
+
+    pages = load_sroie(shared_data, limit=20)
+    found = 0
+    for p in pages:
+        tags, missing = sroie_field_tags(p)
+        found += 4 - len(missing)
+        for field in set(p.fields) - set(missing):
+            words = [w for w, t in zip(p.words, tags) if t.endswith(field.upper())]
+            assert tags.count(f"B-{field.upper()}") == 1
+            if field in ("date", "total"):  # short fields match exactly (spaces ignored)
+                assert "".join(words).replace(" ", "").find(p.fields[field].replace(" ", "")) >= 0
+    assert found >= 0.95 * 4 * len(pages)
+    # the first receipt's line text has an OCR typo (BND for BHD): matched by similarity, whole line
+    tags, _ = sroie_field_tags(pages[0])
+    assert [w for w, t in zip(pages[0].words, tags) if t.endswith("COMPANY")][-1] == "BND"

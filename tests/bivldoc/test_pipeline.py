@@ -121,6 +121,8 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "unknown config key 'model.depth'" in capsys.readouterr().err
     assert main(["bivldoc", "pretrain", "--set", "pretrain.weights.mlm=1", "--out", str(tmp_path)]) == 2
     assert "unknown pre-training task 'mlm'" in capsys.readouterr().err
+    assert main(["bivldoc", "finetune", "--set", "finetune.task=sroie", "--out", str(tmp_path)]) == 2
+    assert "not yet implemented" in capsys.readouterr().err
     assert main(["bivldoc", "evaluate", str(tmp_path)]) == 2
     assert "no fine-tuned tagger" in capsys.readouterr().err
     assert main(["bivldoc", "finetune", "--init", str(tmp_path), "--out", str(tmp_path / "ft")]) == 2

@@ -66,6 +66,7 @@ class FinetuneSection:
     # a pre-training run directory (its model.json fixes the model: `model` overrides do not apply);
     # None = from scratch (model from `preset` + `model`, vocabulary from the FUNSD training forms)
     init: str | None = None
+    task: Literal["funsd", "sroie"] = "funsd"  # sroie (key-field extraction): labels exist, training not yet
     train_forms: int | None = None  # the first n FUNSD training forms (None: all 149): the few-label curve
     val_forms: int = 20  # search-weights only: the last n of those forms score each trial (in-budget)
     batch_size: int = 4

@@ -325,3 +325,53 @@ def pretrain_pages(
     for p in pages:
         p.labels = None
     return pages
+
+
+# ---- SROIE key-field labels --------------------------------------------------------------------------------
+SROIE_TAGS = ("O",) + tuple(f"{p}-{f.upper()}" for f in SROIE_FIELDS for p in ("B", "I"))
+
+
+def _squash(text: str) -> str:
+    return "".join(text.upper().split())
+
+
+def sroie_field_tags(page: Page, min_ratio: float = 0.8) -> tuple[list[str], list[str]]:
+    """Word-level BIO tags for a receipt's key fields, derived by string matching (SROIE gives the field
+    strings, not their boxes). A field is matched, spaces ignored, as an exact substring of the words in
+    reading order; failing that (the scans' line texts carry OCR typos) as the run of up to 4 consecutive lines
+    most similar to it (difflib ratio >= ``min_ratio``). ``total`` takes its last exact occurrence (the grand
+    total is printed below the subtotals), the others their first. Returns (tags, fields not found)."""
+    from difflib import SequenceMatcher
+
+    if not page.fields:
+        raise DataError(f"page {page.page_id} has no key fields")
+    tags = ["O"] * len(page.words)
+    missing = []
+    squashed = [_squash(w) for w in page.words]
+    joined = "".join(squashed)
+    owner = np.repeat(np.arange(len(squashed)), [len(s) for s in squashed])  # character -> word
+    n_seg = int(page.seg_ids.max()) + 1
+    lines = ["".join(s for s, g in zip(squashed, page.seg_ids) if g == k) for k in range(n_seg)]
+    for key in SROIE_FIELDS:
+        value = _squash(page.fields.get(key, ""))
+        if not value:
+            continue
+        at = joined.rfind(value) if key == "total" else joined.find(value)
+        if at >= 0:
+            words = sorted(set(owner[at : at + len(value)].tolist()))
+        else:
+            best, span = 0.0, None
+            for a in range(n_seg):
+                for b in range(a, min(a + 4, n_seg)):
+                    r = SequenceMatcher(None, "".join(lines[a : b + 1]), value, autojunk=False).ratio()
+                    if r > best:
+                        best, span = r, (a, b)
+            if best < min_ratio:
+                missing.append(key)
+                continue
+            words = [i for i, g in enumerate(page.seg_ids) if span[0] <= g <= span[1]]
+        if any(tags[i] != "O" for i in words):  # a word already taken by an earlier field keeps its tag
+            words = [i for i in words if tags[i] == "O"]
+        for k, i in enumerate(words):
+            tags[i] = f"{'B' if k == 0 else 'I'}-{key.upper()}"
+    return tags, missing

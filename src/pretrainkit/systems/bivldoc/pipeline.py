@@ -20,7 +20,7 @@ from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
-from pretrainkit.errors import CheckpointError, ConfigError, DataError
+from pretrainkit.errors import CheckpointError, ConfigError, DataError, PretrainkitError
 from pretrainkit.paths import shared_data_root
 from pretrainkit.systems.bivldoc.config import BiVLDocConfig
 from pretrainkit.systems.bivldoc.data import BIO_TAGS, Page, load_funsd, pretrain_pages
@@ -204,6 +204,12 @@ def finetune(
     then score the 50 test forms (``results["test"]``) and draw one of them; writes results.json and the tagger
     (for ``evaluate``). ``train_pages``/``eval_pages``: other labelled pages instead (the weight search's
     in-budget split: then ``results["val"]`` and no picture)."""
+    if cfg.finetune.task == "sroie":
+        raise PretrainkitError(
+            "SROIE key-field extraction (finetune.task=sroie) is not yet implemented: the "
+            "receipts' word labels exist (data.sroie_field_tags); the tagger and the per-field "
+            "exact-match score do not"
+        )
     info = _dist(cfg)
     root = data_root(cfg)
     if train_pages is None:
