@@ -47,6 +47,9 @@ def test_pretraining_never_sees_funsd_test(shared_data, tmp_path):
     pages = pretrain_pages(shared_data, synthetic=2, funsd_limit=3, sroie_limit=2)
     assert {p.source for p in pages} == {"funsd-train", "sroie", "synthetic"}
     assert all(p.labels is None for p in pages)  # unlabelled corpus
+    # the SROIE test receipts (080-099) are never pre-training pages either
+    receipts = {p.page_id for p in pretrain_pages(shared_data, funsd_limit=1) if p.source == "sroie"}
+    assert len(receipts) == 80 and not receipts & {p.page_id for p in load_sroie(shared_data, split="test")}
     test = load_funsd(shared_data, "test", limit=1)[0]
     with pytest.raises(DataError, match="FUNSD test page"):
         check_no_funsd_test(pages + [test], shared_data)

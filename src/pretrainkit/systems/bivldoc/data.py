@@ -58,6 +58,7 @@ class Page:
     image_path: Path | None = None
     labels: list[str] | None = None
     fields: dict[str, str] | None = None  # SROIE key fields
+    tag_set: tuple[str, ...] = BIO_TAGS  # the labels' vocabulary: FUNSD's BIO tags, or SROIE_TAGS
     _image: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,9 +84,11 @@ class Page:
         if self.labels is not None:
             if len(self.labels) != n:
                 raise DataError(f"page {where}: {n} words but {len(self.labels)} labels")
-            unknown = sorted(set(self.labels) - set(BIO_TAGS))
+            unknown = sorted(set(self.labels) - set(self.tag_set))
             if unknown:
-                raise DataError(f"page {where}: unknown label '{unknown[0]}'; allowed: {', '.join(BIO_TAGS)}")
+                raise DataError(
+                    f"page {where}: unknown label '{unknown[0]}'; allowed: {', '.join(self.tag_set)}"
+                )
 
     @property
     def image(self):
@@ -272,9 +275,16 @@ def load_sroie_page(box_csv: Path, image_path: Path, key_json: Path | None) -> P
     )
 
 
-def load_sroie(data_root: str | Path, limit: int | None = None) -> list[Page]:
+SROIE_TRAIN = 80  # receipts 000-079 train (and pre-training), 080-099 test: the subset has no official split
+
+
+def load_sroie(data_root: str | Path, limit: int | None = None, split: str = "train") -> list[Page]:
+    """The receipts of ``split`` ("train": the first 80, "test": the last 20, "all"), unlabelled."""
+    if split not in ("train", "test", "all"):
+        raise DataError(f"unknown SROIE split '{split}'; allowed: train, test, all")
     d = sroie_dir(data_root)
-    csvs = sorted((d / "box").glob("*.csv"))[:limit]
+    csvs = sorted((d / "box").glob("*.csv"))
+    csvs = {"train": csvs[:SROIE_TRAIN], "test": csvs[SROIE_TRAIN:], "all": csvs}[split][:limit]
     return [load_sroie_page(c, d / "img" / f"{c.stem}.jpg", d / "key" / f"{c.stem}.json") for c in csvs]
 
 
@@ -314,8 +324,9 @@ def pretrain_pages(
     extra: Sequence[Page] = (),
     **render_kw,
 ) -> list[Page]:
-    """FUNSD's training pages, the SROIE receipts, ``synthetic`` rendered pages and ``extra`` (e.g. a user's
-    OCR'd scans): the unlabelled corpus (labels are dropped). Checked against FUNSD's test set."""
+    """FUNSD's training pages, the SROIE training receipts, ``synthetic`` rendered pages and ``extra`` (e.g. a
+    user's OCR'd scans): the unlabelled corpus (labels are dropped). Checked against FUNSD's test set; the
+    SROIE test receipts are left out the same way (by split)."""
     pages = [*load_funsd(data_root, "train", funsd_limit), *load_sroie(data_root, sroie_limit), *extra]
     if synthetic:
         from pretrainkit.systems.bivldoc.render import render_pages
@@ -375,3 +386,12 @@ def sroie_field_tags(page: Page, min_ratio: float = 0.8) -> tuple[list[str], lis
         for k, i in enumerate(words):
             tags[i] = f"{'B' if k == 0 else 'I'}-{key.upper()}"
     return tags, missing
+
+
+def load_sroie_labelled(data_root: str | Path, split: str, limit: int | None = None) -> list[Page]:
+    """Receipts of ``split`` with word-level key-field tags (``sroie_field_tags``; fields it cannot find stay O)."""
+    pages = load_sroie(data_root, limit, split)
+    for p in pages:
+        p.labels, _ = sroie_field_tags(p)
+        p.tag_set = SROIE_TAGS
+    return pages

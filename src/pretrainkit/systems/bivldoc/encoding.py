@@ -164,7 +164,8 @@ def encode_page(
     in_seg = np.arange(len(seg)) - run_start
     labels = np.full(len(ids), -100, dtype=np.int64)
     if page.labels is not None:
-        lab = np.asarray([LABEL_IDS[page.labels[w]] for w in wid], dtype=np.int64)
+        ids_of = LABEL_IDS if page.tag_set == BIO_TAGS else {t: i for i, t in enumerate(page.tag_set)}
+        lab = np.asarray([ids_of[page.labels[w]] for w in wid], dtype=np.int64)
         labels[first] = lab[first]
     n_seg = int(seg.max()) + 1
     cat = lambda head, rest: torch.from_numpy(np.concatenate([np.asarray(head, dtype=np.int64), rest]))  # noqa: E731

@@ -20,10 +20,18 @@ from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
-from pretrainkit.errors import CheckpointError, ConfigError, DataError, PretrainkitError
+from pretrainkit.errors import CheckpointError, ConfigError, DataError
 from pretrainkit.paths import shared_data_root
 from pretrainkit.systems.bivldoc.config import BiVLDocConfig
-from pretrainkit.systems.bivldoc.data import BIO_TAGS, Page, load_funsd, pretrain_pages
+from pretrainkit.systems.bivldoc.data import (
+    BIO_TAGS,
+    SROIE_FIELDS,
+    SROIE_TAGS,
+    Page,
+    load_funsd,
+    load_sroie_labelled,
+    pretrain_pages,
+)
 from pretrainkit.systems.bivldoc.encoding import encode_pages, load_tokenizer, save_tokenizer, train_tokenizer
 from pretrainkit.systems.bivldoc.model import BiVLDocModel, DocBatch, ModelConfig, collate, n_params
 from pretrainkit.systems.bivldoc.stream import PageStream
@@ -125,10 +133,10 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
 class EntityTagger(nn.Module):
     """Word-level BIO tagging on the fused text features; ``forward(batch) -> (loss, metrics)``."""
 
-    def __init__(self, backbone: BiVLDocModel, n_labels: int = len(BIO_TAGS), dropout: float = 0.1):
+    def __init__(self, backbone: BiVLDocModel, tags: tuple[str, ...] = BIO_TAGS, dropout: float = 0.1):
         super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.cfg.d_model, n_labels))
+        self.backbone, self.tags = backbone, tuple(tags)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.cfg.d_model, len(self.tags)))
         self.ce = TokenCrossEntropy(ignore_index=-100)
 
     def logits(self, batch: DocBatch) -> torch.Tensor:
@@ -153,7 +161,7 @@ def predict_tags(
         for j, e in enumerate(chunk):
             wi = b.word_index[j].cpu()
             for t in (wi >= 0).nonzero().flatten().tolist():
-                by_id[e.page_id][int(wi[t])] = BIO_TAGS[int(pred[j, t])]
+                by_id[e.page_id][int(wi[t])] = model.tags[int(pred[j, t])]
     return [by_id[p.page_id] for p in pages]
 
 
@@ -202,16 +210,15 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune entity labelling on the first ``finetune.train_forms`` FUNSD training forms (all by default),
     then score the 50 test forms (``results["test"]``) and draw one of them; writes results.json and the tagger
-    (for ``evaluate``). ``train_pages``/``eval_pages``: other labelled pages instead (the weight search's
+    (for ``evaluate``). ``finetune.task=sroie``: key-field tags on the training receipts, exact match per field
+    on the 20 test receipts. ``train_pages``/``eval_pages``: other labelled pages instead (the weight search's
     in-budget split: then ``results["val"]`` and no picture)."""
-    if cfg.finetune.task == "sroie":
-        raise PretrainkitError(
-            "SROIE key-field extraction (finetune.task=sroie) is not yet implemented: the "
-            "receipts' word labels exist (data.sroie_field_tags); the tagger and the per-field "
-            "exact-match score do not"
-        )
     info = _dist(cfg)
     root = data_root(cfg)
+    sroie = cfg.finetune.task == "sroie"
+    if sroie and train_pages is None:
+        train_pages = load_sroie_labelled(root, "train", cfg.finetune.train_forms)
+        eval_pages = load_sroie_labelled(root, "test")
     if train_pages is None:
         train_pages = load_funsd(root, "train", cfg.finetune.train_forms)
         if cfg.finetune.train_forms is not None and len(train_pages) < cfg.finetune.train_forms:
@@ -222,10 +229,9 @@ def finetune(
     backbone, tok, origin = _init_backbone(cfg, train_pages)
     run = RunDir(cfg.out)
     enc, _ = encode_pages(train_pages, tok, backbone.cfg, "FUNSD train", overflow="windows")
-    torch.manual_seed(
-        cfg.finetune.train.seed + 1
-    )  # the head's init does not depend on how the backbone was made
-    model = EntityTagger(backbone)
+    # the head's init does not depend on how the backbone was made
+    torch.manual_seed(cfg.finetune.train.seed + 1)
+    model = EntityTagger(backbone, tags=train_pages[0].tag_set)
     stream = PageStream(
         enc,
         cfg.finetune.batch_size,
@@ -243,16 +249,15 @@ def finetune(
     save_tokenizer(tok, run.path / TOKENIZER)
     _write_model_config(run.path / MODEL_JSON, backbone.cfg)
     ckpt.save_weights(run.path / "tagger.safetensors", trainer.raw_model.state_dict())
-    on_test = eval_pages is None
-    pages = load_funsd(root, "test") if on_test else eval_pages
-    scores = evaluate_tagger(
-        model,
-        tok,
-        pages,
-        device=info.device,
-        picture=run.path / "plots" / "entities.png" if on_test else None,
-    )
+    on_test = eval_pages is None or sroie
+    pages = load_funsd(root, "test") if eval_pages is None else eval_pages
+    if sroie:
+        scores = sroie_scores(model, tok, pages, device=info.device)
+    else:
+        picture = run.path / "plots" / "entities.png" if on_test else None
+        scores = evaluate_tagger(model, tok, pages, device=info.device, picture=picture)
     result = {
+        "task": cfg.finetune.task,
         "init": origin,
         "train_forms": len(train_pages),
         "fit": fit,
@@ -285,13 +290,36 @@ def evaluate_tagger(
     return scores
 
 
+def sroie_scores(model: EntityTagger, tok, pages: list[Page], device="cpu") -> dict[str, Any]:
+    """Key-field extraction on receipts: a field's prediction is its tagged words in reading order; exact match
+    with the gold string (case and spaces ignored), per field and averaged."""
+    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    pred = predict_tags(model.to(device), pages, enc, device=device)
+    squash = lambda t: "".join(t.upper().split())  # noqa: E731
+    out: dict[str, Any] = {}
+    for key in SROIE_FIELDS:
+        hits = [
+            squash(" ".join(w for w, t in zip(p.words, tags) if t.endswith(f"-{key.upper()}")))
+            == squash(p.fields.get(key, ""))
+            for p, tags in zip(pages, pred)
+        ]
+        out[f"exact/{key}"] = sum(hits) / len(hits)
+    out["exact"] = sum(out[f"exact/{k}"] for k in SROIE_FIELDS) / len(SROIE_FIELDS)
+    out["pages"] = len(pages)
+    return out
+
+
 def load_tagger(run: str | Path) -> tuple[EntityTagger, Any]:
     run = Path(run)
     path = run / "tagger.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{run} has no fine-tuned tagger (tagger.safetensors); run `finetune` first")
-    model = EntityTagger(BiVLDocModel(read_model_config(run)))
-    missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
+    state = ckpt.load_weights(path)
+    n = state["head.1.weight"].shape[0] if "head.1.weight" in state else len(BIO_TAGS)
+    model = EntityTagger(
+        BiVLDocModel(read_model_config(run)), tags=SROIE_TAGS if n == len(SROIE_TAGS) else BIO_TAGS
+    )
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
@@ -303,6 +331,8 @@ def evaluate(cfg: BiVLDocConfig, run: str | Path, picture_page: int = 0) -> dict
     """Score a fine-tuned run's tagger on FUNSD test (entity F1, seqeval) and draw one test page's entities
     (``<run>/plots/entities.png``)."""
     model, tok = load_tagger(run)
+    if model.tags == SROIE_TAGS:
+        return sroie_scores(model, tok, load_sroie_labelled(data_root(cfg), "test"))
     scores = evaluate_tagger(
         model,
         tok,
