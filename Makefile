@@ -3,7 +3,7 @@
 PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= saga,crnet-hf,l2m,phe,search-pg,tracking,dev
+EXTRAS ?= saga,crnet-hf,l2m,phe,search-pg,tracking,bivldoc,dev
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
