@@ -10,7 +10,8 @@ CR-Net (Kong et al., ICLR 2026) chains each projection across layers. Layer 1 is
 
 with a learned scalar ``beta`` per (layer, projection). The decoder threads the previous layer's outputs through the
 stack with a :class:`Chain` (one per block call). The paper does not state how A, B and beta are initialised;
-``init_crnet`` documents the two choices offered.
+``init_crnet`` documents the two choices offered. ``CRNetLinear`` and ``init_crnet`` live in
+``pretrainkit.adapt.cross_layer`` (which applies the same chain to any model's blocks) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrainkit.adapt.cross_layer import INITS as CRNET_INITS
+from pretrainkit.adapt.cross_layer import CRNetLinear, init_crnet  # noqa: F401  (the chain step lives in adapt)
+from pretrainkit.adapt.cross_layer import cola_std as _cola_std
 from pretrainkit.adapt.lora import LoRALinear
 from pretrainkit.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHODS = ("full", "lowrank", "cola", "lora", "relora", "crnet")
-CRNET_INITS = ("zero_b", "cola")
 CRNET_ANCHORS = ("full", "lowrank")
 
 
@@ -54,11 +57,6 @@ def layer_ranks(rank: int | Sequence[int] | None, n_layers: int, method: str) ->
     if len(ranks) != n_layers:
         raise ConfigError(f"per-layer rank list has {len(ranks)} entries; the model has {n_layers} layers")
     return ranks
-
-
-def _cola_std(h_in: int, h_out: int, rank: int) -> float:
-    # CoLA's balanced init: A, B ~ N(0, 1) * r^-1/4 * (h_in + h_out)^-1/4, so A @ B has Xavier-like variance.
-    return rank**-0.25 * (h_in + h_out) ** -0.25
 
 
 class LowRankLinear(nn.Module):
@@ -113,76 +111,6 @@ def scratch_lora(
     layer = LoRALinear(base, rank, alpha, dropout, layout="xab")
     layer.register_load_state_dict_pre_hook(_load_old_lora_names)
     return layer
-
-
-class CRNetLinear(nn.Module):
-    """CR-Net projection for layer l >= 2: Y_l = sign(beta)(|beta| + eps) * Y_{l-1} + (X_l @ A) @ B.
-
-    ``low(x)`` gives the rank-r intermediate X @ A and ``combine(z, prev)`` finishes the output; the recomputation
-    in ``recompute.py`` stores ``z`` and inverts ``combine``.
-    """
-
-    def __init__(
-        self,
-        h_in: int,
-        h_out: int,
-        rank: int,
-        init: str = "zero_b",
-        beta_init: float = 1.0,
-        eps: float = 1e-6,
-    ):
-        super().__init__()
-        self.rank, self.init, self.beta_init, self.eps = rank, init, beta_init, eps
-        self.A = nn.Parameter(torch.empty(h_in, rank))
-        self.B = nn.Parameter(torch.empty(rank, h_out))
-        # 1 element, not 0-d: FSDP2 cannot shard 0-d parameters.
-        self.beta = nn.Parameter(torch.empty(1))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        init_crnet(self, self.init, self.beta_init)
-
-    def coef(self) -> Tensor:
-        """The chain coefficient sign(beta)(|beta| + eps); never zero, so the chain can be inverted."""
-        # copysign treats beta = +0 as positive (torch.sign(0) would give 0 and break the inverse).
-        return torch.copysign(self.beta.abs() + self.eps, self.beta)
-
-    def low(self, x: Tensor) -> Tensor:
-        return x @ self.A
-
-    def combine(self, z: Tensor, prev: Tensor) -> Tensor:
-        # One fused op for z @ B + coef * prev.
-        return torch.addcmul(z @ self.B, prev, self.coef().to(prev.dtype))
-
-    def forward(self, x: Tensor, prev: Tensor) -> Tensor:
-        return self.combine(self.low(x), prev)
-
-
-@torch.no_grad()
-def init_crnet(proj: CRNetLinear, init: str, beta_init: float) -> None:
-    """Initialise a CR-Net projection. The paper does not say how; two documented choices.
-
-    ``"zero_b"`` (default): A ~ N(0, 1/h_in) so X @ A has unit scale, B = 0, beta = beta_init. At step 0 every later
-    layer reproduces layer 1's projections (Y_l = beta^(l-1) * Y_1), the LoRA-style "start at the anchor" choice:
-    the residual stream starts exactly like a model whose layers share layer 1's weights, and B learns at once.
-    ``"cola"``: CoLA's balanced N(0, 1) * r^-1/4 (h_in + h_out)^-1/4 for both A and B; each layer then adds a fresh
-    random Xavier-scale term, so Y_l's variance grows with depth (about l times layer 1's at beta = 1).
-    Why "zero_b", beta 1 is the default (cpu-small shape, r 32, byte-level tinyshakespeare, 300 AdamW steps at lr 3e-3,
-    held-out loss): zero_b/beta 1: 2.049, 2.032, 2.024 (3 seeds); zero_b/beta 0.5: 2.018, 2.065, 2.054;
-    cola/beta 1: 2.146; cola/beta 0.5: 2.184 (1 seed each). Both zero_b settings trained stably; "cola" was worse.
-    """
-    h_in, rank = proj.A.shape
-    h_out = proj.B.shape[1]
-    if init == "zero_b":
-        nn.init.normal_(proj.A, std=h_in**-0.5)
-        nn.init.zeros_(proj.B)
-    elif init == "cola":
-        std = _cola_std(h_in, h_out, rank)
-        nn.init.normal_(proj.A, std=std)
-        nn.init.normal_(proj.B, std=std)
-    else:
-        raise ConfigError(f"unknown crnet_init '{init}'; allowed: {', '.join(CRNET_INITS)}")
-    proj.beta.fill_(beta_init)
 
 
 class Chain:
