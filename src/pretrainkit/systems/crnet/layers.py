@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrainkit.adapt.cross_layer import INITS as CRNET_INITS
-from pretrainkit.adapt.cross_layer import CRNetLinear, init_crnet  # noqa: F401  (the chain step lives in adapt)
+# The chain step lives in adapt (to_cross_layer applies it to any model); re-exported for CR-Net's modules.
+from pretrainkit.adapt.cross_layer import INITS as CRNET_INITS  # noqa: F401
+from pretrainkit.adapt.cross_layer import CRNetLinear, init_crnet  # noqa: F401
 from pretrainkit.adapt.cross_layer import cola_std as _cola_std
 from pretrainkit.adapt.lora import LoRALinear
 from pretrainkit.errors import ConfigError
