@@ -4,7 +4,7 @@ Both models are pre-trained by L2M's own harness pieces (task files, window batc
 task, the core Trainer) on the same data for the same steps and seeds, then scored on held-out windows
 (bin accuracy, action CE and mean |action error|). Without ``--data`` it writes small synthetic task files
 (no simulator, no collected Meta-World data needed): states ~ N(offset, 0.3), expert actions a task-specific
-tanh of a linear map of the state. A smoke check of the transformation, not a result.
+tanh of four state dimensions. A smoke check of the transformation, not a result.
 
     .venv/bin/python scripts/cross_layer_check.py --steps 300 --rank 8
 """
@@ -32,13 +32,15 @@ TASKS = ["drawer-close-v3", "button-press-topdown-v3", "dial-turn-v3"]
 PROJECTIONS = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2"]
 
 
-def write_synthetic(data: Path, tasks: list[str], episodes: int = 24, length: int = 32) -> None:
+def write_synthetic(data: Path, tasks: list[str], episodes: int = 60, length: int = 32) -> None:
     for i, task in enumerate(tasks):
         g = np.random.default_rng(100 + i)
         n = episodes * length
-        states = g.normal(i - 1.0, 0.3, (n, 39)).astype(np.float32)
-        w = g.normal(0, 0.5, (39, 4)).astype(np.float32)
-        expert = np.tanh((states - states.mean(0)) @ w).astype(np.float32)
+        offset = i - 1.0
+        states = g.normal(offset, 0.3, (n, 39)).astype(np.float32)
+        # The expert reads 4 state dims (a different sign pattern per task) and spans the whole action range.
+        sign = np.array([1, -1, 1, -1] if i % 2 else [1, 1, -1, -1], np.float32)
+        expert = np.tanh(3.0 * sign * (states[:, :4] - offset)).astype(np.float32)
         dones = np.zeros(n, bool)
         dones[length - 1 :: length] = True
         meta = {"task": task, "steps": n, "cpu_seconds": 0.0, "episodes": episodes}
