@@ -1,6 +1,7 @@
 """to_cross_layer: CR-Net's cross-layer low-rank form applied to any model's stack of blocks."""
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -11,6 +12,14 @@ from pretrainkit.adapt.cross_layer import CrossLayerLinear, to_cross_layer
 from pretrainkit.errors import ConfigError
 
 PROJ = ["attn.qkv", "mlp.fc", "mlp.out"]
+
+
+@pytest.fixture(autouse=True)
+def _no_cyclic_garbage_left():
+    # pytest.raises keeps tracebacks whose frames hold models: cyclic garbage that a later test's CPU memory
+    # profile (crnet's peak_memory counts frees of older tensors too) would see collected mid-measurement.
+    yield
+    gc.collect()
 
 
 class Attn(nn.Module):
