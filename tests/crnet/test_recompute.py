@@ -138,3 +138,26 @@ def test_crnet_recompute_on_cuda_saves_memory():
         grads[rec] = m.layers[1].self_attn.q_proj.A.grad
     assert peaks["crnet"] < peaks["checkpoint"] < peaks["none"]
     torch.testing.assert_close(grads["crnet"], grads["none"], rtol=1e-3, atol=1e-5)
+
+
+
+def test_cpu_peak_memory_measures_with_garbage_collected_first_and_gc_held_off(monkeypatch):
+    """Cyclic garbage (a model kept alive by an old traceback, say) collected mid-measurement would count as
+    frees of memory the step never allocated and lower the peak: the recompute comparison above once failed
+    that way after other test files. So the profiled step starts with no garbage and runs with GC off."""
+    import gc
+
+    from pretrainkit.systems.crnet import recompute
+
+    seen, real = [], recompute._fwd_bwd
+
+    def spy(model, ids, labels):
+        seen.append((gc.isenabled(), gc.get_count()[0]))
+        return real(model, ids, labels)
+
+    monkeypatch.setattr(recompute, "_fwd_bwd", spy)
+    torch.manual_seed(0)
+    m = LlamaLM(LlamaConfig.preset("tiny", method="crnet", n_layers=2, recompute="none"))
+    peak_memory(m, torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1)))
+    assert seen[0][0] and not seen[1][0]  # warm-up with GC as usual; the measured step with GC held off
+    assert gc.isenabled()

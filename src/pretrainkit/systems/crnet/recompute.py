@@ -19,6 +19,8 @@ i.e. k = 8); beta's gradients, sums with cancellation, are the most sensitive.
 
 from __future__ import annotations
 
+import gc
+
 import time
 from collections.abc import Sequence
 
@@ -161,8 +163,15 @@ def peak_memory(model: nn.Module, input_ids: Tensor, labels: Tensor | None = Non
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            _fwd_bwd(model, input_ids, labels)
+        # Cyclic garbage collected mid-step (e.g. models kept alive by an earlier traceback) would show up as
+        # frees of memory this step never allocated and lower the level: collect first, then keep GC out.
+        gc.collect()
+        gc.disable()
+        try:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                _fwd_bwd(model, input_ids, labels)
+        finally:
+            gc.enable()
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         events.sort(key=lambda e: e.start_ns())
         level = peak = 0
