@@ -165,7 +165,10 @@ class EdgeContrast(nn.Module):
             neg = self.negatives(m, k_all.shape[0], n_dst, generator)
             pos = k_all[m.src]
             loss = self.nce[key](q, pos, k_all[neg])
-            self.nce[key].update_queue(pos)  # no-op in eval mode
+            if self.nce[key].training and self.cfg.queue_size:
+                # the loss saved the queue for its backward; InfoNCE updates in place, so give it a fresh copy
+                self.nce[key].queue = self.nce[key].queue.clone()
+                self.nce[key].update_queue(pos)  # never in eval mode
             losses.append(loss)
             metrics[f"loss/{key}"] = loss.detach()
         if not losses:
