@@ -24,6 +24,7 @@ Bad input raises a one-line ``DataError`` naming the file and what is wrong.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,12 @@ def read_features(path: Path, n: int, what: str) -> torch.Tensor:
 
 def read_ids(path: Path) -> np.ndarray:
     _need(path)
-    arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    else:
+        with warnings.catch_warnings():  # an empty file is reported by check_split, in one line
+            warnings.simplefilter("ignore", UserWarning)
+            arr = np.loadtxt(path, dtype=np.int64, ndmin=1)
     return np.asarray(arr).astype(np.int64).reshape(-1)
 
 
