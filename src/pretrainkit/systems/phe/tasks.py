@@ -15,7 +15,8 @@ here each task has its own, so the two stay separate modules with their own stat
   the code) or eval mode is ``perturbed_mode``. The query is the unperturbed encoder's target embedding.
 - ``phe.structure``: the query is a network-schema embedding of t (HeCo's schema view): per relation into t,
   ``schema_samples`` neighbours drawn with replacement (t itself when it has none), node-level attention, ELU,
-  then type-level attention. ``schema_edges="kept"`` (default) draws those neighbours from the kept edges only,
+  then type-level attention (per node by default; HeCo's batch-mean form behind ``type_attention``).
+  ``schema_edges="kept"`` (default) draws those neighbours from the kept edges only,
   so the query never sees its positive; ``"masked"`` reproduces the official code, which aggregates the very
   edges being predicted. Keys are the unperturbed encoder's (detached) embeddings.
 
@@ -63,6 +64,10 @@ class StructureConfig(EdgeTaskConfig):
     schema_edges: Literal["kept", "masked"] = "kept"  # kept = leak-free; masked = the official code
     schema_samples: dict[str, int] = field(default_factory=dict)  # per source type; default 2
     attn_dropout: float = 0.1
+    # Type-level attention weights: "batch" = HeCo's (one softmax over types from the mean over every node in the
+    # batch, so another node's neighbours, possibly t's positive, move t's query a little); "node" (default) =
+    # one softmax per node, so a leak-free query depends on its own kept neighbours only.
+    type_attention: Literal["node", "batch"] = "node"
 
 
 def _check(cfg: EdgeTaskConfig, name: str) -> None:
@@ -242,9 +247,9 @@ class SemanticTask(PretrainTask):
 class SchemaEncoder(nn.Module):
     """HeCo's network-schema view: node-level attention per relation, then type-level attention."""
 
-    def __init__(self, relations: list[EdgeType], hidden: int, attn_dropout: float):
+    def __init__(self, relations: list[EdgeType], hidden: int, attn_dropout: float, per_node: bool = True):
         super().__init__()
-        self.relations = relations
+        self.relations, self.per_node = relations, per_node
         self.node_att = nn.ParameterDict({relation_key(et): nn.Parameter(torch.empty(2 * hidden))
                                           for et in relations})
         for p in self.node_att.values():
@@ -265,9 +270,11 @@ class SchemaEncoder(nn.Module):
             att = self.drop(torch.softmax(logits, dim=1))
             zs.append(F.elu((att[..., None] * hn).sum(1)))
         z = torch.stack(zs, 1)  # (T, R, d)
-        w = (torch.tanh(self.type_fc(z)).mean(0) @ self.type_att)  # (R,)
-        beta = self.drop(torch.softmax(w, dim=0))
-        return (beta[None, :, None] * z).sum(1)
+        w = torch.tanh(self.type_fc(z)) @ self.type_att  # (T, R)
+        if not self.per_node:
+            w = w.mean(0, keepdim=True)  # HeCo: mean over the batch's nodes (the same as mean-then-dot)
+        beta = self.drop(torch.softmax(w, dim=1))
+        return (beta[..., None] * z).sum(1)
 
 
 def sample_schema_neighbours(edge_index: torch.Tensor, seeds: torch.Tensor, n_dst: int, n: int,
@@ -298,7 +305,7 @@ class StructureTask(PretrainTask):
             raise ConfigError(f"config key 'tasks.structure.schema_edges' must be kept or masked, "
                               f"got {cfg.schema_edges!r}")
         self.target, self.relations = target, relations
-        self.schema = SchemaEncoder(relations, hidden, cfg.attn_dropout)
+        self.schema = SchemaEncoder(relations, hidden, cfg.attn_dropout, per_node=cfg.type_attention == "node")
         self.contrast = EdgeContrast(relations, hidden, cfg)
 
     def schema_inputs(self, kept, masked: dict[EdgeType, Masked], generator=None):
