@@ -49,10 +49,13 @@ def test_cli_verbs(tmp_path, capsys, graph_data):
     assert main(["phe", "pretrain", "--out", out, *sets]) == 0
     assert main(["phe", "evaluate", "--out", out, *sets]) == 0
     assert "Macro-F1" in capsys.readouterr().out
-    for verb in ("finetune", "search-weights"):
-        assert main(["phe", verb, "--out", out]) == 2
-        err = capsys.readouterr().err
-        assert "not yet implemented" in err and err.count("\n") == 1
+    assert main(["phe", "finetune", "--out", out, "--mode", "lora", *sets, "--set", "finetune.epochs=2"]) == 0
+    assert "Macro-F1" in capsys.readouterr().out
+    assert main(["phe", "bench", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "not yet implemented" in err and err.count("\n") == 1
+    assert main(["phe", "finetune", "--out", out, "--budget", "5000", *sets]) == 2
+    assert "larger than the smallest class" in capsys.readouterr().err
     assert main(["phe", "evaluate", "--out", str(tmp_path / "none"), *sets]) == 2
     assert "no pre-trained encoder" in capsys.readouterr().err
 

@@ -350,7 +350,8 @@ def load_folder(path: str | Path, split_seed: int = 0) -> Graph:
         else:
             n_eval = min(IMDB_EVAL_SIZE, len(labels) // 4)
             splits = budget_splits(labels, split_seed, n_eval, n_eval,
-                                   budgets=[b for b in BUDGETS if b <= _smallest_class(labels) // 2] or [1])
+                                   budgets=[b for b in BUDGETS if b <= _smallest_class(labels) // 2]
+                                   or [max(1, _smallest_class(labels) // 4)])
     data = build(root.name, nodes, rels, feats, target, labels)
     return Graph(root.name, data, target, labels, splits)
 

@@ -21,7 +21,9 @@ from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core.task import MixModel, PretrainTask, TaskMix
 from pretrainkit.core.trainer import TrainConfig, Trainer
 from pretrainkit.errors import CheckpointError, ConfigError, DataError
+from pretrainkit.search.task_weights import SearchConfig
 from pretrainkit.systems.phe.data import BUDGETS, Graph, check_budget, load_graph
+from pretrainkit.systems.phe.downstream import FinetuneSection, LinkSection, holdout_edges
 from pretrainkit.systems.phe.model import EncoderConfig, HeteroEncoder
 from pretrainkit.systems.phe.sampler import FullGraphBatches, NeighbourBatches
 from pretrainkit.systems.phe.tasks import (
@@ -65,11 +67,29 @@ class EvaluateSection:
 
 
 @dataclass
+class SearchSection:
+    """``search-weights``: each trial pre-trains ``steps`` steps with the trial's weights; the objective is the
+    Macro-F1 of logistic regression fitted on half of ``budget``'s training nodes (per class) and scored on the
+    other half, so the search reads the labelled budget only, never the validation or test nodes."""
+
+    budget: int = 20
+    steps: int = 50
+    seed: int = 0
+    weights: SearchConfig = field(default_factory=lambda: SearchConfig(n_trials=8, n_startup_trials=3,
+                                                                       space="box", low=0.0, high=1.0))
+
+
+@dataclass
 class PHEConfig:
     data: str = "acm"  # acm | dblp | aminer | imdb | a folder with graph.yaml
     model: EncoderConfig = field(default_factory=EncoderConfig)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    link: LinkSection = field(default_factory=LinkSection)
+    # pre-train without link.fraction of link.relation's edges, so link prediction scores unseen edges
+    holdout_links: bool = False
+    search: SearchSection = field(default_factory=lambda: SearchSection())
     out: str = "runs/phe"
 
     def validate(self) -> None:
@@ -129,18 +149,24 @@ def pretrain(cfg: PHEConfig, resume: str | None = None, graph: Graph | None = No
     """Pre-train on ``cfg.data``; the trainer's run lives in ``<out>/pretrain``, the encoder is saved alone in
     ``<out>/encoder.safetensors``. Returns ``fit()``'s result."""
     graph = graph or load_graph(cfg.data)
-    torch.manual_seed(cfg.pretrain.train.seed)  # the initial weights
-    model = build_model(graph, cfg)
+    if cfg.holdout_links:
+        graph = holdout_edges(graph, cfg.link)[0]
     out = Path(cfg.out)
-    trainer = Trainer(model, make_batches(graph, cfg), cfg.pretrain.train, run_dir=out / "pretrain", unit="seeds")
-    result = trainer.fit(resume=resume)
+    model, trainer, result = _train(graph, cfg, out / "pretrain", resume)
     ckpt.save_weights(out / "encoder.safetensors", model.backbone.state_dict(),
                       metadata={"graph": graph.name, "steps": str(trainer.step)})
     return result
 
 
-def load_encoder(graph: Graph, cfg: PHEConfig, path: str | Path) -> HeteroEncoder:
-    enc = HeteroEncoder.for_graph(graph.data, cfg.model)
+def _train(graph: Graph, cfg: PHEConfig, run_dir: Path | None, resume: str | None = None):
+    torch.manual_seed(cfg.pretrain.train.seed)  # the initial weights
+    model = build_model(graph, cfg)
+    trainer = Trainer(model, make_batches(graph, cfg), cfg.pretrain.train, run_dir=run_dir, unit="seeds")
+    return model, trainer, trainer.fit(resume=resume)
+
+
+def load_encoder(graph: Graph, model_cfg: EncoderConfig, path: str | Path) -> HeteroEncoder:
+    enc = HeteroEncoder.for_graph(graph.data, model_cfg)
     state = ckpt.load_weights(path)
     missing, unexpected = enc.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -193,23 +219,126 @@ def logreg_scores(z: np.ndarray, graph: Graph, budget: int, c_grid: list[float],
 
 def evaluate(cfg: PHEConfig, encoder: str | Path | None = None, raw: bool = False,
              graph: Graph | None = None) -> dict[str, Any]:
-    """Scores per budget for the encoder at ``encoder`` (default ``<out>/encoder.safetensors``) or, with
-    ``raw``, for the raw-feature floor; written to ``<out>/evaluate.json``."""
+    """Scores per budget for the encoder at ``encoder`` (default ``<out>/encoder.safetensors``; ``"none"``: a
+    randomly initialised one) or, with ``raw``, for the raw-feature floor; written to ``<out>/evaluate.json``."""
     graph = graph or load_graph(cfg.data)
     for b in cfg.evaluate.budgets:
         check_budget(graph, b)
     if raw:
         z, source = raw_features(graph), "raw features"
     else:
-        path = Path(encoder) if encoder else Path(cfg.out) / "encoder.safetensors"
-        if not path.is_file():
-            raise CheckpointError(f"no pre-trained encoder at {path}; run 'pretrainkit phe pretrain' first "
-                                  f"(or pass --encoder)")
-        z, source = embed(load_encoder(graph, cfg, path), graph), str(path)
+        from pretrainkit.systems.phe.downstream import encoder_or_scratch
+
+        path = _encoder_path(cfg, encoder)
+        torch.manual_seed(cfg.pretrain.train.seed)  # a random encoder (--encoder none) is the same every time
+        z = embed(encoder_or_scratch(graph, cfg.model, path), graph)
+        source = str(path) if path else "random encoder (no pre-training)"
     scores = {str(b): logreg_scores(z, graph, b, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
               for b in cfg.evaluate.budgets}
     result = {"graph": graph.name, "embeddings": source, "scores": scores}
+    _write(cfg, "evaluate.json", result)
+    return result
+
+
+def _write(cfg: PHEConfig, name: str, result: dict) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluate.json").write_text(json.dumps(result, indent=2))
+    (out / name).write_text(json.dumps(result, indent=2))
+
+
+def _encoder_path(cfg: PHEConfig, encoder: str | Path | None) -> Path | None:
+    """``None`` -> the run's encoder (which must exist); ``"none"`` -> no encoder (train from scratch)."""
+    if encoder is not None and str(encoder) == "none":
+        return None
+    path = Path(encoder) if encoder else Path(cfg.out) / "encoder.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"no pre-trained encoder at {path}; run 'pretrainkit phe pretrain' first "
+                              f"(or pass --encoder FILE, or --encoder none to train from scratch)")
+    return path
+
+
+def finetune(cfg: PHEConfig, budget: int, mode: str = "full", seed: int = 0, encoder: str | Path | None = None,
+             graph: Graph | None = None) -> dict[str, Any]:
+    """Few-label fine-tuning (full or LoRA) of the encoder (or, with ``encoder="none"``, from scratch);
+    written to ``<out>/finetune.json``."""
+    from pretrainkit.systems.phe import downstream
+
+    graph = graph or load_graph(cfg.data)
+    check_budget(graph, budget)
+    path = _encoder_path(cfg, encoder)
+    enc = downstream.encoder_or_scratch(graph, cfg.model, path)
+    r = downstream.finetune(graph, enc, budget, cfg.finetune, mode=mode, seed=seed)
+    result = {"graph": graph.name, "encoder": str(path) if path else "none (from scratch)", "budget": budget,
+              "seed": seed, **r}
+    _write(cfg, "finetune.json", result)
     return result
+
+
+def link_prediction(cfg: PHEConfig, encoder: str | Path | None = None, graph: Graph | None = None) -> dict[str, Any]:
+    """MRR/AUC on ``link.fraction`` held-out edges of ``link.relation``; written to ``<out>/links.json``. The
+    encoder should have been pre-trained with ``holdout_links: true`` (else it has seen the test edges)."""
+    from pretrainkit.systems.phe import downstream
+
+    graph = graph or load_graph(cfg.data)
+    without, test, et = holdout_edges(graph, cfg.link)
+    path = _encoder_path(cfg, encoder)
+    enc = downstream.encoder_or_scratch(without, cfg.model, path)
+    if path is None:
+        torch.manual_seed(cfg.link.seed)
+    r = downstream.link_prediction(enc, without, test, et, cfg.link.negatives, cfg.link.seed)
+    result = {"graph": graph.name, "relation": "__".join(et), "encoder": str(path) if path else "none (random)",
+              "pretrained_without_test_edges": bool(cfg.holdout_links) if path else None, **r}
+    _write(cfg, "links.json", result)
+    return result
+
+
+def budget_halves(graph: Graph, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The budget's training nodes split per class into a fitting half and a scoring half."""
+    check_budget(graph, budget)
+    train = graph.splits[budget][0].numpy()
+    y = graph.labels.numpy()[train]
+    rng = np.random.default_rng(seed)
+    fit, score = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(train[y == c])
+        if len(idx) < 2:
+            raise DataError(f"the weight search needs at least 2 labelled nodes of class {c} in the budget")
+        half = len(idx) // 2
+        fit.append(idx[:half])
+        score.append(idx[half:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(score))
+
+
+def search_weights(cfg: PHEConfig, graph: Graph | None = None, progress: bool = True) -> dict[str, Any]:
+    """The core's Bayesian (GP) search over the two task weights against the in-budget objective of
+    ``SearchSection``; the study (SQLite) and ``search.json`` live in ``<out>/search`` and a killed search
+    resumes. Returns the best weights and value."""
+    import copy
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    from pretrainkit.search.task_weights import search_task_weights
+
+    graph = graph or load_graph(cfg.data)
+    s = cfg.search
+    fit, score = budget_halves(graph, s.budget, s.seed)
+    y = graph.labels.numpy()
+
+    def objective(weights: dict[str, float]) -> float:
+        c = copy.deepcopy(cfg)
+        c.pretrain.weights = dict(weights)
+        c.pretrain.train.max_steps = s.steps
+        c.pretrain.train.progress = False
+        model, _, _ = _train(graph, c, None)
+        z = embed(model.backbone, graph)
+        scaler = StandardScaler().fit(z[fit])
+        clf = LogisticRegression(max_iter=cfg.evaluate.max_iter).fit(scaler.transform(z[fit]), y[fit])
+        return float(f1_score(y[score], clf.predict(scaler.transform(z[score])), average="macro"))
+
+    run_dir = Path(cfg.out) / "search"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    r = search_task_weights(objective, list(TASK_NAMES), s.weights, run_dir=run_dir, progress=progress)
+    return {"best_weights": r.best_weights, "best_value": r.best_value, "n_trials": r.n_trials,
+            "objective": f"in-budget Macro-F1 ({s.budget} labels/class, half fit / half scored)"}
