@@ -99,28 +99,9 @@ class PHEConfig:
                               f"allowed: {', '.join(TASK_NAMES)}")
 
 
-class _OwnStepMix(TaskMix):
-    """Until core v2's task mix (v2-taskmix) lands: the weighted sum over tasks that run their own step
-    (``task(batch, backbone)``). Drop it once ``PretrainTask`` has ``shares_input``."""
-
-    def forward(self, batch, backbone, step=None, generator=None):
-        w = self.weights_at(step)
-        total, metrics = None, {}
-        for name in self.active(step):
-            loss, m = self.task(name)(batch, backbone, generator=generator)
-            metrics[f"loss/{name}"] = loss.detach()
-            metrics[f"weight/{name}"] = w[name]
-            metrics.update({f"{name}/{k}": v.detach() if torch.is_tensor(v) else v for k, v in m.items()})
-            total = w[name] * loss if total is None else total + w[name] * loss
-        if total is None:
-            raise ConfigError("every task weight is zero; at least one task needs a positive weight")
-        metrics["loss"] = total.detach()
-        return total, metrics
-
-
 def make_mix(tasks: list[PretrainTask], weights: dict[str, float]) -> TaskMix:
-    own_step_ready = hasattr(PretrainTask, "shares_input")  # core v2 task mix: tasks may own their step
-    return (TaskMix if own_step_ready else _OwnStepMix)(tasks, weights)
+    """The core task mix; both PHE tasks own their step (several encoder forwards each)."""
+    return TaskMix(tasks, weights)
 
 
 def build_model(graph: Graph, cfg: PHEConfig) -> MixModel:
