@@ -65,3 +65,15 @@ def test_cli_verbs(tmp_path, capsys, graph_data):
 def test_config_errors(tmp_path, bad, msg):
     with pytest.raises(ConfigError, match=msg):
         tiny_cfg(tmp_path, bad)
+
+
+def test_cli_bad_folder_is_one_line(tmp_path, capsys):
+    from tests.phe.conftest import write_graph
+
+    root = write_graph(tmp_path / "bad")
+    with open(root / "pa.txt", "a") as f:
+        f.write("0\t4000\n")
+    assert main(["phe", "pretrain", "--data", str(root), "--out", str(tmp_path / "o"), *[a for s in TINY for a in
+                                                                                       ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert "out of range" in err and err.count("\n") == 1
