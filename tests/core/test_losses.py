@@ -173,3 +173,19 @@ def test_token_ce_bad_arguments():
         TokenCrossEntropy(reduction="none")
     with pytest.raises(DataError, match="labels of shape"):
         TokenCrossEntropy()(_rand(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_updating_the_queue_after_the_loss_keeps_its_backward_valid():
+    """A contrastive task pushes this step's keys right after computing its loss from the queue; an in-place
+    write would invalidate the tensor the loss saved for backward."""
+    import torch
+
+    from pretrainkit.core.losses import InfoNCE
+
+    nce = InfoNCE(temperature=0.1, queue_size=8)
+    nce.update_queue(torch.randn(8, 4))
+    q = torch.randn(3, 4, requires_grad=True)
+    loss = nce(q, torch.randn(3, 4), torch.empty(0, 4))  # the positive against the queue
+    nce.update_queue(torch.randn(3, 4))
+    loss.backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -104,7 +104,8 @@ class InfoNCE(nn.Module):
             raise DataError(f"InfoNCE queue holds {self.queue.shape[1]}-dim keys, got {keys.shape[1]}-dim ones")
         n = keys.shape[0]
         idx = torch.arange(self._ptr, self._ptr + n, device=keys.device) % self.queue_size
-        self.queue[idx] = keys.to(self.queue.dtype)
+        # out of place: a loss computed from the old queue may still need it for its backward pass
+        self.queue = self.queue.index_copy(0, idx, keys.to(self.queue.dtype))
         self._ptr = (self._ptr + n) % self.queue_size
         self._filled = min(self.queue_size, self._filled + n)
         self.queue_ptr.fill_(self._ptr)

@@ -171,9 +171,7 @@ class EdgeContrast(nn.Module):
             pos = k_all[m.src]
             loss = self.nce[key](q, pos, k_all[neg])
             if self.nce[key].training and self.cfg.queue_size:
-                # the loss saved the queue for its backward; InfoNCE updates in place, so give it a fresh copy
-                self.nce[key].queue = self.nce[key].queue.clone()
-                self.nce[key].update_queue(pos)  # never in eval mode
+                self.nce[key].update_queue(pos)  # never in eval mode; out of place, so the loss's backward holds
             losses.append(loss)
             metrics[f"loss/{key}"] = loss.detach()
         if not losses:
