@@ -31,8 +31,10 @@ def config(storage: str | None, study: str, n_trials: int, n_startup: int, seed:
         seed=seed,
         storage=storage,
         study_name=study,
-        heartbeat_interval=1,
-        grace_period=5,
+        # short enough for a quick test, long enough that a live worker starved of CPU on a busy 2-core
+        # machine is not taken for dead (a 1 s / 5 s pair failed there now and then)
+        heartbeat_interval=2,
+        grace_period=12,
     )
 
 
