@@ -104,16 +104,6 @@ def _snapshot(run: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-def _as_cli(fn) -> int:
-    """The CLI's contract for a library call that has no verb of its own (search storage)."""
-    try:
-        fn()
-    except PretrainkitError as e:
-        print(f"pretrainkit: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def _user_warnings(record) -> list[str]:
     quiet = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     return [f"{w.category.__name__}: {w.message}" for w in record if not issubclass(w.category, quiet)]
@@ -194,14 +184,15 @@ def l2m_bad_file(write, verb="pretrain"):
     return build
 
 
-def storage(spec_fn, with_run_db=None):
+def storage(spec_fn, with_run_db=None, no_driver=False):
+    """Storage is checked at config load (SearchConfig.validate), so a bad one fails before any training."""
     def build(env):
-        from pretrainkit.search.task_weights import make_storage
-
         if with_run_db is not None:
             (env.run / "study.db").write_bytes(with_run_db)
-        spec = spec_fn(env)
-        return lambda: _as_cli(lambda: make_storage(spec, env.run))
+        if no_driver:
+            env.monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+            env.monkeypatch.setitem(sys.modules, "psycopg2", None)
+        return saga("finetune", "--set", f"search.storage={spec_fn(env)}")(env)
     return build
 
 
@@ -315,7 +306,6 @@ def P(system, build, needles, absent=(), marks=(), id=None):
     return pytest.param(system, build, needles, absent, marks=marks, id=id)
 
 
-SEARCH_XFAIL = pytest.mark.xfail(strict=False, reason="search storage errors land with the postgres branch")
 ROWS = [
     # ---- paths
     P("saga", saga_data(lambda t: t / "nope"), ("nope",), id="path-saga-data-missing"),
@@ -454,17 +444,16 @@ ROWS = [
     P("l2m", l2m_bad_file(write_truncated_task, verb="collect"), ("drawer-close-v3.npz",),
       id="data-l2m-collect-truncated-npz"),
     # ---- storage (search)
-    P("search", storage(lambda env: "postgresql://user@localhost:1/db"), ("postgresql",),
-      marks=SEARCH_XFAIL, id="storage-postgres-without-driver"),
-    P("search", storage(lambda env: "sqlite:////proc/no/study.db"), ("sqlite",), marks=SEARCH_XFAIL,
-      id="storage-sqlite-unwritable"),
-    P("search", storage(lambda env: None, with_run_db=b"not a database" * 100), ("study.db",), marks=SEARCH_XFAIL,
-      id="storage-corrupted-study-db"),
-    P("search", storage(lambda env: f"journal:{_write(env.tmp / 'afile', 'x')}/x.log"), ("journal",),
-      marks=SEARCH_XFAIL, id="storage-journal-parent-is-a-file"),
-    P("search", storage(lambda env: f"journal:{env.tmp / 'nonexistent' / 'dir' / 'x.log'}"), ("journal",),
-      marks=SEARCH_XFAIL, id="storage-journal-missing-folder"),
-    P("search", storage(lambda env: "redis://localhost"), ("unknown search storage",), id="storage-unknown-scheme"),
+    P("saga", storage(lambda env: "postgresql://user:secret@localhost:1/db", no_driver=True), ("driver",),
+      absent=("secret",), id="storage-postgres-without-driver"),
+    P("saga", storage(lambda env: "sqlite:////proc/no/study.db"), ("sqlite",), id="storage-sqlite-unwritable"),
+    P("saga", storage(lambda env: f"sqlite:///{env.run / 'study.db'}", with_run_db=b"not a database" * 100),
+      ("study.db",), id="storage-corrupted-study-db"),
+    P("saga", storage(lambda env: f"journal:{_write(env.tmp / 'afile', 'x')}/x.log"), ("is a file",),
+      id="storage-journal-parent-is-a-file"),
+    P("saga", storage(lambda env: f"journal:{env.tmp / 'nonexistent' / 'dir' / 'x.log'}"), ("does not exist",),
+      id="storage-journal-missing-folder"),
+    P("saga", storage(lambda env: "redis://localhost"), ("storage",), id="storage-unknown-scheme"),
 ]
 
 
@@ -474,8 +463,10 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("system,build,needles,absent", ROWS)
-def test_bad_input_is_one_line_and_exit_2(system, build, needles, absent, bases, request, capsys, tmp_path):
-    env = SimpleNamespace(tmp=tmp_path / "scratch", run=tmp_path / "run", crnet=None, l2m_data=tmp_path / "l2m-data")
+def test_bad_input_is_one_line_and_exit_2(system, build, needles, absent, bases, request, capsys, tmp_path,
+                                         monkeypatch):
+    env = SimpleNamespace(tmp=tmp_path / "scratch", run=tmp_path / "run", crnet=None, l2m_data=tmp_path / "l2m-data",
+                          monkeypatch=monkeypatch)
     env.tmp.mkdir()
     if system == "saga":
         shutil.copytree(bases.saga, env.run)
@@ -486,8 +477,6 @@ def test_bad_input_is_one_line_and_exit_2(system, build, needles, absent, bases,
     elif system == "l2m":
         shutil.copytree(bases.l2m / "data", env.l2m_data)
         shutil.copytree(bases.l2m / "run", env.run)
-    else:
-        env.run.mkdir()
     call = build(env)
     check_one_line(capsys, env.run, call, *needles, absent=absent)
     if "journal-missing-folder" in request.node.name:
@@ -519,18 +508,25 @@ def test_ctrl_c_hint_names_only_options_the_verb_has(monkeypatch, capsys):
     assert "--resume auto" in capsys.readouterr().err
 
 
-def test_every_run_verb_takes_config_set_and_out_as_the_readme_says():
+def test_the_verbs_take_the_options_the_readme_says():
     from pretrainkit.cli import build_parser
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "Every verb takes `--config PROFILE|FILE`, repeatable `--set key=value`" in readme
-    verbs = {"saga": ["demo", "pretrain", "search-weights", "finetune", "evaluate"],
-             "crnet": ["pretrain"], "l2m": ["collect", "pretrain", "continual", "evaluate"]}
-    for system, names in verbs.items():
+    assert "Every verb takes" not in readme
+    out = {"saga": ["demo", "pretrain", "search-weights", "finetune", "evaluate", "bench"],
+           "crnet": ["pretrain", "sweep", "bench"], "l2m": ["collect", "pretrain", "continual", "evaluate"]}
+    for system, verbs in out.items():
         parser = build_parser(load=system)
-        for verb in names:
+        for verb in verbs:
+            assert f"`{verb}`" in readme, verb
             args = parser.parse_args([system, verb, "--config", "quick", "--set", "a.b=1", "--out", "/x/run"])
             assert args.out == "/x/run" and args.config == "quick", (system, verb)
+    parser = build_parser(load="crnet")
+    for verb in ("evaluate", "generate", "export-hf"):
+        assert parser.parse_args(["crnet", verb, "--run", "/x/run", *(["--to", "/y"] * (verb == "export-hf"))]).run
+    parser = build_parser(load="l2m")
+    for verb in ("routing", "bench"):
+        assert parser.parse_args(["l2m", verb, "--config", "quick", "--set", "out=/x"]).set == ["out=/x"]
 
 
 def test_a_skipped_checkpoint_is_one_line_not_a_python_warning(tmp_path, crnet_base, capsys):
