@@ -28,11 +28,21 @@ def _why(path: Path, exc: BaseException, kind: str, advice: str) -> DataError:
     return DataError(f"{path} is not a readable .{kind} file: truncated or damaged ({type(exc).__name__}); {advice}")
 
 
+MAGIC = {"npy": b"\x93NUMPY", "npz": b"PK\x03\x04"}
+
+
 def _check_file(path: Path, kind: str, advice: str) -> None:
     if not path.is_file():
         raise DataError(f"{kind} file not found: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes); {advice}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    # Without its magic numpy would try the bytes as a pickle and talk about allow_pickle; say what it is.
+    if not head.startswith(MAGIC[kind]):
+        other = next((k for k, m in MAGIC.items() if head.startswith(m)), None)
+        what = f"an .{other} file" if other else "not numpy data"
+        raise DataError(f"{path} is not a readable .{kind} file ({what}); {advice}")
 
 
 def read_npy(path: str | Path, advice: str = ADVICE) -> np.ndarray:

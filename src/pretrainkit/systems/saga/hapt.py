@@ -69,7 +69,8 @@ class HaptRaw:
 def _read_npz(path: Path) -> HaptRaw:
     arrays = read_npz(path, required=("data", "label", "user", "exp", "exp_offsets"))
     for k, a in arrays.items():
-        if k in ("data", "label", "user", "exp", "exp_offsets") and a.ndim < 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        numeric = np.issubdtype(a.dtype, np.number) or a.dtype == bool
+        if k in ("data", "label", "user", "exp", "exp_offsets") and (a.ndim < 1 or not numeric):
             raise DataError(f"{path}: array '{k}' must be a numeric array, got dtype {a.dtype}, shape {a.shape}")
     return HaptRaw(
         data=arrays["data"].astype(np.float32),
