@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from pretrainkit.core import distributed as dist_
-from pretrainkit.core.checkpoint import MODEL_FILE, check_resume, latest_valid, list_checkpoints, load_weights, verify
+from pretrainkit.core.checkpoint import (
+    MODEL_FILE,
+    check_resume,
+    latest_valid,
+    list_checkpoints,
+    load_weights,
+    verify,
+)
 from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.device import autocast, resolve_device, uses_bf16
