@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrainkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pretrainkit: interrupted; completed checkpoints are kept (resume with --resume auto)", file=sys.stderr)
+        # Only a verb with --resume can be told to use it; one without (it reuses finished work) is rerun.
+        hint = " (resume with --resume auto)" if hasattr(args, "resume") else "; run the same command to continue"
+        print(f"pretrainkit: interrupted; completed checkpoints are kept{hint}", file=sys.stderr)
         return 130
 
 

@@ -68,6 +68,15 @@ class HeadConfig:
         if self.metric not in METRICS:
             raise ConfigError(f"unknown selection metric '{self.metric}'; allowed: {', '.join(METRICS)}")
 
+    def validate(self, prefix: str = "head.") -> None:
+        from pretrainkit.core.config import check_at_least, check_positive, check_range
+
+        check_positive(self.lr, f"{prefix}lr")
+        check_range(self.weight_decay, f"{prefix}weight_decay", low=0.0)
+        check_at_least(self.epochs, f"{prefix}epochs")
+        check_at_least(self.batch_size, f"{prefix}batch_size")
+        check_at_least(self.patience, f"{prefix}patience", 0)
+
 
 def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor,
                    y_val: torch.Tensor, cfg: HeadConfig, seed: int) -> tuple[nn.Module, float]:

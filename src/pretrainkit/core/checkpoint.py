@@ -191,12 +191,38 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def latest_valid(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
-    """Newest checkpoint that verifies; corrupted newer ones are reported (one line each) and skipped."""
+    """Newest checkpoint that verifies; corrupted newer ones are reported (one line each) and skipped.
+
+    The skips are reported only when a good checkpoint is found: when none verifies, the caller refuses in
+    one line of its own, which would otherwise follow a line per bad checkpoint."""
     warn = warn or (lambda msg: print(f"pretrainkit: {msg}", file=sys.stderr))
+    skipped = []
     for step, p in reversed(list_checkpoints(root)):
         try:
             verify(p)
-            return p
         except CheckpointError as e:
-            warn(f"skipping bad checkpoint: {e}")
+            skipped.append(f"skipping bad checkpoint: {e}")
+            continue
+        for msg in skipped:
+            warn(msg)
+        return p
     return None
+
+
+def none_verifies(n: int, root: str | Path) -> CheckpointError:
+    return CheckpointError(
+        f"none of the {n} checkpoint(s) under {root} verifies, so --resume auto will not start over silently; "
+        "delete that folder (or use another --out) to start over")
+
+
+def check_resume(resume: str | Path | None, root: str | Path) -> None:
+    """Refuse, before anything in a run directory is written, a resume the trainer would refuse later: a
+    ``--resume PATH`` that is missing or damaged, or ``auto`` over checkpoints of which none verifies."""
+    if resume is None:
+        return
+    if str(resume) == "auto":
+        found = list_checkpoints(root)
+        if found and latest_valid(root, warn=lambda msg: None) is None:
+            raise none_verifies(len(found), root)
+        return
+    verify(resume)

@@ -7,6 +7,8 @@ ConfigError naming the dotted key and what is allowed, so a typo never silently 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import types
 import typing
 from pathlib import Path
@@ -117,8 +119,44 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {e}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        # A section that can sit at several places (train under pretrain.train, ...) takes the dotted prefix,
+        # so its errors name the key as the user typed it.
+        if "prefix" in inspect.signature(validate).parameters:
+            validate(prefix=prefix)
+        else:
+            validate()
     return obj
+
+
+def check_range(value: float, key: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """A finite number within [low, high] (an end excluded where ``*_open``), else a ConfigError naming
+    ``key`` (the full dotted key) and the allowed range. NaN and infinity are always refused."""
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{_what(key)} must be a finite number in {lo}, {hi}, got {value}")
+
+
+def check_positive(value: float, key: str) -> None:
+    """A finite number > 0 (learning rates, temperatures)."""
+    check_range(value, key, low=0.0, low_open=True)
+
+
+def check_at_least(value: int, key: str, low: int = 1) -> None:
+    """An integer >= ``low`` (batch sizes, step counts)."""
+    if value < low:
+        raise ConfigError(f"{_what(key)} must be >= {low}, got {value}")
+
+
+def _what(key: str) -> str:
+    """A command-line option (``--top-k``) is named as typed; a config key as ``config key 'a.b'``."""
+    return key if key.startswith("-") else f"config key '{key}'"
 
 
 def to_dict(obj: Any) -> Any:
@@ -164,7 +202,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

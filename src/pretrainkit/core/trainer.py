@@ -35,6 +35,7 @@ from torch import nn
 from pretrainkit.core import checkpoint as ckpt
 from pretrainkit.core import distributed as dist_
 from pretrainkit.core import tracking
+from pretrainkit.core.config import check_positive, check_range
 from pretrainkit.core.data import BatchStream, to_device
 from pretrainkit.core.device import autocast
 from pretrainkit.core.rundir import RunDir
@@ -65,14 +66,20 @@ class TrainConfig:
     trackers: list[str] = field(default_factory=list)
     mlflow_uri: str = ""  # "": $MLFLOW_TRACKING_URI if set, else sqlite:///<run dir>/mlflow.db
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "train.") -> None:
+        """Ranges every system shares; ``prefix`` is where this section sits (``pretrain.train.``, ...)."""
         for name in ("max_steps", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"config key 'train.lr' must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+                raise ConfigError(f"config key '{prefix}{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{prefix}{name}' must be >= 0, got {getattr(self, name)}")
+        check_positive(self.lr, f"{prefix}lr")
+        check_range(self.weight_decay, f"{prefix}weight_decay", low=0.0)
+        check_range(self.grad_clip, f"{prefix}grad_clip", low=0.0)
+        for name in ("beta1", "beta2"):
+            check_range(getattr(self, name), f"{prefix}{name}", low=0.0, high=1.0, high_open=True)
+        check_range(self.min_lr_ratio, f"{prefix}min_lr_ratio", low=0.0, high=1.0)
         tracking.validate_names(self.trackers)
 
 
@@ -240,10 +247,7 @@ class Trainer:
             path = ckpt.latest_valid(self.run_dir.checkpoints)
             if path is None:
                 if found:
-                    raise CheckpointError(
-                        f"none of the {len(found)} checkpoint(s) under {self.run_dir.checkpoints} verifies, so "
-                        "--resume auto will not start over silently; delete that folder (or use another --out) "
-                        "to start over")
+                    raise ckpt.none_verifies(len(found), self.run_dir.checkpoints)
                 return
         else:
             path = Path(resume)

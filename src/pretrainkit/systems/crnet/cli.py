@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pretrainkit.core.benchkit import add_bench_args, replay_args, seed_overrides
-from pretrainkit.core.config import load_config
+from pretrainkit.core.config import check_at_least, check_positive, load_config
 from pretrainkit.core.profiles import add_config_args, profile_path
 from pretrainkit.systems.crnet.config import METHODS, CRNetConfig
 
@@ -152,6 +152,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _set_threads(n: int) -> None:
+    check_at_least(n, "--threads", 0)
     if n > 0:
         torch.set_num_threads(n)
     if n == 1:
@@ -214,6 +215,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from pretrainkit.systems.crnet.pipeline import generate
 
+    check_at_least(args.top_k, "--top-k")
+    check_at_least(args.max_new_tokens, "--max-new-tokens", 0)
+    if not args.greedy:
+        check_positive(args.temperature, "--temperature")
     _set_threads(args.threads)
     print(
         generate(

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrainkit.core.arrays import read_npz
 from pretrainkit.core.io import atomic_write
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.paths import shared_data_root
@@ -395,9 +396,8 @@ def prepare_text_data(dcfg, folder: str | Path, log=print) -> TextData:
     (folder / "data").mkdir(exist_ok=True)
     cache = folder / "data" / f"tokens-{key}.npz"
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            names = json.loads(str(z["names"]))
-            return TextData(tok, z["train"], z["val"], names["train"], names["val"])
+        train, val, names = read_token_cache(cache)
+        return TextData(tok, train, val, names["train"], names["val"])
     if split is None:
         docs = docs or _documents(dcfg)
         split = split_by_document(docs, dcfg.val_fraction, dcfg.split_seed)
@@ -413,6 +413,28 @@ def prepare_text_data(dcfg, folder: str | Path, log=print) -> TextData:
 
     atomic_write(cache, write)
     return TextData(tok, train, val, names["train"], names["val"])
+
+
+def read_token_cache(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """(train ids, val ids, document names) from a token cache, or one DataError saying to delete it.
+
+    The cache is written atomically, so a bad one means outside damage; it is refused rather than rebuilt
+    because evaluate must not write into the run directory."""
+    path = Path(path)
+    hint = "delete it and run the command again to tokenise afresh"
+    try:
+        arrays = read_npz(path, required=("train", "val", "names"), advice=hint)
+    except DataError as e:
+        raise DataError(f"token cache {e}") from None
+    try:
+        names = json.loads(str(arrays["names"]))
+        ok = all(isinstance(names.get(k), list) for k in ("train", "val"))
+    except (ValueError, AttributeError):
+        ok = False
+    train, val = arrays["train"], arrays["val"]
+    if not ok or any(a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) for a in (train, val)):
+        raise DataError(f"token cache {path} does not hold 1-D token ids and document names; {hint}")
+    return train, val, names
 
 
 def corpus_as_validation(source: str | Path, dcfg, tok: TextTokenizer) -> TextData:

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from pretrainkit.core import distributed as dist_
-from pretrainkit.core.checkpoint import MODEL_FILE, latest_valid, list_checkpoints, load_weights, verify
+from pretrainkit.core.checkpoint import (
+    MODEL_FILE,
+    check_resume,
+    latest_valid,
+    list_checkpoints,
+    load_weights,
+    verify,
+)
 from pretrainkit.core.config import load_config
 from pretrainkit.core.data import EpochBatches
 from pretrainkit.core.device import autocast, resolve_device, uses_bf16
@@ -323,6 +330,7 @@ def pretrain(
         run.lock()  # held until the process ends: nothing below may race another writer of this run
         if resume is not None:
             check_resumable(run.path, cfg)  # before anything in the run directory is written
+        check_resume(resume, run.path / "checkpoints")  # refused here, before config.yaml is rewritten
         data = prepare_text_data(cfg.data, run.path, log=log)
     dist_.barrier()
     if not info.is_main:

@@ -20,7 +20,6 @@ i.e. k = 8); beta's gradients, sums with cancellation, are the most sensitive.
 from __future__ import annotations
 
 import gc
-
 import time
 from collections.abc import Sequence
 

@@ -25,6 +25,8 @@ def load(args: argparse.Namespace) -> L2MConfig:
         overrides.append(f"continual.methods=[{args.methods}]")
     if getattr(args, "name", None) and getattr(args, "verb", None) != "routing":
         overrides.append(f"bench.name={args.name}")
+    if getattr(args, "out", None):
+        overrides.append(f"out={args.out}")
     path = profile_path("l2m", str(args.config)) if args.config else None
     return load_config(L2MConfig, path, [*overrides, *(args.set or [])])
 
@@ -33,6 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="PROFILE|FILE",
                    help="a profile under configs/l2m/ (quick, paper) or a YAML file (default: built-in defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (overrides the config's 'out')")
 
 
 def _parser(sub, name: str, help_: str) -> argparse.ArgumentParser:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from pretrainkit.core.arrays import read_npz
 from pretrainkit.core.io import atomic_write, atomic_write_text
-from pretrainkit.errors import ConfigError
+from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.systems.l2m.envs import HORIZON, MT50, check_tasks, make_env, versions
 
 SUMMARY_NAME = "collection.json"
@@ -156,8 +157,16 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _record_from_file(path: Path) -> dict[str, Any]:
     # A finished file carries its own record, so the summary can be rebuilt after a crash or by a resumed run.
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta_json"])) if "meta_json" in z.files else {"task": path.stem}
+    arrays = read_npz(path, advice="delete it so that `pretrainkit l2m collect` collects that task again")
+    if "meta_json" not in arrays:
+        return {"task": path.stem}
+    try:
+        record = json.loads(str(arrays["meta_json"]))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: its meta_json record is not a JSON object; delete the file to collect it again")
+    return record
 
 
 def _init_worker(q) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pretrainkit.core.config import check_at_least, check_positive, check_range
 from pretrainkit.core.trainer import TrainConfig
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.l2m.envs import check_tasks
@@ -133,5 +134,13 @@ class L2MConfig:
             raise ConfigError("bench.seeds must list at least one seed")
         if self.bench.workers < 1:
             raise ConfigError(f"bench.workers must be >= 1, got {self.bench.workers}")
+        for key in ("pretrain.batch_size", "continual.batch_size", "continual.log_every", "method.rank",
+                    "method.fisher_batch_size", "eval.offline_windows", "threads"):
+            section, _, name = key.rpartition(".")
+            check_at_least(getattr(getattr(self, section) if section else self, name), key)
+        check_at_least(self.continual.ckpt_every, "continual.ckpt_every", 0)
+        for key in ("method.lr_full", "method.lr_adapter", "method.key_lr"):
+            check_positive(getattr(self.method, key.split(".")[1]), key)
+        check_range(self.data.val_fraction, "data.val_fraction", low=0.0, high=1.0, high_open=True)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")

@@ -8,7 +8,6 @@ chosen step, left-padded inside the episode, with returns-to-go divided by ``rtg
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pretrainkit.core.arrays import read_npz
 from pretrainkit.errors import ConfigError, DataError
 
 REQUIRED_KEYS = ("states", "actions", "rewards", "dones")
@@ -109,18 +109,13 @@ def load_task_dataset(path: str | Path, task: str | None = None) -> TaskData:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"dataset file not found: {p}")
-    try:
-        z = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    with z:
-        missing = [k for k in REQUIRED_KEYS if k not in z.files]
-        if missing:
-            raise DataError(f"{p}: missing keys {missing}; a task file needs {list(REQUIRED_KEYS)}")
-        try:
-            arrays = {k: z[k] for k in z.files}
-        except ValueError as e:  # object arrays need pickle, which we refuse
-            raise DataError(f"{p}: unreadable array ({e}); object arrays are not allowed") from None
+    arrays = read_npz(p, required=REQUIRED_KEYS, advice="collect it again (delete the file, then "
+                      "`pretrainkit l2m collect`) or point data.dir at another copy")
+    for k, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool or (k == "task" and a.ndim == 0)):
+            if k not in REQUIRED_KEYS:
+                continue  # extras of other dtypes (names, JSON records) are not read here
+            raise DataError(f"{p}: '{k}' must be a numeric array, got dtype {a.dtype}")
     name = str(arrays.pop("task")) if "task" in arrays and arrays["task"].ndim == 0 else (task or p.stem)
     states, actions = arrays.pop("states"), arrays.pop("actions")
     rewards, dones = arrays.pop("rewards"), arrays.pop("dones")

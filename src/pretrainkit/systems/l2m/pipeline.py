@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pretrainkit.adapt.continual import ContinualRecord, run_stages
-from pretrainkit.core.checkpoint import atomic_write_text, load_weights, save_weights
+from pretrainkit.core.checkpoint import atomic_write_text, check_resume, load_weights, save_weights
 from pretrainkit.core.device import resolve_device
 from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
@@ -142,6 +142,7 @@ def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Lo
         except CheckpointError as e:  # rebuilt below from the run's newest good checkpoint
             log(f"{e}; rebuilding it from the newest good checkpoint")
             path.unlink()
+    check_resume(resume, path.parent / "checkpoints")  # before the run directory is written to
     splits = load_tasks(cfg, cfg.data.pretrain_tasks)
     ds = windows(cfg, [s.train for s in splits.values()])
     torch.manual_seed(seed)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from pretrainkit.core.benchkit import add_bench_args, seed_overrides
-from pretrainkit.core.config import load_config, save_config
+from pretrainkit.core.config import check_at_least, load_config, save_config
 from pretrainkit.core.profiles import add_config_args, profile_path
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.saga.config import LABEL_SPLITS, SagaConfig
@@ -71,24 +72,46 @@ def load(args: argparse.Namespace) -> SagaConfig:
     return load_config(SagaConfig, profile_path("saga", args.config), [*overrides, *args.set])
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Option ranges, checked before anything is read or written."""
+    check_at_least(args.threads, "--threads")
+    if getattr(args, "budget", None) is not None:
+        check_at_least(args.budget, "--budget", 2)  # one unit per class to fit, one to validate
+    if getattr(args, "label", None) is not None and args.split not in LABEL_SPLITS[args.label]:
+        raise ConfigError(f"split '{args.split}' does not suit label '{args.label}'; allowed: "
+                          f"{', '.join(LABEL_SPLITS[args.label])}")
+
+
+def _weights(text: str, tasks: list[str]) -> list[float]:
+    """``--weights W1,...``: one non-negative number per pre-training task (one encoder each), not all zero."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights must be 'search' or {len(tasks)} comma-separated numbers") from None
+    if len(values) != len(tasks) or min(values) < 0 or sum(values) == 0 or not all(map(math.isfinite, values)):
+        raise ConfigError(f"--weights needs {len(tasks)} non-negative numbers, not all zero; got {text}")
+    return values
+
+
 def _run(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+    _check_args(args)
     torch.set_num_threads(args.threads)
     cfg = load(args)
+    if getattr(args, "weights", "search") != "search":
+        _weights(args.weights, cfg.pretrain.tasks)  # a bad --weights fails before any training
+    pipe = SagaPipeline(cfg)
+    pipe.windows  # noqa: B018 - bad data fails here, before the run directory is written to
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     if args.verb in ("demo", "evaluate"):
-        return _grid(cfg, demo=args.verb == "demo")
-    from pretrainkit.systems.saga.pipeline import SagaPipeline
-
-    pipe = SagaPipeline(cfg)
+        return _grid(cfg, demo=args.verb == "demo", pipe=pipe)
     if args.verb == "pretrain":
         pipe.cfg.downstream.splits = [args.split]
         pipe.pretrain_all(with_a=cfg.pretrain.reading == "A")
         print(f"encoders saved under {Path(cfg.out) / 'pretrain' / pipe.pool_name}")
         return 0
-    if args.split not in LABEL_SPLITS[args.label]:
-        raise ConfigError(f"split '{args.split}' does not suit label '{args.label}'; allowed: "
-                          f"{', '.join(LABEL_SPLITS[args.label])}")
     from pretrainkit.systems.saga.features import mix_features, unit_index
 
     pipe.cfg.downstream.splits = [args.split]
@@ -101,26 +124,20 @@ def _run(args: argparse.Namespace) -> int:
         if args.verb == "search-weights":
             return 0
     else:
-        try:
-            values = [float(v) for v in args.weights.split(",")]
-        except ValueError:
-            raise ConfigError(f"--weights must be 'search' or {len(feats)} comma-separated numbers") from None
-        if len(values) != len(feats) or min(values) < 0 or sum(values) == 0:
-            raise ConfigError(f"--weights needs {len(feats)} non-negative numbers, not all zero; got {args.weights}")
-        w = dict(zip(feats, values))
+        w = dict(zip(feats, _weights(args.weights, cfg.pretrain.tasks)))
     test = unit_index(pipe.split(args.split)[2], pipe.per_window)
     r = pipe.fit_gru(mix_features(feats, w), args.label, fit, val, test, args.seed)
     print(f"{args.label} / {args.split} / {args.budget} per class: test accuracy {r['acc']:.4f}, macro-F1 {r['f1']:.4f}")
     return 0
 
 
-def _grid(cfg: SagaConfig, demo: bool) -> int:
+def _grid(cfg: SagaConfig, demo: bool, pipe=None) -> int:
     from pretrainkit.systems.saga import report
     from pretrainkit.systems.saga.experiment import DEMO_METHODS, METHODS, Grid
     from pretrainkit.systems.saga.pipeline import SagaPipeline
 
     t0 = time.time()
-    grid = Grid(SagaPipeline(cfg), methods=DEMO_METHODS if demo else METHODS)
+    grid = Grid(pipe or SagaPipeline(cfg), methods=DEMO_METHODS if demo else METHODS)
     rows = grid.run(workers=cfg.downstream.workers)
     out = Path(cfg.out)
     plot = report.plot(rows, out / "plots" / "accuracy_vs_labels.png")
@@ -149,6 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
         plot(load_results(path.with_suffix(".json"))["rows"], path.parent / f"{name}_accuracy.png")
         print(f"wrote {path}")
         return 0
+    _check_args(args)
     torch.set_num_threads(args.threads)
     cfg = load(args)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

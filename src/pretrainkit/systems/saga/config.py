@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pretrainkit.adapt.probe import HeadConfig
+from pretrainkit.core.config import check_at_least
 from pretrainkit.core.trainer import TrainConfig
 from pretrainkit.errors import ConfigError
 from pretrainkit.search.task_weights import SearchConfig
@@ -89,6 +90,12 @@ class SagaConfig:
         for b in self.downstream.budgets:
             if b < 2:
                 raise ConfigError(f"label budgets must be >= 2 per class (one to fit, one to validate), got {b}")
+        for key in ("pretrain.batch_size", "pretrain.workers", "pretrain.a_trial_steps", "downstream.unit",
+                    "downstream.head_max_steps", "downstream.full_max_steps", "downstream.workers",
+                    "model.hidden", "model.ff", "model.n_heads", "model.n_layers"):
+            section, name = key.split(".")
+            check_at_least(getattr(getattr(self, section), name), key)
+        check_at_least(self.downstream.cv_folds, "downstream.cv_folds", 2)
         if self.downstream.head_restarts < 1:
             raise ConfigError(f"downstream.head_restarts must be >= 1, got {self.downstream.head_restarts}")
         if not 0 < self.downstream.val_fraction < 1:

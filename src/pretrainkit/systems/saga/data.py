@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pretrainkit.core.arrays import read_npy
 from pretrainkit.core.splits import (
     group_split,
     random_split,
@@ -80,6 +81,16 @@ class IMUWindows:
             raise DataError(
                 f"IMUWindows has {self.x.shape[2]} channels but {len(self.channels)} channel names"
             )
+        if self.labels.size and self.labels.min() < 0:
+            col = int(np.flatnonzero((self.labels < 0).any(axis=0))[0])
+            raise DataError(f"label {self.label_names[col]!r} has negative values (e.g. "
+                            f"{int(self.labels[:, col].min())}); class labels must be 0, 1, 2, ...")
+        for name, classes in self.class_names.items():
+            if name in self.label_names and self.labels.size:
+                top = int(self.labels[:, self.label_names.index(name)].max())
+                if top >= len(classes):
+                    raise DataError(f"label {name!r} has value {top}, outside its {len(classes)} classes "
+                                    f"({', '.join(classes)}): values must be 0..{len(classes) - 1}")
         for name in ("experiment", "start"):
             value = getattr(self, name)
             if value is not None:
@@ -169,12 +180,7 @@ def concat_windows(parts: Sequence[IMUWindows]) -> IMUWindows:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays need pickle, which we refuse
-        raise DataError(f"{path} is not a plain numeric .npy file: {exc}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    return read_npy(path)
 
 
 def load_limu_folder(
@@ -205,6 +211,8 @@ def load_limu_folder(
             f"{data_path.name} has shape {data.shape}; expected (N, L={window}, F) with F channels"
         )
     n, _, f = data.shape
+    if n == 0:
+        raise DataError(f"{data_path.name} in {path} holds no windows (shape {data.shape}); nothing to train on")
     if labels.ndim != 3 or labels.shape[1] != window:
         raise DataError(
             f"{label_path.name} has shape {labels.shape}; expected (N, L={window}, K) label columns"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pretrainkit.core.arrays import read_npy, read_npz
 from pretrainkit.errors import DataError
 from pretrainkit.paths import checkout_shared_data, installed_data_root
 from pretrainkit.systems.saga.data import IMU6_CHANNELS, LIMU_ACTIVITY_NAMES, IMUWindows, load_limu_folder
@@ -66,13 +67,11 @@ class HaptRaw:
 
 
 def _read_npz(path: Path) -> HaptRaw:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("data", "label", "user", "exp", "exp_offsets")}
-    except KeyError as exc:
-        raise DataError(f"{path} lacks array {exc}; expected data, label, user, exp, exp_offsets") from None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as a pickle-free npz: {exc}") from None
+    arrays = read_npz(path, required=("data", "label", "user", "exp", "exp_offsets"))
+    for k, a in arrays.items():
+        numeric = np.issubdtype(a.dtype, np.number) or a.dtype == bool
+        if k in ("data", "label", "user", "exp", "exp_offsets") and (a.ndim < 1 or not numeric):
+            raise DataError(f"{path}: array '{k}' must be a numeric array, got dtype {a.dtype}, shape {a.shape}")
     return HaptRaw(
         data=arrays["data"].astype(np.float32),
         label=arrays["label"].astype(np.int8),
@@ -91,7 +90,10 @@ def _read_pickle(path: Path) -> HaptRaw:
     data, label, user, exp = [], [], [], []
     for uid in sorted(obj):
         for frame in obj[uid]:
-            cols = frame_columns(frame)
+            try:
+                cols = frame_columns(frame)
+            except DataError as e:
+                raise DataError(f"{path}: user {uid}: {e}") from None
             missing = [c for c in RAW_COLUMNS + ("label",) if c not in cols]
             if missing:
                 raise DataError(f"{path}: a DataFrame of user {uid} lacks columns {missing}")
@@ -344,10 +346,7 @@ def compare_with_reference(windows: IMUWindows, reference_label_path: str | Path
     path = Path(reference_label_path)
     if not path.is_file():
         raise DataError(f"reference label file not found: {path}")
-    try:
-        ref = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as a numeric .npy: {exc}") from None
+    ref = read_npy(path)
     if ref.ndim != 3 or ref.shape[2] < 2:
         raise DataError(f"{path.name} has shape {ref.shape}; expected (N, L, 2) [activity, user]")
     ref_pairs = ref[:, 0, :2].astype(np.int64)

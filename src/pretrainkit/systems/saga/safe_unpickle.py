@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def restricted_load(path: str | Path) -> Any:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path} is not a readable gzip file: {exc}") from None
     try:
         return RestrictedUnpickler(io.BytesIO(raw)).load()
