@@ -44,9 +44,17 @@ def write_synthetic(data: Path, tasks: list[str], episodes: int = 60, length: in
         dones = np.zeros(n, bool)
         dones[length - 1 :: length] = True
         meta = {"task": task, "steps": n, "cpu_seconds": 0.0, "episodes": episodes}
-        np.savez(data / f"{task}.npz", states=states, actions=expert, expert_actions=expert,
-                 rewards=np.ones(n, np.float32), dones=dones, success=np.ones(n, bool), task=np.array(task),
-                 meta_json=np.array(json.dumps(meta)))
+        np.savez(
+            data / f"{task}.npz",
+            states=states,
+            actions=expert,
+            expert_actions=expert,
+            rewards=np.ones(n, np.float32),
+            dones=dones,
+            success=np.ones(n, bool),
+            task=np.array(task),
+            meta_json=np.array(json.dumps(meta)),
+        )
 
 
 @torch.no_grad()
@@ -69,11 +77,21 @@ def train(cfg: L2MConfig, splits, seed: int, rank: int | None, run: Path) -> tup
         info = to_cross_layer(dt, "blocks", PROJECTIONS, rank=rank)
     ds = windows(cfg, [s.train for s in splits.values()])
     tcfg = TrainConfig(**{**asdict(cfg.pretrain.train), "seed": seed, "progress": False})
-    trainer = Trainer(BehaviourCloning(dt), WindowBatches(ds, cfg.pretrain.batch_size, seed), tcfg, RunDir(run),
-                      dist_info=_dist(torch.device("cpu")), unit="windows")
+    trainer = Trainer(
+        BehaviourCloning(dt),
+        WindowBatches(ds, cfg.pretrain.batch_size, seed),
+        tcfg,
+        RunDir(run),
+        dist_info=_dist(torch.device("cpu")),
+        unit="windows",
+    )
     last = trainer.fit(None)
-    return dt, {"params": dt.num_params(), "train_loss": round(float(last["loss"]), 4),
-                "seconds": round(last["wall_s"], 1), "info": info}
+    return dt, {
+        "params": dt.num_params(),
+        "train_loss": round(float(last["loss"]), 4),
+        "seconds": round(last["wall_s"], 1),
+        "info": info,
+    }
 
 
 def main() -> None:
@@ -91,18 +109,33 @@ def main() -> None:
         if not a.data:
             data.mkdir()
             write_synthetic(data, TASKS)
-        cfg = load_config(L2MConfig, None, [
-            f"data.dir={data}", f"out={tmp / 'run'}", f"data.pretrain_tasks={TASKS}", "data.val_fraction=0.2",
-            f"pretrain.train.max_steps={a.steps}", "pretrain.train.warmup_steps=20", "pretrain.batch_size=32",
-            f"pretrain.train.log_every={a.steps}", "pretrain.train.ckpt_every=0", "model.dropout=0.0",
-        ])
+        cfg = load_config(
+            L2MConfig,
+            None,
+            [
+                f"data.dir={data}",
+                f"out={tmp / 'run'}",
+                f"data.pretrain_tasks={TASKS}",
+                "data.val_fraction=0.2",
+                f"pretrain.train.max_steps={a.steps}",
+                "pretrain.train.warmup_steps=20",
+                "pretrain.batch_size=32",
+                f"pretrain.train.log_every={a.steps}",
+                "pretrain.train.ckpt_every=0",
+                "model.dropout=0.0",
+            ],
+        )
         splits = load_tasks(cfg, TASKS)
-        print(f"data: {'synthetic' if not a.data else data}; tasks {TASKS}; DT d_model {cfg.model.d_model}, "
-              f"{cfg.model.n_layer} layers; {a.steps} steps, batch {cfg.pretrain.batch_size}, seed {a.seed}")
+        print(
+            f"data: {'synthetic' if not a.data else data}; tasks {TASKS}; DT d_model {cfg.model.d_model}, "
+            f"{cfg.model.n_layer} layers; {a.steps} steps, batch {cfg.pretrain.batch_size}, seed {a.seed}"
+        )
         for label, rank in (("full-rank", None), (f"cross-layer r={a.rank}", a.rank)):
             dt, st = train(cfg, splits, a.seed, rank, tmp / label.replace(" ", "_"))
-            print(f"{label:>18}: params {st['params']:>7}  train loss {st['train_loss']}  "
-                  f"held-out {held_out(dt, cfg, splits, a.windows)}  ({st['seconds']} s)")
+            print(
+                f"{label:>18}: params {st['params']:>7}  train loss {st['train_loss']}  "
+                f"held-out {held_out(dt, cfg, splits, a.windows)}  ({st['seconds']} s)"
+            )
             if st["info"] is not None:
                 print(st["info"].summary())
 

@@ -8,7 +8,9 @@ import torch
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(os.environ.get("PRETRAINKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("PRETRAINKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 def pytest_addoption(parser):

@@ -18,10 +18,11 @@ def tables_without_n(md: str) -> list[str]:
         while j < len(lines) and lines[j].startswith("|"):
             j += 1
         table = "\n".join(lines[i:j])
-        above = [x for x in lines[max(0, i - 4):i] if x.strip()][-2:]
+        above = [x for x in lines[max(0, i - 4) : i] if x.strip()][-2:]
         heads = [c.strip().lower() for c in lines[i].strip("|").split("|")]
-        ok = (any(h == "n" or h.startswith("n (") or h == "seed" for h in heads)
-              or re.search(r"\bn\s*=|\| n_\w+ \|", table + "\n" + "\n".join(above)))
+        ok = any(h == "n" or h.startswith("n (") or h == "seed" for h in heads) or re.search(
+            r"\bn\s*=|\| n_\w+ \|", table + "\n" + "\n".join(above)
+        )
         if not ok:
             bad.append(table)
         i = j
@@ -30,7 +31,7 @@ def tables_without_n(md: str) -> list[str]:
 
 def body_of(md: str) -> str:
     """The report below the provenance line and any re-rendering note: what a re-render must reproduce."""
-    return md[md.index("## Headline"):]
+    return md[md.index("## Headline") :]
 
 
 def assert_rerender_equals(md_path: Path, again_dir: Path, rerender_fn) -> dict:
@@ -41,7 +42,9 @@ def assert_rerender_equals(md_path: Path, again_dir: Path, rerender_fn) -> dict:
     redo = json.loads(again.with_suffix(".json").read_text())
     assert body_of(again.read_text()) == body_of(md_path.read_text())
     assert redo["headline"] == out["headline"]
-    assert {k: v for k, v in redo.items() if k != "provenance"} == {k: v for k, v in out.items() if k != "provenance"}
+    assert {k: v for k, v in redo.items() if k != "provenance"} == {
+        k: v for k, v in out.items() if k != "provenance"
+    }
     assert redo["provenance"]["date"] == out["provenance"]["date"]
     assert redo["provenance"]["rerendered"]["changes"] == []
     assert "No headline figure and no verdict differs" in again.read_text()

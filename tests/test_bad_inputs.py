@@ -26,12 +26,39 @@ import pytest
 from pretrainkit.cli import main
 from pretrainkit.errors import PretrainkitError
 
-SAGA_TINY = ["--set", "pretrain.train.max_steps=1", "--set", "model.hidden=8", "--set", "model.ff=8",
-             "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "downstream.head.epochs=1",
-             "--set", "search.n_trials=1", "--set", "search.n_startup_trials=1", "--set", "pretrain.batch_size=4",
-             "--set", "pretrain.probe_label=null"]
-CRNET_TINY = ["--set", "model.preset=tiny", "--set", "data.vocab_size=300", "--set", "seq_len=32",
-              "--no-progress", "--method", "lowrank"]
+SAGA_TINY = [
+    "--set",
+    "pretrain.train.max_steps=1",
+    "--set",
+    "model.hidden=8",
+    "--set",
+    "model.ff=8",
+    "--set",
+    "model.n_layers=1",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "downstream.head.epochs=1",
+    "--set",
+    "search.n_trials=1",
+    "--set",
+    "search.n_startup_trials=1",
+    "--set",
+    "pretrain.batch_size=4",
+    "--set",
+    "pretrain.probe_label=null",
+]
+CRNET_TINY = [
+    "--set",
+    "model.preset=tiny",
+    "--set",
+    "data.vocab_size=300",
+    "--set",
+    "seq_len=32",
+    "--no-progress",
+    "--method",
+    "lowrank",
+]
 L2M_PRE, L2M_SEQ = ["drawer-close-v3"], ["hammer-v3"]
 
 
@@ -41,7 +68,11 @@ L2M_PRE, L2M_SEQ = ["drawer-close-v3"], ["hammer-v3"]
 
 def _limu(folder: Path, n=12, length=120, channels=6, label_cols=3, labels=None, data=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    x = np.random.default_rng(0).normal(0, 1, (n, length, channels)).astype(np.float32) if data is None else data
+    x = (
+        np.random.default_rng(0).normal(0, 1, (n, length, channels)).astype(np.float32)
+        if data is None
+        else data
+    )
     np.save(folder / "data_20_120.npy", x)
     if labels is None:
         labels = np.zeros((n, length, label_cols), np.float32)
@@ -56,11 +87,17 @@ def _l2m_task(folder: Path, task: str, episodes: int = 3, length: int = 8) -> Pa
     n = episodes * length
     dones = np.zeros(n, bool)
     dones[length - 1 :: length] = True
-    np.savez(folder / f"{task}.npz", states=g.normal(0, 1, (n, 39)).astype(np.float32),
-             actions=g.uniform(-1, 1, (n, 4)).astype(np.float32), expert_actions=np.zeros((n, 4), np.float32),
-             rewards=np.ones(n, np.float32), dones=dones,
-             success=np.ones(n, bool), task=np.array(task),
-             meta_json=np.array(json.dumps({"task": task, "steps": n, "cpu_seconds": 0.1})))
+    np.savez(
+        folder / f"{task}.npz",
+        states=g.normal(0, 1, (n, 39)).astype(np.float32),
+        actions=g.uniform(-1, 1, (n, 4)).astype(np.float32),
+        expert_actions=np.zeros((n, 4), np.float32),
+        rewards=np.ones(n, np.float32),
+        dones=dones,
+        success=np.ones(n, bool),
+        task=np.array(task),
+        meta_json=np.array(json.dumps({"task": task, "steps": n, "cpu_seconds": 0.1})),
+    )
     return folder / f"{task}.npz"
 
 
@@ -90,8 +127,21 @@ def crnet_base(tmp_path_factory) -> Path:
     for k in range(3):
         (corpus / f"part{k}.txt").write_text(" ".join(g.choice(words, 1500)) + "\n")
     run = root / "run"
-    argv = ["crnet", "pretrain", "--data", str(corpus), "--out", str(run), *CRNET_TINY,
-            "--set", "train.max_steps=4", "--set", "train.ckpt_every=2", "--set", "data.val_fraction=0.34"]
+    argv = [
+        "crnet",
+        "pretrain",
+        "--data",
+        str(corpus),
+        "--out",
+        str(run),
+        *CRNET_TINY,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.ckpt_every=2",
+        "--set",
+        "data.val_fraction=0.34",
+    ]
     assert main(argv) == 0
     return root
 
@@ -101,8 +151,11 @@ def crnet_base(tmp_path_factory) -> Path:
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _user_warnings(record) -> list[str]:
@@ -148,12 +201,22 @@ def saga_data(folder_fn, verb="finetune", *extra):
     def build(env):
         src = folder_fn(env.tmp)
         return ["saga", verb, "--out", str(env.run), "--data", str(src), *SAGA_TINY, *extra]
+
     return build
 
 
 def saga_limu(folder_fn, *extra):
-    return saga_data(folder_fn, "finetune", "--set", "data.format=limu", "--set", "data.dataset=hhar",
-                     "--budget", "2", *extra)
+    return saga_data(
+        folder_fn,
+        "finetune",
+        "--set",
+        "data.format=limu",
+        "--set",
+        "data.dataset=hhar",
+        "--budget",
+        "2",
+        *extra,
+    )
 
 
 def crnet(verb, *extra, run_flag="--out"):
@@ -161,9 +224,22 @@ def crnet(verb, *extra, run_flag="--out"):
 
 
 def crnet_pretrain(*extra):
-    return lambda env: ["crnet", "pretrain", "--data", str(env.crnet / "corpus"), "--out", str(env.run),
-                        *CRNET_TINY, "--set", "train.max_steps=4", "--set", "train.ckpt_every=2",
-                        "--set", "data.val_fraction=0.34", *extra]
+    return lambda env: [
+        "crnet",
+        "pretrain",
+        "--data",
+        str(env.crnet / "corpus"),
+        "--out",
+        str(env.run),
+        *CRNET_TINY,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.ckpt_every=2",
+        "--set",
+        "data.val_fraction=0.34",
+        *extra,
+    ]
 
 
 def crnet_corpus(make, *extra):
@@ -171,25 +247,47 @@ def crnet_corpus(make, *extra):
         shutil.rmtree(env.run)
         env.run.mkdir()
         return ["crnet", "pretrain", "--data", str(make(env.tmp)), "--out", str(env.run), *CRNET_TINY, *extra]
+
     return build
 
 
 def l2m(verb, *extra):
-    return lambda env: ["l2m", verb, "--set", f"data.dir={env.l2m_data}", "--set", f"out={env.run}",
-                        "--set", f"data.pretrain_tasks={L2M_PRE}", "--set", f"data.continual_tasks={L2M_SEQ}",
-                        "--set", "model.d_model=16", "--set", "model.n_layer=1", "--set", "model.n_head=2",
-                        "--set", "model.context=3", "--set", "pretrain.train.max_steps=1", *extra]
+    return lambda env: [
+        "l2m",
+        verb,
+        "--set",
+        f"data.dir={env.l2m_data}",
+        "--set",
+        f"out={env.run}",
+        "--set",
+        f"data.pretrain_tasks={L2M_PRE}",
+        "--set",
+        f"data.continual_tasks={L2M_SEQ}",
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "model.n_layer=1",
+        "--set",
+        "model.n_head=2",
+        "--set",
+        "model.context=3",
+        "--set",
+        "pretrain.train.max_steps=1",
+        *extra,
+    ]
 
 
 def l2m_bad_file(write, verb="pretrain"):
     def build(env):
         write(env.l2m_data / f"{L2M_PRE[0]}.npz")
         return l2m(verb)(env)
+
     return build
 
 
 def storage(spec_fn, with_run_db=None, no_driver=False):
     """Storage is checked at config load (SearchConfig.validate), so a bad one fails before any training."""
+
     def build(env):
         if with_run_db is not None:
             (env.run / "study.db").write_bytes(with_run_db)
@@ -197,6 +295,7 @@ def storage(spec_fn, with_run_db=None, no_driver=False):
             env.monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
             env.monkeypatch.setitem(sys.modules, "psycopg2", None)
         return saga("finetune", "--set", f"search.storage={spec_fn(env)}")(env)
+
     return build
 
 
@@ -219,6 +318,7 @@ def save_npy(arr):
     def make(path):
         with open(path, "wb") as f:
             np.save(f, arr, allow_pickle=True)
+
     return make
 
 
@@ -233,6 +333,7 @@ def limu_with(labels=None, data=None, n=12, zero_byte=None, truncate=None, obj=N
         if obj:
             save_npy(np.array([{"a": 1}] * 12, dtype=object))(folder / obj)
         return folder
+
     return make
 
 
@@ -252,13 +353,29 @@ def hapt_npz(kind):
         if kind == "empty":
             empty(p)
         elif kind == "truncated":
-            truncated(p, lambda q: np.savez(open(q, "wb"), data=np.zeros((400, 6)), label=np.zeros(400),
-                                             user=np.zeros(400), exp=np.zeros(400), exp_offsets=np.array([0, 400])))
+            truncated(
+                p,
+                lambda q: np.savez(
+                    open(q, "wb"),
+                    data=np.zeros((400, 6)),
+                    label=np.zeros(400),
+                    user=np.zeros(400),
+                    exp=np.zeros(400),
+                    exp_offsets=np.array([0, 400]),
+                ),
+            )
         elif kind == "object":
             with open(p, "wb") as f:
-                np.savez(f, data=np.array([{"a": 1}], dtype=object), label=np.zeros(1), user=np.zeros(1),
-                         exp=np.zeros(1), exp_offsets=np.array([0, 1]))
+                np.savez(
+                    f,
+                    data=np.array([{"a": 1}], dtype=object),
+                    label=np.zeros(1),
+                    user=np.zeros(1),
+                    exp=np.zeros(1),
+                    exp_offsets=np.array([0, 1]),
+                )
         return folder
+
     return make
 
 
@@ -268,6 +385,7 @@ def hapt_pickle(raw: bytes, name="HAPT.pkl.gz"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(raw)
         return folder / name
+
     return make
 
 
@@ -275,6 +393,7 @@ def corpus_file(name, raw: bytes):
     def make(tmp):
         (tmp / name).write_bytes(raw)
         return tmp / name
+
     return make
 
 
@@ -284,6 +403,7 @@ def token_cache(kind):
         raw = cache.read_bytes()
         cache.write_bytes(b"" if kind == "empty" else raw[: len(raw) // 2])
         return ["crnet", "evaluate", "--run", str(env.run)]
+
     return build
 
 
@@ -297,8 +417,13 @@ def corrupt_checkpoints(env):
 
 def npz_zip_of_pickles(path: Path) -> None:
     with open(path, "wb") as f:
-        np.savez(f, states=np.array([{"a": 1}], dtype=object), actions=np.zeros((1, 4)), rewards=np.zeros(1),
-                 dones=np.ones(1, bool))
+        np.savez(
+            f,
+            states=np.array([{"a": 1}], dtype=object),
+            actions=np.zeros((1, 4)),
+            rewards=np.zeros(1),
+            dones=np.ones(1, bool),
+        )
 
 
 def write_truncated_task(path: Path) -> None:
@@ -314,122 +439,358 @@ ROWS = [
     # ---- paths
     P("saga", saga_data(lambda t: t / "nope"), ("nope",), id="path-saga-data-missing"),
     P("saga", saga("finetune", "--config", "nosuchprofile"), ("allowed:",), id="path-saga-profile-unknown"),
-    P("saga", lambda env: ["saga", "finetune", "--out", str(env.run), "--config", str(env.tmp)], (),
-      id="path-saga-config-is-a-folder"),
-    P("saga", saga_data(lambda t: empty(t / "x.csv")), ("unsupported HAPT file",), id="path-saga-data-wrong-suffix"),
+    P(
+        "saga",
+        lambda env: ["saga", "finetune", "--out", str(env.run), "--config", str(env.tmp)],
+        (),
+        id="path-saga-config-is-a-folder",
+    ),
+    P(
+        "saga",
+        saga_data(lambda t: empty(t / "x.csv")),
+        ("unsupported HAPT file",),
+        id="path-saga-data-wrong-suffix",
+    ),
     P("crnet", crnet_corpus(lambda t: t / "absent.txt"), ("not found",), id="path-crnet-corpus-missing"),
-    P("crnet", crnet_corpus(lambda t: empty(t / "c.csv")), (".txt or .jsonl",), id="path-crnet-corpus-suffix"),
-    P("crnet", lambda env: ["crnet", "evaluate", "--run", str(env.tmp / "nothing")], ("not a CR-Net run",),
-      id="path-crnet-evaluate-no-run"),
-    P("crnet", lambda env: ["crnet", "generate", "--run", str(env.tmp / "nothing")], ("not a CR-Net run",),
-      id="path-crnet-generate-no-run"),
-    P("l2m", lambda env: l2m("pretrain")(SimpleNamespace(**{**vars(env), "l2m_data": env.tmp / "none"})),
-      ("no dataset",), id="path-l2m-data-dir-missing"),
+    P(
+        "crnet",
+        crnet_corpus(lambda t: empty(t / "c.csv")),
+        (".txt or .jsonl",),
+        id="path-crnet-corpus-suffix",
+    ),
+    P(
+        "crnet",
+        lambda env: ["crnet", "evaluate", "--run", str(env.tmp / "nothing")],
+        ("not a CR-Net run",),
+        id="path-crnet-evaluate-no-run",
+    ),
+    P(
+        "crnet",
+        lambda env: ["crnet", "generate", "--run", str(env.tmp / "nothing")],
+        ("not a CR-Net run",),
+        id="path-crnet-generate-no-run",
+    ),
+    P(
+        "l2m",
+        lambda env: l2m("pretrain")(SimpleNamespace(**{**vars(env), "l2m_data": env.tmp / "none"})),
+        ("no dataset",),
+        id="path-l2m-data-dir-missing",
+    ),
     P("l2m", l2m("pretrain", "--config", "nosuchprofile"), ("allowed",), id="path-l2m-profile-unknown"),
     # ---- configs
-    P("saga", saga("finetune", "--set", "pretrain.stepz=3"), ("pretrain.stepz",), id="config-saga-unknown-key"),
-    P("saga", saga("finetune", "--set", "pretrain.tasks=[saga.point,saga.nope]"), ("saga.nope",),
-      id="config-saga-unknown-task"),
-    P("saga", lambda env: ["saga", "finetune", "--out", str(env.run), "--config",
-                           str(_write(env.tmp / "bad.yaml", "pretrain: [\n"))], ("not valid YAML",),
-      id="config-saga-bad-yaml"),
-    P("saga", lambda env: ["saga", "finetune", "--out", str(env.run), "--config",
-                           str(_write(env.tmp / "list.yaml", "- 1\n- 2\n"))], ("mapping",),
-      id="config-saga-yaml-not-a-mapping"),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.stepz=3"),
+        ("pretrain.stepz",),
+        id="config-saga-unknown-key",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.tasks=[saga.point,saga.nope]"),
+        ("saga.nope",),
+        id="config-saga-unknown-task",
+    ),
+    P(
+        "saga",
+        lambda env: [
+            "saga",
+            "finetune",
+            "--out",
+            str(env.run),
+            "--config",
+            str(_write(env.tmp / "bad.yaml", "pretrain: [\n")),
+        ],
+        ("not valid YAML",),
+        id="config-saga-bad-yaml",
+    ),
+    P(
+        "saga",
+        lambda env: [
+            "saga",
+            "finetune",
+            "--out",
+            str(env.run),
+            "--config",
+            str(_write(env.tmp / "list.yaml", "- 1\n- 2\n")),
+        ],
+        ("mapping",),
+        id="config-saga-yaml-not-a-mapping",
+    ),
     P("saga", saga("finetune", "--set", "pretrain"), ("key.sub=value",), id="config-override-without-equals"),
-    P("saga", saga("finetune", "--set", "downstream.labels=[colour]"), ("colour",), id="config-saga-unknown-label"),
-    P("saga", saga("finetune", "--label", "user", "--split", "subject"), ("does not suit",),
-      id="config-saga-split-label-mismatch"),
-    P("saga", saga("finetune", "--set", "downstream.head_restarts=0"), ("head_restarts",),
-      id="config-saga-head-restarts-0"),
-    P("saga", saga("finetune", "--set", "downstream.head.metric=recall"), ("recall",),
-      id="config-saga-head-metric-unknown"),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.labels=[colour]"),
+        ("colour",),
+        id="config-saga-unknown-label",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--label", "user", "--split", "subject"),
+        ("does not suit",),
+        id="config-saga-split-label-mismatch",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.head_restarts=0"),
+        ("head_restarts",),
+        id="config-saga-head-restarts-0",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.head.metric=recall"),
+        ("recall",),
+        id="config-saga-head-metric-unknown",
+    ),
     P("crnet", crnet_pretrain("--method", "nosuch"), ("unknown method",), id="config-crnet-unknown-method"),
     P("crnet", crnet_pretrain("--set", "train.max_steps=abc"), ("train.max_steps",), id="config-crnet-type"),
-    P("crnet", crnet_pretrain("--set", "model.rank=4096"), ("rank",), id="config-crnet-rank-wider-than-layer"),
-    P("crnet", crnet_pretrain("--set", "seq_len=100000"), ("seq_len",), id="config-crnet-seq-longer-than-ctx"),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "model.rank=4096"),
+        ("rank",),
+        id="config-crnet-rank-wider-than-layer",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "seq_len=100000"),
+        ("seq_len",),
+        id="config-crnet-seq-longer-than-ctx",
+    ),
     P("crnet", crnet_pretrain("--set", "train.precision=fp8"), ("fp8",), id="config-crnet-literal"),
     P("l2m", l2m("pretrain", "--set", "model.nope=1"), ("model.nope",), id="config-l2m-unknown-key"),
-    P("l2m", l2m("pretrain", "--set", f"data.continual_tasks={L2M_PRE}"), ("disjoint",),
-      id="config-l2m-task-lists-overlap"),
+    P(
+        "l2m",
+        l2m("pretrain", "--set", f"data.continual_tasks={L2M_PRE}"),
+        ("disjoint",),
+        id="config-l2m-task-lists-overlap",
+    ),
     P("l2m", l2m("routing", "--method", "ft"), ("modulation-pool",), id="config-l2m-routing-method"),
     # ---- numeric ranges
-    P("saga", saga("finetune", "--set", "pretrain.train.lr=nan"), ("pretrain.train.lr",), id="range-saga-lr-nan"),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.train.lr=nan"),
+        ("pretrain.train.lr",),
+        id="range-saga-lr-nan",
+    ),
     P("crnet", crnet_pretrain("--set", "train.lr=nan"), ("'train.lr'",), id="range-crnet-lr-nan"),
-    P("l2m", l2m("pretrain", "--set", "pretrain.train.lr=nan"), ("pretrain.train.lr",), id="range-l2m-lr-nan"),
+    P(
+        "l2m",
+        l2m("pretrain", "--set", "pretrain.train.lr=nan"),
+        ("pretrain.train.lr",),
+        id="range-l2m-lr-nan",
+    ),
     P("crnet", crnet_pretrain("--set", "train.lr=inf"), ("train.lr",), id="range-crnet-lr-inf"),
     P("crnet", crnet_pretrain("--set", "train.lr=-1"), ("train.lr",), id="range-crnet-lr-negative"),
-    P("saga", saga("finetune", "--set", "pretrain.train.weight_decay=-1"), ("pretrain.train.weight_decay",),
-      id="range-saga-weight-decay-negative"),
-    P("crnet", crnet_pretrain("--set", "train.weight_decay=-1"), ("train.weight_decay",),
-      id="range-crnet-weight-decay-negative"),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.train.weight_decay=-1"),
+        ("pretrain.train.weight_decay",),
+        id="range-saga-weight-decay-negative",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "train.weight_decay=-1"),
+        ("train.weight_decay",),
+        id="range-crnet-weight-decay-negative",
+    ),
     P("crnet", crnet_pretrain("--set", "train.beta1=1.5"), ("train.beta1",), id="range-crnet-beta1"),
-    P("l2m", l2m("pretrain", "--set", "pretrain.train.beta2=1"), ("pretrain.train.beta2",), id="range-l2m-beta2"),
-    P("crnet", crnet_pretrain("--set", "train.ckpt_every=-1"), ("train.ckpt_every",), id="range-crnet-ckpt-every"),
-    P("l2m", l2m("pretrain", "--set", "pretrain.train.warmup_steps=-5"), ("pretrain.train.warmup_steps",),
-      id="range-l2m-warmup-negative"),
-    P("crnet", crnet_pretrain("--set", "train.warmup_steps=-5"), ("train.warmup_steps",),
-      id="range-crnet-warmup-negative"),
-    P("crnet", crnet_pretrain("--set", "train.grad_clip=-1"), ("train.grad_clip",), id="range-crnet-grad-clip"),
-    P("crnet", crnet_pretrain("--set", "train.max_steps=0"), ("train.max_steps",), id="range-crnet-max-steps-0"),
-    P("saga", saga("finetune", "--set", "pretrain.train.min_lr_ratio=2"), ("pretrain.train.min_lr_ratio",),
-      id="range-saga-min-lr-ratio"),
-    P("saga", saga("finetune", "--set", "pretrain.batch_size=0"), ("pretrain.batch_size",),
-      id="range-saga-batch-size-0"),
-    P("saga", saga("finetune", "--set", "downstream.head.batch_size=0"), ("downstream.head.batch_size",),
-      id="range-saga-head-batch-size-0"),
-    P("saga", saga("finetune", "--set", "downstream.head.lr=nan"), ("downstream.head.lr",),
-      id="range-saga-head-lr-nan"),
+    P(
+        "l2m",
+        l2m("pretrain", "--set", "pretrain.train.beta2=1"),
+        ("pretrain.train.beta2",),
+        id="range-l2m-beta2",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "train.ckpt_every=-1"),
+        ("train.ckpt_every",),
+        id="range-crnet-ckpt-every",
+    ),
+    P(
+        "l2m",
+        l2m("pretrain", "--set", "pretrain.train.warmup_steps=-5"),
+        ("pretrain.train.warmup_steps",),
+        id="range-l2m-warmup-negative",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "train.warmup_steps=-5"),
+        ("train.warmup_steps",),
+        id="range-crnet-warmup-negative",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "train.grad_clip=-1"),
+        ("train.grad_clip",),
+        id="range-crnet-grad-clip",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--set", "train.max_steps=0"),
+        ("train.max_steps",),
+        id="range-crnet-max-steps-0",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.train.min_lr_ratio=2"),
+        ("pretrain.train.min_lr_ratio",),
+        id="range-saga-min-lr-ratio",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "pretrain.batch_size=0"),
+        ("pretrain.batch_size",),
+        id="range-saga-batch-size-0",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.head.batch_size=0"),
+        ("downstream.head.batch_size",),
+        id="range-saga-head-batch-size-0",
+    ),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.head.lr=nan"),
+        ("downstream.head.lr",),
+        id="range-saga-head-lr-nan",
+    ),
     P("crnet", crnet_pretrain("--set", "batch_size=0"), ("batch_size",), id="range-crnet-batch-size-0"),
-    P("l2m", l2m("pretrain", "--set", "pretrain.batch_size=0"), ("pretrain.batch_size",),
-      id="range-l2m-batch-size-0"),
+    P(
+        "l2m",
+        l2m("pretrain", "--set", "pretrain.batch_size=0"),
+        ("pretrain.batch_size",),
+        id="range-l2m-batch-size-0",
+    ),
     P("saga", saga("finetune", "--budget", "1"), ("--budget",), id="range-saga-budget-1"),
     P("saga", saga("finetune", "--threads", "0"), ("--threads",), id="range-saga-threads-0"),
     P("crnet", crnet_pretrain("--threads", "-2"), ("--threads",), id="range-crnet-threads-negative"),
     P("crnet", crnet("generate", "--top-k", "0", run_flag="--run"), ("--top-k",), id="range-crnet-top-k-0"),
-    P("crnet", crnet("generate", "--max-new-tokens", "-1", run_flag="--run"), ("--max-new-tokens",),
-      id="range-crnet-max-new-tokens"),
-    P("crnet", crnet("generate", "--temperature", "0", run_flag="--run"), ("--temperature",),
-      id="range-crnet-temperature-0"),
+    P(
+        "crnet",
+        crnet("generate", "--max-new-tokens", "-1", run_flag="--run"),
+        ("--max-new-tokens",),
+        id="range-crnet-max-new-tokens",
+    ),
+    P(
+        "crnet",
+        crnet("generate", "--temperature", "0", run_flag="--run"),
+        ("--temperature",),
+        id="range-crnet-temperature-0",
+    ),
     P("saga", saga("finetune", "--weights", "1,2"), ("--weights",), id="range-saga-weights-count"),
-    P("saga", saga("finetune", "--set", "downstream.val_fraction=1"), ("val_fraction",), id="range-saga-val-frac"),
+    P(
+        "saga",
+        saga("finetune", "--set", "downstream.val_fraction=1"),
+        ("val_fraction",),
+        id="range-saga-val-frac",
+    ),
     # ---- checkpoints
-    P("crnet", crnet_pretrain("--resume", "/nonexistent/ckpt"), ("not found",), absent=("incomplete write",),
-      id="ckpt-crnet-resume-missing-path"),
-    P("crnet", lambda env: crnet_pretrain("--resume", str(env.run / "data"))(env), ("checkpoint",),
-      id="ckpt-crnet-resume-not-a-checkpoint"),
-    P("crnet", crnet_pretrain("--resume", "none"), ("already holds checkpoints",), id="ckpt-crnet-fresh-over-old"),
-    P("crnet", lambda env: crnet_pretrain("--method", "full")(env), ("method",), id="ckpt-crnet-resume-other-method"),
+    P(
+        "crnet",
+        crnet_pretrain("--resume", "/nonexistent/ckpt"),
+        ("not found",),
+        absent=("incomplete write",),
+        id="ckpt-crnet-resume-missing-path",
+    ),
+    P(
+        "crnet",
+        lambda env: crnet_pretrain("--resume", str(env.run / "data"))(env),
+        ("checkpoint",),
+        id="ckpt-crnet-resume-not-a-checkpoint",
+    ),
+    P(
+        "crnet",
+        crnet_pretrain("--resume", "none"),
+        ("already holds checkpoints",),
+        id="ckpt-crnet-fresh-over-old",
+    ),
+    P(
+        "crnet",
+        lambda env: crnet_pretrain("--method", "full")(env),
+        ("method",),
+        id="ckpt-crnet-resume-other-method",
+    ),
     P("crnet", corrupt_checkpoints, ("start over",), id="ckpt-crnet-only-bad-checkpoints"),
-    P("crnet", crnet("evaluate", "--checkpoint", "/nonexistent/step-2", run_flag="--run"), ("not found",),
-      id="ckpt-crnet-evaluate-missing-checkpoint"),
-    P("crnet", lambda env: ["crnet", "export-hf", "--run", str(env.run), "--to", str(env.tmp / "hf")],
-      ("full-rank",), id="ckpt-crnet-export-lowrank"),
+    P(
+        "crnet",
+        crnet("evaluate", "--checkpoint", "/nonexistent/step-2", run_flag="--run"),
+        ("not found",),
+        id="ckpt-crnet-evaluate-missing-checkpoint",
+    ),
+    P(
+        "crnet",
+        lambda env: ["crnet", "export-hf", "--run", str(env.run), "--to", str(env.tmp / "hf")],
+        ("full-rank",),
+        id="ckpt-crnet-export-lowrank",
+    ),
     P("l2m", l2m("pretrain", "--resume", "/nonexistent/ckpt"), ("not found",), id="ckpt-l2m-resume-missing"),
     # ---- data: Saga (LIMU folders, HAPT npz, HAPT pickle)
-    P("saga", saga_limu(limu_with(zero_byte="data_20_120.npy")), ("data_20_120.npy",), absent=("allow_pickle",),
-      id="data-saga-limu-empty-data-npy"),
-    P("saga", saga_limu(limu_with(zero_byte="label_20_120.npy")), ("label_20_120.npy",),
-      id="data-saga-limu-empty-label-npy"),
-    P("saga", saga_limu(limu_with(truncate="data_20_120.npy")), ("data_20_120.npy",),
-      id="data-saga-limu-truncated-npy"),
-    P("saga", saga_limu(limu_with(obj="label_20_120.npy")), ("label_20_120.npy",), absent=("allow_pickle",),
-      id="data-saga-limu-pickled-npy"),
+    P(
+        "saga",
+        saga_limu(limu_with(zero_byte="data_20_120.npy")),
+        ("data_20_120.npy",),
+        absent=("allow_pickle",),
+        id="data-saga-limu-empty-data-npy",
+    ),
+    P(
+        "saga",
+        saga_limu(limu_with(zero_byte="label_20_120.npy")),
+        ("label_20_120.npy",),
+        id="data-saga-limu-empty-label-npy",
+    ),
+    P(
+        "saga",
+        saga_limu(limu_with(truncate="data_20_120.npy")),
+        ("data_20_120.npy",),
+        id="data-saga-limu-truncated-npy",
+    ),
+    P(
+        "saga",
+        saga_limu(limu_with(obj="label_20_120.npy")),
+        ("label_20_120.npy",),
+        absent=("allow_pickle",),
+        id="data-saga-limu-pickled-npy",
+    ),
     P("saga", saga_limu(limu_with(n=0)), ("no windows",), id="data-saga-limu-zero-windows"),
     P("saga", saga_limu(limu_with(labels=labels_with(-1))), ("negative",), id="data-saga-negative-label"),
-    P("saga", saga_limu(limu_with(labels=labels_with(1000))), ("1000",), id="data-saga-label-outside-classes"),
-    P("saga", saga_limu(limu_with(data=np.full((12, 120, 6), np.nan, np.float32))), ("non-finite",),
-      id="data-saga-limu-nan"),
-    P("saga", saga_limu(limu_with(data=np.zeros((12, 100, 6), np.float32))), ("100",),
-      id="data-saga-limu-wrong-shape"),
+    P(
+        "saga",
+        saga_limu(limu_with(labels=labels_with(1000))),
+        ("1000",),
+        id="data-saga-label-outside-classes",
+    ),
+    P(
+        "saga",
+        saga_limu(limu_with(data=np.full((12, 120, 6), np.nan, np.float32))),
+        ("non-finite",),
+        id="data-saga-limu-nan",
+    ),
+    P(
+        "saga",
+        saga_limu(limu_with(data=np.zeros((12, 100, 6), np.float32))),
+        ("100",),
+        id="data-saga-limu-wrong-shape",
+    ),
     P("saga", saga_data(hapt_npz("empty")), ("hapt_raw_50hz.npz",), id="data-saga-hapt-empty-npz"),
     P("saga", saga_data(hapt_npz("truncated")), ("hapt_raw_50hz.npz",), id="data-saga-hapt-truncated-npz"),
-    P("saga", saga_data(hapt_npz("object")), ("hapt_raw_50hz.npz",), absent=("allow_pickle",),
-      id="data-saga-hapt-pickled-npz"),
-    P("saga", saga_data(hapt_pickle(gzip.compress(pickle.dumps({1: [1, 2]})))), ("HAPT.pkl.gz",),
-      id="data-saga-pickle-malformed"),
-    P("saga", saga_data(hapt_pickle(gzip.compress(pickle.dumps({"a": 1}))[:20])), ("HAPT.pkl.gz",),
-      id="data-saga-pickle-truncated"),
+    P(
+        "saga",
+        saga_data(hapt_npz("object")),
+        ("hapt_raw_50hz.npz",),
+        absent=("allow_pickle",),
+        id="data-saga-hapt-pickled-npz",
+    ),
+    P(
+        "saga",
+        saga_data(hapt_pickle(gzip.compress(pickle.dumps({1: [1, 2]})))),
+        ("HAPT.pkl.gz",),
+        id="data-saga-pickle-malformed",
+    ),
+    P(
+        "saga",
+        saga_data(hapt_pickle(gzip.compress(pickle.dumps({"a": 1}))[:20])),
+        ("HAPT.pkl.gz",),
+        id="data-saga-pickle-truncated",
+    ),
     P("saga", saga_data(hapt_pickle(b"")), ("HAPT.pkl.gz",), id="data-saga-pickle-empty"),
     # ---- data: CR-Net (corpus, token cache)
     P("crnet", crnet_corpus(corpus_file("e.txt", b"")), ("empty",), id="data-crnet-empty-corpus"),
@@ -440,23 +801,58 @@ ROWS = [
     # ---- data: L2M (task files)
     P("l2m", l2m_bad_file(empty), ("drawer-close-v3.npz",), id="data-l2m-empty-npz"),
     P("l2m", l2m_bad_file(write_truncated_task), ("drawer-close-v3.npz",), id="data-l2m-truncated-npz"),
-    P("l2m", l2m_bad_file(npz_zip_of_pickles), ("drawer-close-v3.npz",), absent=("allow_pickle",),
-      id="data-l2m-pickled-npz"),
-    P("l2m", l2m_bad_file(lambda p: np.savez(open(p, "wb"), states=np.zeros((3, 39)))), ("missing keys",),
-      id="data-l2m-missing-keys"),
+    P(
+        "l2m",
+        l2m_bad_file(npz_zip_of_pickles),
+        ("drawer-close-v3.npz",),
+        absent=("allow_pickle",),
+        id="data-l2m-pickled-npz",
+    ),
+    P(
+        "l2m",
+        l2m_bad_file(lambda p: np.savez(open(p, "wb"), states=np.zeros((3, 39)))),
+        ("missing keys",),
+        id="data-l2m-missing-keys",
+    ),
     P("l2m", l2m_bad_file(empty, verb="collect"), ("drawer-close-v3.npz",), id="data-l2m-collect-empty-npz"),
-    P("l2m", l2m_bad_file(write_truncated_task, verb="collect"), ("drawer-close-v3.npz",),
-      id="data-l2m-collect-truncated-npz"),
+    P(
+        "l2m",
+        l2m_bad_file(write_truncated_task, verb="collect"),
+        ("drawer-close-v3.npz",),
+        id="data-l2m-collect-truncated-npz",
+    ),
     # ---- storage (search)
-    P("saga", storage(lambda env: "postgresql://user:secret@localhost:1/db", no_driver=True), ("driver",),
-      absent=("secret",), id="storage-postgres-without-driver"),
-    P("saga", storage(lambda env: "sqlite:////proc/no/study.db"), ("sqlite",), id="storage-sqlite-unwritable"),
-    P("saga", storage(lambda env: f"sqlite:///{env.run / 'study.db'}", with_run_db=b"not a database" * 100),
-      ("study.db",), id="storage-corrupted-study-db"),
-    P("saga", storage(lambda env: f"journal:{_write(env.tmp / 'afile', 'x')}/x.log"), ("is a file",),
-      id="storage-journal-parent-is-a-file"),
-    P("saga", storage(lambda env: f"journal:{env.tmp / 'nonexistent' / 'dir' / 'x.log'}"), ("does not exist",),
-      id="storage-journal-missing-folder"),
+    P(
+        "saga",
+        storage(lambda env: "postgresql://user:secret@localhost:1/db", no_driver=True),
+        ("driver",),
+        absent=("secret",),
+        id="storage-postgres-without-driver",
+    ),
+    P(
+        "saga",
+        storage(lambda env: "sqlite:////proc/no/study.db"),
+        ("sqlite",),
+        id="storage-sqlite-unwritable",
+    ),
+    P(
+        "saga",
+        storage(lambda env: f"sqlite:///{env.run / 'study.db'}", with_run_db=b"not a database" * 100),
+        ("study.db",),
+        id="storage-corrupted-study-db",
+    ),
+    P(
+        "saga",
+        storage(lambda env: f"journal:{_write(env.tmp / 'afile', 'x')}/x.log"),
+        ("is a file",),
+        id="storage-journal-parent-is-a-file",
+    ),
+    P(
+        "saga",
+        storage(lambda env: f"journal:{env.tmp / 'nonexistent' / 'dir' / 'x.log'}"),
+        ("does not exist",),
+        id="storage-journal-missing-folder",
+    ),
     P("saga", storage(lambda env: "redis://localhost"), ("storage",), id="storage-unknown-scheme"),
 ]
 
@@ -467,10 +863,16 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("system,build,needles,absent", ROWS)
-def test_bad_input_is_one_line_and_exit_2(system, build, needles, absent, bases, request, capsys, tmp_path,
-                                         monkeypatch):
-    env = SimpleNamespace(tmp=tmp_path / "scratch", run=tmp_path / "run", crnet=None, l2m_data=tmp_path / "l2m-data",
-                          monkeypatch=monkeypatch)
+def test_bad_input_is_one_line_and_exit_2(
+    system, build, needles, absent, bases, request, capsys, tmp_path, monkeypatch
+):
+    env = SimpleNamespace(
+        tmp=tmp_path / "scratch",
+        run=tmp_path / "run",
+        crnet=None,
+        l2m_data=tmp_path / "l2m-data",
+        monkeypatch=monkeypatch,
+    )
     env.tmp.mkdir()
     if system == "saga":
         shutil.copytree(bases.saga, env.run)
@@ -517,8 +919,11 @@ def test_the_verbs_take_the_options_the_readme_says():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "Every verb takes" not in readme
-    out = {"saga": ["demo", "pretrain", "search-weights", "finetune", "evaluate", "bench"],
-           "crnet": ["pretrain", "sweep", "bench"], "l2m": ["collect", "pretrain", "continual", "evaluate"]}
+    out = {
+        "saga": ["demo", "pretrain", "search-weights", "finetune", "evaluate", "bench"],
+        "crnet": ["pretrain", "sweep", "bench"],
+        "l2m": ["collect", "pretrain", "continual", "evaluate"],
+    }
     for system, verbs in out.items():
         parser = build_parser(load=system)
         for verb in verbs:
@@ -527,7 +932,9 @@ def test_the_verbs_take_the_options_the_readme_says():
             assert args.out == "/x/run" and args.config == "quick", (system, verb)
     parser = build_parser(load="crnet")
     for verb in ("evaluate", "generate", "export-hf"):
-        assert parser.parse_args(["crnet", verb, "--run", "/x/run", *(["--to", "/y"] * (verb == "export-hf"))]).run
+        assert parser.parse_args(
+            ["crnet", verb, "--run", "/x/run", *(["--to", "/y"] * (verb == "export-hf"))]
+        ).run
     parser = build_parser(load="l2m")
     for verb in ("routing", "bench"):
         assert parser.parse_args(["l2m", verb, "--config", "quick", "--set", "out=/x"]).set == ["out=/x"]
@@ -584,8 +991,16 @@ def _bytes_cases(seed: int, valid: bytes) -> list[bytes]:
 
 def _wrong_dtypes() -> list[np.ndarray]:
     base = np.zeros((4, 120, 6))
-    return [base.astype(np.complex64), base.astype(bool), base.astype("U3"), base.astype(np.int8),
-            np.zeros(4, dtype=[("a", "f4"), ("b", "i4")]), np.zeros((4, 120)), np.zeros(()), np.zeros((0, 120, 6))]
+    return [
+        base.astype(np.complex64),
+        base.astype(bool),
+        base.astype("U3"),
+        base.astype(np.int8),
+        np.zeros(4, dtype=[("a", "f4"), ("b", "i4")]),
+        np.zeros((4, 120)),
+        np.zeros(()),
+        np.zeros((0, 120, 6)),
+    ]
 
 
 def _succeeds_or_one_line(fn) -> None:
@@ -603,9 +1018,35 @@ def test_fuzz_config_parser(tmp_path):
 
     valid = b"pretrain:\n  batch_size: 4\n  train:\n    lr: 0.001\n    max_steps: 3\nout: runs/x\n"
     g = np.random.default_rng(1)
-    keys = ["pretrain.train.lr", "pretrain.batch_size", "train.beta1", "train.warmup_steps", "seq_len", "out",
-            "model.hidden", "downstream.budgets", "data.dir", "pretrain", "train", "model.rank"]
-    values = ["nan", "-1", "1e400", "[1, 2", "{a: 1}", "''", "null", "true", "0", "1.5", "x" * 50, "[]", "-.inf"]
+    keys = [
+        "pretrain.train.lr",
+        "pretrain.batch_size",
+        "train.beta1",
+        "train.warmup_steps",
+        "seq_len",
+        "out",
+        "model.hidden",
+        "downstream.budgets",
+        "data.dir",
+        "pretrain",
+        "train",
+        "model.rank",
+    ]
+    values = [
+        "nan",
+        "-1",
+        "1e400",
+        "[1, 2",
+        "{a: 1}",
+        "''",
+        "null",
+        "true",
+        "0",
+        "1.5",
+        "x" * 50,
+        "[]",
+        "-.inf",
+    ]
     for i, raw in enumerate(_bytes_cases(1, valid)):
         path = tmp_path / f"c{i}.yaml"
         path.write_bytes(raw)
@@ -631,8 +1072,14 @@ def test_fuzz_saga_loaders(tmp_path):
     hapt.mkdir()
     npz = hapt / "hapt_raw_50hz.npz"
     with open(npz, "wb") as f:
-        np.savez(f, data=np.zeros((400, 6), np.float32), label=np.zeros(400), user=np.ones(400), exp=np.ones(400),
-                 exp_offsets=np.array([0, 400]))
+        np.savez(
+            f,
+            data=np.zeros((400, 6), np.float32),
+            label=np.zeros(400),
+            user=np.ones(400),
+            exp=np.ones(400),
+            exp_offsets=np.array([0, 400]),
+        )
     for raw in _bytes_cases(3, npz.read_bytes()):
         npz.write_bytes(raw)
         _succeeds_or_one_line(lambda: load_hapt(hapt))

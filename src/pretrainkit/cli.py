@@ -59,22 +59,33 @@ def _bench(args: argparse.Namespace) -> int:
         _raise_missing(system, e)
 
 
-def build_parser(load: str | None = None, systems: dict[str, System] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    load: str | None = None, systems: dict[str, System] | None = None
+) -> argparse.ArgumentParser:
     """The whole parser. Only the system called ``load`` (all of them if None) has its verbs registered, so
     ``pretrainkit info`` imports no system and a system with a missing extra affects only its own commands."""
     systems = _systems() if systems is None else systems
-    p = argparse.ArgumentParser(prog="pretrainkit", description=__doc__.splitlines()[0] if __doc__ else None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run `pretrainkit <system> --help` for a system's verbs.")
+    p = argparse.ArgumentParser(
+        prog="pretrainkit",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `pretrainkit <system> --help` for a system's verbs.",
+    )
     p.set_defaults(systems=systems, system=None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = sub.add_parser("info", help="versions, device, threads, installed systems and where data is looked for")
+    info = sub.add_parser(
+        "info", help="versions, device, threads, installed systems and where data is looked for"
+    )
     info.set_defaults(func=_info)
-    bench = sub.add_parser("bench", help="run a benchmark and write docs/results/<target>.{md,json}",
-                           description="run a benchmark; options after the target go to that benchmark "
-                                       "(e.g. `pretrainkit bench core --help`)")
-    bench.add_argument("target", choices=["core", *(n for n, s in systems.items() if s.bench_main)],
-                       help="which benchmark")
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark and write docs/results/<target>.{md,json}",
+        description="run a benchmark; options after the target go to that benchmark "
+        "(e.g. `pretrainkit bench core --help`)",
+    )
+    bench.add_argument(
+        "target", choices=["core", *(n for n, s in systems.items() if s.bench_main)], help="which benchmark"
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     bench.set_defaults(func=_bench)
     for name, system in systems.items():
@@ -125,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # Only a verb with --resume can be told to use it; one without (it reuses finished work) is rerun.
-        hint = " (resume with --resume auto)" if hasattr(args, "resume") else "; run the same command to continue"
+        hint = (
+            " (resume with --resume auto)"
+            if hasattr(args, "resume")
+            else "; run the same command to continue"
+        )
         print(f"pretrainkit: interrupted; completed checkpoints are kept{hint}", file=sys.stderr)
         return 130
 

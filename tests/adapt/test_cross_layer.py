@@ -186,8 +186,11 @@ def test_parameter_counts_match_a_hand_count():
     d, r = 8, 2
     info = to_cross_layer(model, "blocks", PROJ, rank=r)
     dense = {"attn.qkv": d * 3 * d + 3 * d, "mlp.fc": d * 2 * d + 2 * d, "mlp.out": 2 * d * d}
-    low = {"attn.qkv": d * r + r * 3 * d + 1 + 3 * d, "mlp.fc": d * r + r * 2 * d + 1 + 2 * d,
-           "mlp.out": 2 * d * r + r * d + 1}
+    low = {
+        "attn.qkv": d * r + r * 3 * d + 1 + 3 * d,
+        "mlp.fc": d * r + r * 2 * d + 1 + 2 * d,
+        "mlp.out": 2 * d * r + r * d + 1,
+    }
     for n in PROJ:
         c = info.per_projection[n]
         assert (c.before, c.after) == (3 * dense[n], dense[n] + 2 * low[n])
@@ -220,7 +223,9 @@ def test_bad_arguments_are_one_line_config_errors_and_change_nothing(kwargs, mat
     with pytest.raises(ConfigError, match=match) as e:
         to_cross_layer(model, **args)
     assert "\n" not in str(e.value)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
 
 
 def test_width_mismatch_and_out_of_order_calls_are_config_errors():
@@ -248,16 +253,22 @@ def _dt(seed: int = 0):
     from pretrainkit.systems.l2m.model import DecisionTransformer
 
     torch.manual_seed(seed)
-    return DecisionTransformer(state_dim=5, act_dim=3, d_model=16, n_layer=3, n_head=2, context=3, n_bins=8,
-                               dropout=0.0)
+    return DecisionTransformer(
+        state_dim=5, act_dim=3, d_model=16, n_layer=3, n_head=2, context=3, n_bins=8, dropout=0.0
+    )
 
 
 def _dt_batch(B: int = 4, K: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(B, K, dtype=torch.bool)
     mask[0, 0] = False  # left padding takes the masked attention path
-    return {"states": torch.randn(B, K, 5, generator=g), "actions": torch.rand(B, K, 3, generator=g) * 2 - 1,
-            "rtg": torch.randn(B, K, generator=g), "timesteps": torch.arange(K).repeat(B, 1), "mask": mask}
+    return {
+        "states": torch.randn(B, K, 5, generator=g),
+        "actions": torch.rand(B, K, 3, generator=g) * 2 - 1,
+        "rtg": torch.randn(B, K, generator=g),
+        "timesteps": torch.arange(K).repeat(B, 1),
+        "mask": mask,
+    }
 
 
 def test_decision_transformer_trains_and_acts_in_cross_layer_form():
@@ -283,4 +294,6 @@ def test_decision_transformer_trains_and_acts_in_cross_layer_form():
     cache = dt.new_cache()
     tok, tmask = dt.embed(s, a, r, t, m)
     dt.forward_tokens(tok[:, :-1], tmask[:, :-1], cache)
-    torch.testing.assert_close(dt.forward_tokens(tok[:, -1:], tmask, cache)[:, -1], dt.forward_tokens(tok, tmask)[:, -1])
+    torch.testing.assert_close(
+        dt.forward_tokens(tok[:, -1:], tmask, cache)[:, -1], dt.forward_tokens(tok, tmask)[:, -1]
+    )

@@ -18,11 +18,13 @@ trackers = sys.argv[4].split(",") if len(sys.argv) > 4 else []  # test_tracking:
 info = dist_.init_distributed("cpu")
 torch.manual_seed(0)
 model = ToyRegressor()
-cfg = TrainConfig(max_steps=6, lr=0.05, parallel=parallel, progress=False, log_every=1, ckpt_every=3,
-                  trackers=trackers)
+cfg = TrainConfig(
+    max_steps=6, lr=0.05, parallel=parallel, progress=False, log_every=1, ckpt_every=3, trackers=trackers
+)
 batches = EpochBatches(toy_data(), batch_size=16, seed=1, rank=info.rank, world=info.world)
-trainer = Trainer(model, batches, cfg, run_dir=run_dir, dist_info=info,
-                  fsdp_units=lambda m: [m.net[0], m.net[2]])
+trainer = Trainer(
+    model, batches, cfg, run_dir=run_dir, dist_info=info, fsdp_units=lambda m: [m.net[0], m.net[2]]
+)
 trainer.fit()
 state, _ = trainer._full_states()
 if info.is_main:

@@ -58,16 +58,32 @@ def test_table_checker_finds_a_table_without_n():
 
 # ---- results files: config, kind, re-rendering ---------------------------------------------------------
 def _core_data():
-    return {"bare_s_per_step": [0.0386, 0.0377, 0.0375], "trainer_s_per_step": [0.0389, 0.0399, 0.0385],
-            "ddp_s_per_step": {"1": 0.039, "2": 0.030}}
+    return {
+        "bare_s_per_step": [0.0386, 0.0377, 0.0375],
+        "trainer_s_per_step": [0.0389, 0.0399, 0.0385],
+        "ddp_s_per_step": {"1": 0.039, "2": 0.030},
+    }
 
 
 def test_core_results_store_the_config_and_rerender_to_the_same_report(tmp_path):
     cfg = core_bench.CoreBenchConfig(steps=7)
-    md = publish("core", _core_data(), core_bench.render, kind=core_bench.KIND, seeds=[0], out_dir=tmp_path / "a",
-                 title=core_bench.TITLE, config=cfg, profile="bench")
+    md = publish(
+        "core",
+        _core_data(),
+        core_bench.render,
+        kind=core_bench.KIND,
+        seeds=[0],
+        out_dir=tmp_path / "a",
+        title=core_bench.TITLE,
+        config=cfg,
+        profile="bench",
+    )
     out = json.loads(md.with_suffix(".json").read_text())
-    assert out["config"]["steps"] == 7 and out["kind"] == "core.bench" and out["provenance"]["profile"] == "bench"
+    assert (
+        out["config"]["steps"] == 7
+        and out["kind"] == "core.bench"
+        and out["provenance"]["profile"] == "bench"
+    )
     text = md.read_text()
     assert "profile `bench`" in text and "7 timed steps" in text and not tables_without_n(text)
     assert out["headline"]["trainer_overhead_ratio"] == round(0.0385 / 0.0375, 4)
@@ -78,8 +94,15 @@ def test_core_results_store_the_config_and_rerender_to_the_same_report(tmp_path)
 
 
 def test_rerender_lists_a_changed_verdict(tmp_path):
-    md = publish("core", _core_data(), core_bench.render, kind=core_bench.KIND, seeds=[0], out_dir=tmp_path,
-                 config=core_bench.CoreBenchConfig())
+    md = publish(
+        "core",
+        _core_data(),
+        core_bench.render,
+        kind=core_bench.KIND,
+        seeds=[0],
+        out_dir=tmp_path,
+        config=core_bench.CoreBenchConfig(),
+    )
     stored = json.loads(md.with_suffix(".json").read_text())
     stored["headline"]["trainer_overhead_ratio"] = 9.9  # as if an older report had drawn another figure
     md.with_suffix(".json").write_text(json.dumps(stored))
@@ -102,15 +125,29 @@ def test_every_stored_results_file_rerenders_with_n_in_every_table(name, tmp_pat
     src.mkdir()
     shutil.copy(RESULTS / f"{name}.json", src / f"{name}.json")
     target = "crnet" if name.startswith("crnet") else "l2m" if name.startswith("l2m") else name
-    assert main(["bench", target, "--rerender", str(src / f"{name}.json"), "--results-dir", str(tmp_path / "a")]) == 0
+    assert (
+        main(["bench", target, "--rerender", str(src / f"{name}.json"), "--results-dir", str(tmp_path / "a")])
+        == 0
+    )
     old = json.loads((RESULTS / f"{name}.json").read_text())
     new = json.loads((tmp_path / "a" / f"{name}.json").read_text())
     assert {k: v for k, v in new["headline"].items() if k in old["headline"]} == old["headline"]
     assert new["provenance"]["date"] == old["provenance"]["date"]
     text = (tmp_path / "a" / f"{name}.md").read_text()
     assert not tables_without_n(text), tables_without_n(text)
-    assert main(["bench", target, "--rerender", str(tmp_path / "a" / f"{name}.json"),
-                 "--results-dir", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                target,
+                "--rerender",
+                str(tmp_path / "a" / f"{name}.json"),
+                "--results-dir",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert body_of((tmp_path / "b" / f"{name}.md").read_text()) == body_of(text)
 
 
@@ -138,8 +175,22 @@ def test_unknown_profile_is_a_one_line_error(target, capsys):
 @pytest.mark.parametrize("target", BENCHES)
 def test_every_bench_takes_the_common_flags(target, tmp_path, capsys):
     # all flags parse (an argparse error would exit, not return 2); --rerender of a missing file then stops it
-    argv = ["bench", target, "--config", "nosuch", "--set", "a=1", "--results-dir", str(tmp_path), "--name", "x",
-            "--seeds", "0,1", "--rerender", str(tmp_path / "missing.json")]
+    argv = [
+        "bench",
+        target,
+        "--config",
+        "nosuch",
+        "--set",
+        "a=1",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "x",
+        "--seeds",
+        "0,1",
+        "--rerender",
+        str(tmp_path / "missing.json"),
+    ]
     assert main(argv) == 2
     assert "cannot read results file" in capsys.readouterr().err
 
@@ -187,7 +238,9 @@ def test_time_trainer_needs_no_step_hook_and_runs_warmup_plus_steps_plus_one(tmp
     def trainer(stream, max_steps):
         seen.append(max_steps)
         assert stream.items_per_batch == 8  # the stream's own attributes pass through
-        return Trainer(ToyRegressor(), stream, TrainConfig(max_steps=max_steps, progress=False), run_dir=tmp_path)
+        return Trainer(
+            ToyRegressor(), stream, TrainConfig(max_steps=max_steps, progress=False), run_dir=tmp_path
+        )
 
     s = benchkit.time_trainer(trainer, lambda: EpochBatches(toy_data(), 8, seed=0), steps=4, warmup=2)
     assert seen == [7] and 0 < s < 5

@@ -30,13 +30,16 @@ def test_yaml_plus_dotted_overrides(tmp_path):
     assert cfg.inner.name == "y" and cfg.tags == ["a", "b"]
 
 
-@pytest.mark.parametrize("override,match", [
-    (["train.lrr=1"], "unknown config key 'train.lrr'; allowed here: .*lr"),
-    (["inner.width=abc"], "'inner.width': expected an integer"),
-    (["train.schedule=linear"], "allowed: cosine, constant"),
-    (["train.max_steps=0"], "train.max_steps' must be >= 1"),
-    (["nokey"], "must look like key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (["train.lrr=1"], "unknown config key 'train.lrr'; allowed here: .*lr"),
+        (["inner.width=abc"], "'inner.width': expected an integer"),
+        (["train.schedule=linear"], "allowed: cosine, constant"),
+        (["train.max_steps=0"], "train.max_steps' must be >= 1"),
+        (["nokey"], "must look like key.sub=value"),
+    ],
+)
 def test_bad_config_names_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(Outer, None, override)
@@ -72,7 +75,13 @@ def test_task_mix_weighted_sum_and_per_task_logging():
     total, m = mix(x, backbone=lambda t: t)
     manual = 0.25 * a.head(x).mean() + 2.0 * 3.0 * b.head(x).mean()
     torch.testing.assert_close(total, manual)
-    assert set(m) >= {"loss/test.scale", "loss/test.scale3", "weight/test.scale3", "test.scale3/scale", "loss"}
+    assert set(m) >= {
+        "loss/test.scale",
+        "loss/test.scale3",
+        "weight/test.scale3",
+        "test.scale3/scale",
+        "loss",
+    }
 
 
 def test_zero_weight_task_is_skipped_and_schedule_overrides():

@@ -22,7 +22,9 @@ def _manual_nce(q, p, negs, t):
     rows = []
     for i in range(q.shape[0]):
         n = negs[i] if negs.dim() == 3 else negs
-        sims = torch.cat([F.cosine_similarity(q[i], p[i], dim=0)[None], F.cosine_similarity(q[i][None], n, dim=1)])
+        sims = torch.cat(
+            [F.cosine_similarity(q[i], p[i], dim=0)[None], F.cosine_similarity(q[i][None], n, dim=1)]
+        )
         rows.append(-torch.log_softmax(sims / t, 0)[0])
     return torch.stack(rows).mean()
 
@@ -30,9 +32,9 @@ def _manual_nce(q, p, negs, t):
 def test_infonce_in_batch_uses_the_other_positives_as_negatives():
     q, p = _rand(5, 8, seed=1), _rand(5, 8, seed=2)
     loss = InfoNCE(temperature=0.2)(q, p)
-    manual = torch.stack([
-        _manual_nce(q[i : i + 1], p[i : i + 1], torch.cat([p[:i], p[i + 1 :]]), 0.2) for i in range(5)
-    ]).mean()
+    manual = torch.stack(
+        [_manual_nce(q[i : i + 1], p[i : i + 1], torch.cat([p[:i], p[i + 1 :]]), 0.2) for i in range(5)]
+    ).mean()
     torch.testing.assert_close(loss, manual)
     aligned = InfoNCE(temperature=0.2)(q, q * 3.0)  # cosine: scale does not matter
     assert aligned < loss
@@ -64,7 +66,9 @@ def test_infonce_queue_is_fifo_and_adds_negatives():
     assert kept == expect
     negs = torch.cat([F.normalize(k2, dim=-1), nce.queued])
     torch.testing.assert_close(nce(q, p, F.normalize(k2, dim=-1)), _manual_nce(q, p, negs, 0.1))
-    torch.testing.assert_close(nce(q, p, q.new_zeros(0, 4)), _manual_nce(q, p, nce.queued, 0.1))  # MoCo's form
+    torch.testing.assert_close(
+        nce(q, p, q.new_zeros(0, 4)), _manual_nce(q, p, nce.queued, 0.1)
+    )  # MoCo's form
 
 
 def test_infonce_queue_never_changes_in_eval_or_by_forward():

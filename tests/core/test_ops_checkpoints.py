@@ -31,14 +31,17 @@ def _train(run_dir, max_steps, resume=None):
     return t
 
 
-@pytest.mark.parametrize("manifest", [
-    {"step": 2, "files": ["model.safetensors"]},          # files a list
-    {"step": 2},                                           # files missing
-    {"step": 2, "files": {"model.safetensors": {"sha256": "x"}}},  # a file entry without its size
-    {"step": 2, "files": {"model.safetensors": "abc"}},    # a file entry that is not a mapping
-    {"step": 2, "files": {"../../etc/passwd": {"sha256": "x", "bytes": 1}}},  # a name outside the folder
-    ["not", "a", "mapping"],
-])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"step": 2, "files": ["model.safetensors"]},  # files a list
+        {"step": 2},  # files missing
+        {"step": 2, "files": {"model.safetensors": {"sha256": "x"}}},  # a file entry without its size
+        {"step": 2, "files": {"model.safetensors": "abc"}},  # a file entry that is not a mapping
+        {"step": 2, "files": {"../../etc/passwd": {"sha256": "x", "bytes": 1}}},  # a name outside the folder
+        ["not", "a", "mapping"],
+    ],
+)
 def test_manifest_of_the_wrong_shape_is_refused_and_skipped(tmp_path, manifest, capsys):
     _train(tmp_path, 4)
     cks = list_checkpoints(tmp_path / "checkpoints")
@@ -76,14 +79,21 @@ def test_a_fresh_start_over_an_old_run_leaves_no_stale_checkpoint_or_metric(tmp_
 
 def test_a_second_writer_of_a_run_directory_is_refused_with_the_holders_pid(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(SRC)!r})
             from pretrainkit.core.rundir import RunDir
             RunDir({str(tmp_path)!r}).lock()
             print("locked", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(PretrainkitError, match=rf"pid {holder.pid}\b"):

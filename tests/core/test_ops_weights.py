@@ -73,10 +73,22 @@ def test_saga_final_encoder_with_a_flipped_bit_falls_back_to_the_previous_checkp
     from pretrainkit.systems.saga.config import SagaConfig
     from pretrainkit.systems.saga.pipeline import SagaPipeline
 
-    cfg = load_config(SagaConfig, None, [f"out={tmp_path}", "pretrain.train.max_steps=4",
-                                          "pretrain.train.ckpt_every=2", "pretrain.train.log_every=1",
-                                          "model.hidden=16", "model.ff=32", "model.n_layers=1", "model.n_heads=2",
-                                          "pretrain.batch_size=8", "pretrain.probe_label=null"])
+    cfg = load_config(
+        SagaConfig,
+        None,
+        [
+            f"out={tmp_path}",
+            "pretrain.train.max_steps=4",
+            "pretrain.train.ckpt_every=2",
+            "pretrain.train.log_every=1",
+            "model.hidden=16",
+            "model.ff=32",
+            "model.n_layers=1",
+            "model.n_heads=2",
+            "pretrain.batch_size=8",
+            "pretrain.probe_label=null",
+        ],
+    )
     logs = []
     pipe = SagaPipeline(cfg, progress=False, log=logs.append)
     enc = pipe.pretrain(["saga.point"], None, tag="t")

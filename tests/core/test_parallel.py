@@ -20,5 +20,9 @@ def test_inline_executor_returns_results_and_raises_on_result():
 
 def test_spawn_map_in_two_processes_keeps_job_order():
     jobs = [(x, 2) for x in range(5)]
-    assert list(spawn_map(_div, jobs, workers=2)) == list(spawn_map(_div, jobs, workers=1)) == [0, 0.5, 1, 1.5, 2]
+    assert (
+        list(spawn_map(_div, jobs, workers=2))
+        == list(spawn_map(_div, jobs, workers=1))
+        == [0, 0.5, 1, 1.5, 2]
+    )
     assert sorted(spawn_map(_div, jobs, workers=2, ordered=False)) == [0, 0.5, 1, 1.5, 2]

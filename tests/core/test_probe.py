@@ -41,8 +41,15 @@ def test_fit_classifier_learns_separable_data_and_keeps_best_epoch():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 4, generator=g)
     y = (x[:, 0] > 0).long()
-    head, val_acc = fit_classifier(torch.nn.Linear(4, 2), x[:100], y[:100], x[100:150], y[100:150],
-                                   HeadConfig(epochs=60, lr=0.05, batch_size=32), seed=0)
+    head, val_acc = fit_classifier(
+        torch.nn.Linear(4, 2),
+        x[:100],
+        y[:100],
+        x[100:150],
+        y[100:150],
+        HeadConfig(epochs=60, lr=0.05, batch_size=32),
+        seed=0,
+    )
     assert val_acc > 0.9
     assert (predict(head, x[150:]) == y[150:].numpy()).mean() > 0.85
 

@@ -93,7 +93,9 @@ def test_prepared_tasks_draw_in_task_order_and_shared_forward_runs_at_the_first_
     total, _ = mix(x, bb, generator=torch.Generator().manual_seed(3))
     assert len(bb.calls) == 3  # n1, the shared one (s1 and s2), n2
 
-    g = torch.Generator().manual_seed(3)  # the old loop: prepare -> backbone -> loss per task, summed in order
+    g = torch.Generator().manual_seed(
+        3
+    )  # the old loop: prepare -> backbone -> loss per task, summed in order
     x1 = tasks[0].prepare(x, g)
     x2 = tasks[2].prepare(x, g)
     assert torch.equal(bb.calls[0], x1) and bb.calls[1] is x and torch.equal(bb.calls[2], x2)
@@ -128,7 +130,9 @@ class PerturbedView(PretrainTask):
         self.nce = InfoNCE(temperature=0.5)
 
     def forward(self, batch, backbone, generator=None):
-        params = {n: p + 0.1 * torch.randn(p.shape, generator=generator) for n, p in backbone.named_parameters()}
+        params = {
+            n: p + 0.1 * torch.randn(p.shape, generator=generator) for n, p in backbone.named_parameters()
+        }
         perturbed = torch.func.functional_call(backbone, params, (batch,))
         return self.nce(backbone(batch), perturbed), {}
 
@@ -199,8 +203,12 @@ def test_shared_forward_speedup_returns_a_positive_ratio():
 def test_core_bench_renders_the_shared_forward_speedup_from_stored_timings():
     from pretrainkit.core.bench import render
 
-    payload = {"config": {"steps": 4, "warmup": 3, "batch": 8}, "bare_s_per_step": [0.01, 0.02],
-               "trainer_s_per_step": [0.011, 0.03], "ddp_s_per_step": {"1": 0.02, "2": 0.0125}}
+    payload = {
+        "config": {"steps": 4, "warmup": 3, "batch": 8},
+        "bare_s_per_step": [0.01, 0.02],
+        "trainer_s_per_step": [0.011, 0.03],
+        "ddp_s_per_step": {"1": 0.02, "2": 0.0125},
+    }
     headline, body, _ = render(payload)
     assert "shared_forward_speedup" not in headline and "shared backbone" not in body  # results from before
     payload["mix_s_per_step"] = {"shared": [0.02, 0.025], "separate": [0.05, 0.045]}

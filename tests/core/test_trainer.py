@@ -74,8 +74,11 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
 def test_resume_after_sigkill_gives_same_weights(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run([PY, HERE / "kill_worker.py", ref, "12", "0"], check=True, capture_output=True)
-    proc = subprocess.Popen([PY, HERE / "kill_worker.py", killed, "12", "0.3"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [PY, HERE / "kill_worker.py", killed, "12", "0.3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(s >= 4 for s, _ in list_checkpoints(killed / "checkpoints")):
         time.sleep(0.05)
@@ -149,8 +152,17 @@ def test_grad_accumulation_equals_big_batch():
 
 def _torchrun(parallel, out, run_dir, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(HERE / "dist_worker.py"), parallel, str(out), str(run_dir)]
+    cmd = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(HERE / "dist_worker.py"),
+        parallel,
+        str(out),
+        str(run_dir),
+    ]
     for _attempt in range(2):  # one retry for a launcher-level crash of gloo on a busy shared CPU
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
         if r.returncode == 0:

@@ -28,8 +28,13 @@ def _cfg(**kw):
 def _trainer(run_dir=None, model=None, batches=None, **kw):
     torch.manual_seed(0)
     hooks = {k: kw.pop(k) for k in ("step_hooks", "eval_hooks", "scheduler", "optimizer") if k in kw}
-    return Trainer((model or ToyRegressor)(), batches or EpochBatches(toy_data(), 16, seed=1), _cfg(**kw),
-                   run_dir=run_dir, **hooks)
+    return Trainer(
+        (model or ToyRegressor)(),
+        batches or EpochBatches(toy_data(), 16, seed=1),
+        _cfg(**kw),
+        run_dir=run_dir,
+        **hooks,
+    )
 
 
 # ---- scheduler factory ------------------------------------------------------------------------------
@@ -84,8 +89,13 @@ def test_request_stop_ends_after_the_current_step_then_evaluates_and_saves(tmp_p
         if step == 3:
             trainer.request_stop()
 
-    t = _trainer(tmp_path, step_hooks=[stop_at_3], eval_hooks=[lambda tr, s: evals.append(s) or {"e": 1.0}],
-                 max_steps=10, log_every=4)
+    t = _trainer(
+        tmp_path,
+        step_hooks=[stop_at_3],
+        eval_hooks=[lambda tr, s: evals.append(s) or {"e": 1.0}],
+        max_steps=10,
+        log_every=4,
+    )
     out = t.fit()
     assert t.step == 3 and out["stopped_early"] is True and out["steps_run"] == 3
     assert evals == [3]
@@ -209,9 +219,12 @@ class _FloatMetrics(ToyRegressor):
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_tensor_metrics_are_logged_as_the_float_metrics_would_be(tmp_path, accum):
-    a = _trainer(tmp_path / "a", model=_FloatMetrics, max_steps=6, log_every=2, grad_accum=accum, grad_clip=1.0)
-    b = _trainer(tmp_path / "b", model=_TensorMetrics, max_steps=6, log_every=2, grad_accum=accum,
-                 grad_clip=1.0)
+    a = _trainer(
+        tmp_path / "a", model=_FloatMetrics, max_steps=6, log_every=2, grad_accum=accum, grad_clip=1.0
+    )
+    b = _trainer(
+        tmp_path / "b", model=_TensorMetrics, max_steps=6, log_every=2, grad_accum=accum, grad_clip=1.0
+    )
     oa, ob = a.fit(), b.fit()
     ra = [r for r in a.run_dir.read_metrics() if "loss" in r]
     rb = [r for r in b.run_dir.read_metrics() if "loss" in r]
@@ -236,9 +249,14 @@ def test_no_host_sync_between_log_steps(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counting)
     at_step = {}
-    t = _trainer(model=_TensorMetrics, max_steps=20, log_every=10, grad_clip=1.0,
-                 optimizer=lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr),
-                 step_hooks=[lambda tr, s: at_step.__setitem__(s, calls["n"])])
+    t = _trainer(
+        model=_TensorMetrics,
+        max_steps=20,
+        log_every=10,
+        grad_clip=1.0,
+        optimizer=lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr),
+        step_hooks=[lambda tr, s: at_step.__setitem__(s, calls["n"])],
+    )
     t.fit()
     assert all(at_step[s] == at_step[1] for s in range(1, 10))
     assert all(at_step[s] == at_step[11] for s in range(11, 20))
@@ -258,8 +276,15 @@ def _all_finite(ck):
 @pytest.mark.parametrize("log_every,ckpt_every,kept", [(5, 3, [3]), (100, 0, []), (100, 2, [2, 4])])
 def test_lazily_detected_nan_raises_and_writes_no_bad_checkpoint(tmp_path, log_every, ckpt_every, kept):
     evals = []
-    t = _trainer(tmp_path, model=_Exploding, max_steps=10, log_every=log_every, ckpt_every=ckpt_every,
-                 eval_hooks=[lambda tr, s: evals.append(s) or {}], eval_every=2)
+    t = _trainer(
+        tmp_path,
+        model=_Exploding,
+        max_steps=10,
+        log_every=log_every,
+        ckpt_every=ckpt_every,
+        eval_hooks=[lambda tr, s: evals.append(s) or {}],
+        eval_every=2,
+    )
     with pytest.raises(NonFiniteLossError, match="at step 4") as err:
         t.fit()
     cks = list_checkpoints(tmp_path / "checkpoints")

@@ -18,23 +18,63 @@ PPL = {"full": [113.0, 113.4], "lowrank": [136.6, 135.9], "crnet": [112.9, 113.9
 
 
 def _run(method, seed, ppl):
-    return {"method": method, "seed": seed, "steps": 20, "stopped_early": False, "tokens": 20480,
-            "train_loss": 4.7, "val_loss": 4.72, "val_ppl": ppl, "val_tokens": 4096, "trainable_params": 1000,
-            "total_params": 1000 + (500 if method == "lowrank" else 0), "optimizer_state_bytes": 8000,
-            "tokens_per_s": 8000.0 + seed, "wall_s": 3.0, "lr": 0.01, "rank": 8, "block_lr_scale": 1.0}
+    return {
+        "method": method,
+        "seed": seed,
+        "steps": 20,
+        "stopped_early": False,
+        "tokens": 20480,
+        "train_loss": 4.7,
+        "val_loss": 4.72,
+        "val_ppl": ppl,
+        "val_tokens": 4096,
+        "trainable_params": 1000,
+        "total_params": 1000 + (500 if method == "lowrank" else 0),
+        "optimizer_state_bytes": 8000,
+        "tokens_per_s": 8000.0 + seed,
+        "wall_s": 3.0,
+        "lr": 0.01,
+        "rank": 8,
+        "block_lr_scale": 1.0,
+    }
 
 
 def _bench_payload(ppl=PPL):
     runs = [_run(m, s, p) for m, ps in ppl.items() for s, p in enumerate(ps)]
-    probe = {"n_layers": 4, "seq_len": 128, "batch_size": 8, "checkpoint_every": 8, "none_peak_bytes": 1e8,
-             "checkpoint_peak_bytes": 7e7, "crnet_peak_bytes": 6e7, "none_step_s": 0.1, "checkpoint_step_s": 0.12,
-             "crnet_step_s": 0.13, "recompute_memory_ratio": 0.6, "checkpoint_memory_ratio": 0.7,
-             "recompute_step_time_ratio": 1.3, "checkpoint_step_time_ratio": 1.2}
-    return {"runs": runs, "ranks": {m: 8 for m in ppl}, "memory": {m: 1e8 for m in ppl}, "recompute": [probe],
-            "hf": {"available": False, "reason": "transformers is not installed"},
-            "data": {"train_documents": 3, "val_documents": 1, "train_tokens": 9000, "val_tokens": 900,
-                     "vocab_size": 300, "val_document_names": ["a"]},
-            "wall_s": 60.0, "steps_per_arm": 20, "device": "cpu"}
+    probe = {
+        "n_layers": 4,
+        "seq_len": 128,
+        "batch_size": 8,
+        "checkpoint_every": 8,
+        "none_peak_bytes": 1e8,
+        "checkpoint_peak_bytes": 7e7,
+        "crnet_peak_bytes": 6e7,
+        "none_step_s": 0.1,
+        "checkpoint_step_s": 0.12,
+        "crnet_step_s": 0.13,
+        "recompute_memory_ratio": 0.6,
+        "checkpoint_memory_ratio": 0.7,
+        "recompute_step_time_ratio": 1.3,
+        "checkpoint_step_time_ratio": 1.2,
+    }
+    return {
+        "runs": runs,
+        "ranks": {m: 8 for m in ppl},
+        "memory": {m: 1e8 for m in ppl},
+        "recompute": [probe],
+        "hf": {"available": False, "reason": "transformers is not installed"},
+        "data": {
+            "train_documents": 3,
+            "val_documents": 1,
+            "train_tokens": 9000,
+            "val_tokens": 900,
+            "vocab_size": 300,
+            "val_document_names": ["a"],
+        },
+        "wall_s": 60.0,
+        "steps_per_arm": 20,
+        "device": "cpu",
+    }
 
 
 def _cfg():
@@ -42,8 +82,17 @@ def _cfg():
 
 
 def test_crnet_report_uses_the_sample_std_states_n_and_rerenders_to_itself(tmp_path):
-    md = publish("crnet", _bench_payload(), report.render, kind=report.KIND, seeds=[0, 1], out_dir=tmp_path / "a",
-                 title="CR-Net", config=_cfg(), profile="bench")
+    md = publish(
+        "crnet",
+        _bench_payload(),
+        report.render,
+        kind=report.KIND,
+        seeds=[0, 1],
+        out_dir=tmp_path / "a",
+        title="CR-Net",
+        config=_cfg(),
+        profile="bench",
+    )
     out = json.loads(md.with_suffix(".json").read_text())
     s = out["summary"]["crnet"]
     assert s["ppl_std"] == statistics.stdev(PPL["crnet"]) and s["ppl_n"] == 2
@@ -58,20 +107,49 @@ def test_crnet_report_uses_the_sample_std_states_n_and_rerenders_to_itself(tmp_p
 
 def test_one_seed_has_no_spread_and_no_noise_verdict(tmp_path):
     one = {m: ps[:1] for m, ps in PPL.items()}
-    md = publish("crnet", _bench_payload(one), report.render, kind=report.KIND, seeds=[0], out_dir=tmp_path,
-                 config=_cfg())
+    md = publish(
+        "crnet",
+        _bench_payload(one),
+        report.render,
+        kind=report.KIND,
+        seeds=[0],
+        out_dir=tmp_path,
+        config=_cfg(),
+    )
     out = json.loads(md.with_suffix(".json").read_text())
-    assert out["summary"]["crnet"]["ppl_std"] is None and out["verdict"]["comparisons"]["lowrank"]["beyond_noise"] is None
+    assert (
+        out["summary"]["crnet"]["ppl_std"] is None
+        and out["verdict"]["comparisons"]["lowrank"]["beyond_noise"] is None
+    )
     text = md.read_text()
     assert "112.90 ± — | 1 |" in text and "no spread to judge noise by" in text
 
 
 def test_sweep_report_rerenders_to_itself(tmp_path):
-    rows = [{"method": m, "lr": lr, "block_scale": 1.0, "dev_ppl": 200 + 10 * i + 100 * lr, "train_loss": 5.0,
-             "steps": 20, "wall_s": 2.0} for i, m in enumerate(("full", "crnet")) for lr in (0.01, 0.03)]
+    rows = [
+        {
+            "method": m,
+            "lr": lr,
+            "block_scale": 1.0,
+            "dev_ppl": 200 + 10 * i + 100 * lr,
+            "train_loss": 5.0,
+            "steps": 20,
+            "wall_s": 2.0,
+        }
+        for i, m in enumerate(("full", "crnet"))
+        for lr in (0.01, 0.03)
+    ]
     cfg = _cfg()
-    md = publish("crnet-sweep", {"rows": rows, "dev_tokens": 1234, "wall_s": 90.0}, sweep.render, kind=sweep.KIND,
-                 seeds=[0], out_dir=tmp_path / "a", title=sweep.TITLE, config=cfg)
+    md = publish(
+        "crnet-sweep",
+        {"rows": rows, "dev_tokens": 1234, "wall_s": 90.0},
+        sweep.render,
+        kind=sweep.KIND,
+        seeds=[0],
+        out_dir=tmp_path / "a",
+        title=sweep.TITLE,
+        config=cfg,
+    )
     out = json.loads(md.with_suffix(".json").read_text())
     assert out["headline"]["best"]["crnet"] == {"lr": 0.01, "block_scale": 1.0, "dev_ppl": 211.0}
     text = md.read_text()
@@ -87,8 +165,15 @@ def test_budget_is_trainable_parameters_and_frozen_ones_are_labelled_apart(tmp_p
     for r in payload["runs"]:
         if r["method"] == "lora":
             r["trainable_params"], r["total_params"] = 900, 1600
-    md = publish("crnet", payload, report.render, kind=report.KIND, seeds=[0, 1], out_dir=tmp_path,
-                 config=load_config(CRNetConfig, None, ["bench.methods=[lora, crnet]"]))
+    md = publish(
+        "crnet",
+        payload,
+        report.render,
+        kind=report.KIND,
+        seeds=[0, 1],
+        out_dir=tmp_path,
+        config=load_config(CRNetConfig, None, ["bench.methods=[lora, crnet]"]),
+    )
     out = json.loads(md.with_suffix(".json").read_text())
     assert out["verdict"]["comparisons"]["lora"]["other_params_ge_crnet"] is False
     assert out["verdict"]["crnet_beats_low_rank_at_equal_or_smaller_params"] is None  # no eligible rival

@@ -36,13 +36,17 @@ def test_block_scale_lowers_only_block_projections_and_betas():
 
 
 def test_beta_lr_scale_moves_only_the_betas():
-    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01", "block_lr_scale=0.1",
-                                          "beta_lr_scale=1.0"])
+    cfg = load_config(
+        CRNetConfig, None, ["model.preset=tiny", "train.lr=0.01", "block_lr_scale=0.1", "beta_lr_scale=1.0"]
+    )
     lrs = _lrs_by_name(cfg, "crnet")
     betas = [n for n in lrs if n.endswith(".beta")]
     assert betas and all(lrs[n] == 0.01 for n in betas)
-    assert all(lrs[n] == pytest.approx(1e-3) for n in lrs if n.startswith("layers.1.") and "layernorm" not in n
-               and not n.endswith(".beta"))
+    assert all(
+        lrs[n] == pytest.approx(1e-3)
+        for n in lrs
+        if n.startswith("layers.1.") and "layernorm" not in n and not n.endswith(".beta")
+    )
     with pytest.raises(ConfigError, match="beta_lr_scale"):
         load_config(CRNetConfig, None, ["beta_lr_scale=-1"])
 
@@ -51,8 +55,9 @@ def test_sweep_labels_crnet_variants_apart():
     from pretrainkit.systems.crnet.sweep import arm_label
 
     assert arm_label(load_config(CRNetConfig, None, []), "crnet") == "crnet"
-    cfg = load_config(CRNetConfig, None, ["model.crnet_init=cola", "model.crnet_beta_init=0.5",
-                                          "beta_lr_scale=1"])
+    cfg = load_config(
+        CRNetConfig, None, ["model.crnet_init=cola", "model.crnet_beta_init=0.5", "beta_lr_scale=1"]
+    )
     assert arm_label(cfg, "crnet") == "crnet[crnet_init=cola,crnet_beta_init=0.5,beta_lr_scale=1]"
     assert arm_label(cfg, "full") == "full"  # the open choices are CR-Net's only
 
@@ -60,8 +65,16 @@ def test_sweep_labels_crnet_variants_apart():
 def test_sweep_at_bench_cells_trains_one_cell_per_method():
     from pretrainkit.systems.crnet.sweep import grid
 
-    cfg = load_config(CRNetConfig, None, ["sweep.methods=[full, galore]", "sweep.bench_cells=true",
-                                          "bench.lr={full: 0.01, galore: 0.003}", "bench.block_lr_scale={full: 0.1}"])
+    cfg = load_config(
+        CRNetConfig,
+        None,
+        [
+            "sweep.methods=[full, galore]",
+            "sweep.bench_cells=true",
+            "bench.lr={full: 0.01, galore: 0.003}",
+            "bench.block_lr_scale={full: 0.1}",
+        ],
+    )
     assert grid(cfg) == [("full", 0.01, 0.1), ("galore", 0.003, cfg.galore.scale)]
 
 
@@ -71,8 +84,15 @@ def test_block_scale_one_gives_one_lr_and_the_same_training():
 
 
 def test_galore_arm_takes_the_block_scale_as_its_alpha():
-    cfg = load_config(CRNetConfig, None, ["model.preset=tiny", "bench.lr={galore: 0.01, full: 0.003}",
-                                          "bench.block_lr_scale={galore: 0.1, full: 0.25}"])
+    cfg = load_config(
+        CRNetConfig,
+        None,
+        [
+            "model.preset=tiny",
+            "bench.lr={galore: 0.01, full: 0.003}",
+            "bench.block_lr_scale={galore: 0.1, full: 0.25}",
+        ],
+    )
     assert arm_lr(cfg, "galore") == (0.01, 0.1) and arm_lr(cfg, "full") == (0.003, 0.25)
     assert arm_lr(cfg, "crnet") == (cfg.train.lr, 1.0)
     g = arm_cfg(cfg, "galore", 3, 0.01, 0.1)
@@ -96,7 +116,9 @@ class _Tok:
 
 def test_dev_split_cuts_at_the_document_end_nearest_the_share():
     docs = [np.arange(1, 1 + n, dtype=np.int32) for n in (50, 30, 10, 10)]
-    stream = np.concatenate([np.zeros(1, np.int32)] + [np.concatenate([d, [0]]) for d in docs]).astype(np.int32)
+    stream = np.concatenate([np.zeros(1, np.int32)] + [np.concatenate([d, [0]]) for d in docs]).astype(
+        np.int32
+    )
     data = TextData(_Tok(), stream, np.zeros(1, np.int32), ["a", "b", "c", "d"], ["v"])
     out = dev_split(data, 0.1)  # 105 tokens: the wanted cut (94.5) is nearest the end of document c (at 93)
     assert np.array_equal(np.concatenate([out.train_stream, out.val_stream]), stream)
@@ -111,9 +133,11 @@ def test_dev_split_needs_two_documents():
 
 
 def test_best_cell_ignores_diverged_runs():
-    rows = [{"method": "full", "lr": 0.01, "block_scale": 1.0, "dev_ppl": float("nan")},
-            {"method": "full", "lr": 0.003, "block_scale": 1.0, "dev_ppl": 200.0},
-            {"method": "full", "lr": 0.01, "block_scale": 0.1, "dev_ppl": 150.0}]
+    rows = [
+        {"method": "full", "lr": 0.01, "block_scale": 1.0, "dev_ppl": float("nan")},
+        {"method": "full", "lr": 0.003, "block_scale": 1.0, "dev_ppl": 200.0},
+        {"method": "full", "lr": 0.01, "block_scale": 0.1, "dev_ppl": 150.0},
+    ]
     assert best_cells(rows)["full"]["block_scale"] == 0.1
 
 
@@ -125,12 +149,28 @@ def test_sweep_trains_the_grid_resumes_and_writes_the_best(tmp_path, shared_data
     corpus.mkdir()
     text = strip_gutenberg((shared_data / "text" / "gutenberg" / "972.txt").read_text(encoding="utf-8"))
     for k in range(4):
-        (corpus / f"d{k}.txt").write_text(text[10_000 + k * 6_000: 16_000 + k * 6_000])
-    cfg = load_config(CRNetConfig, None, [
-        f"data.source={corpus}", "data.vocab_size=300", "data.val_fraction=0.25", "model.preset=tiny",
-        "seq_len=32", "batch_size=4", "eval_batch_size=8", "train.max_steps=3", "train.warmup_steps=1",
-        f"out={tmp_path / 'run'}", "sweep.methods=[full]", "sweep.lrs=[0.003]", "sweep.block_scales=[1.0, 0.1]",
-        "sweep.workers=1", "sweep.dev_fraction=0.3"])
+        (corpus / f"d{k}.txt").write_text(text[10_000 + k * 6_000 : 16_000 + k * 6_000])
+    cfg = load_config(
+        CRNetConfig,
+        None,
+        [
+            f"data.source={corpus}",
+            "data.vocab_size=300",
+            "data.val_fraction=0.25",
+            "model.preset=tiny",
+            "seq_len=32",
+            "batch_size=4",
+            "eval_batch_size=8",
+            "train.max_steps=3",
+            "train.warmup_steps=1",
+            f"out={tmp_path / 'run'}",
+            "sweep.methods=[full]",
+            "sweep.lrs=[0.003]",
+            "sweep.block_scales=[1.0, 0.1]",
+            "sweep.workers=1",
+            "sweep.dev_fraction=0.3",
+        ],
+    )
     md = run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)
     rows = (tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()
     assert len(rows) == 2 and md.is_file() and "Best setting per method" in md.read_text()

@@ -140,7 +140,6 @@ def test_crnet_recompute_on_cuda_saves_memory():
     torch.testing.assert_close(grads["crnet"], grads["none"], rtol=1e-3, atol=1e-5)
 
 
-
 def test_cpu_peak_memory_measures_with_garbage_collected_first_and_gc_held_off(monkeypatch):
     """Cyclic garbage (a model kept alive by an old traceback, say) collected mid-measurement would count as
     frees of memory the step never allocated and lower the peak: the recompute comparison above once failed

@@ -68,8 +68,9 @@ def test_sum_loss_path_is_unchanged():
     b = batch(3)
     s, c = model(b, sum_loss=True)
     logits = model.lm.lm_head(model.lm.hidden_states(b["input_ids"].long()))
-    old = F.cross_entropy(logits.float().flatten(0, 1), b["labels"].long().flatten(), ignore_index=-100,
-                          reduction="sum")
+    old = F.cross_entropy(
+        logits.float().flatten(0, 1), b["labels"].long().flatten(), ignore_index=-100, reduction="sum"
+    )
     assert torch.equal(s, old.double()) and c == int((b["labels"] != -100).sum()) and isinstance(c, int)
 
 

@@ -11,7 +11,9 @@ from pretrainkit.systems.l2m.data import ContextWindowDataset, TaskData
 from pretrainkit.systems.l2m.methods import METHODS, PRETRAIN, L2MMethod, L2MOracle
 from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig
 
-TINY = DTConfig(state_dim=6, act_dim=3, d_model=16, n_layer=2, n_head=2, context=3, max_timestep=50, dropout=0.0)
+TINY = DTConfig(
+    state_dim=6, act_dim=3, d_model=16, n_layer=2, n_head=2, context=3, max_timestep=50, dropout=0.0
+)
 ADAPTER_MARKS = ("lora_", "ia3_", "prompts.", "modulation_pool.")
 
 
@@ -45,7 +47,9 @@ def test_trainable_parameters(name):
     assert train and m.trainable_parameters() == sum(p.numel() for p in m.parameters() if p.requires_grad)
     if m.frozen_backbone:
         assert all(any(k in n for k in ADAPTER_MARKS) for n in train), sorted(train)
-        assert not any(p.requires_grad for n, p in m.dt.named_parameters() if not any(k in n for k in ADAPTER_MARKS))
+        assert not any(
+            p.requires_grad for n, p in m.dt.named_parameters() if not any(k in n for k in ADAPTER_MARKS)
+        )
     else:
         assert train == {n for n, _ in m.named_parameters()}  # the whole backbone
     loss, metrics = m(batch(synthetic_task("a", 1.0, 0)))
@@ -130,8 +134,13 @@ def test_actor_acts_and_tallies_keys():
     actor = m.actor(0).eval()
     B, K = 5, 3
     states = torch.randn(B, K, 6)
-    a = actor.act(states, torch.zeros(B, K), torch.zeros(B, K, 3), torch.arange(K).repeat(B, 1),
-                  torch.ones(B, K, dtype=torch.bool))
+    a = actor.act(
+        states,
+        torch.zeros(B, K),
+        torch.zeros(B, K, 3),
+        torch.arange(K).repeat(B, 1),
+        torch.ones(B, K, dtype=torch.bool),
+    )
     assert a.shape == (B, 3) and a.abs().max() <= 1 and sum(actor.usage.values()) == B
     assert not actor.training
 
@@ -142,8 +151,11 @@ def test_oracle_needs_a_modulator_per_task():
         L2MOracle(DecisionTransformer(TINY), MethodSection(pool_size=2), n_tasks=3)
     L2MMethod(DecisionTransformer(TINY), MethodSection(pool_size=2), n_tasks=3)  # routed L2M does not care
     with pytest.raises(ConfigError, match="l2m-oracle needs method.pool_size >= number of continual tasks"):
-        load_config(L2MConfig, None, ["method.pool_size=2",
-                                      "data.continual_tasks=[hammer-v3,push-wall-v3,faucet-close-v3]"])
+        load_config(
+            L2MConfig,
+            None,
+            ["method.pool_size=2", "data.continual_tasks=[hammer-v3,push-wall-v3,faucet-close-v3]"],
+        )
 
 
 def test_config_rejects_unknown_names():

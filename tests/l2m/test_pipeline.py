@@ -25,21 +25,40 @@ def _write_task(path, task: str, offset: float, episodes: int = 5, length: int =
     dones = np.zeros(n, bool)
     dones[length - 1 :: length] = True
     meta = {"task": task, "steps": n, "cpu_seconds": 0.1, "episodes": episodes}
-    np.savez(path / f"{task}.npz", states=states, actions=expert + 0.05, expert_actions=expert,
-             rewards=np.ones(n, np.float32), dones=dones, success=np.ones(n, bool), task=np.array(task),
-             meta_json=np.array(json.dumps(meta)))
+    np.savez(
+        path / f"{task}.npz",
+        states=states,
+        actions=expert + 0.05,
+        expert_actions=expert,
+        rewards=np.ones(n, np.float32),
+        dones=dones,
+        success=np.ones(n, bool),
+        task=np.array(task),
+        meta_json=np.array(json.dumps(meta)),
+    )
 
 
-def _fake_rollout(actor, task, episodes=10, target_return=0.0, seed=0, device="cpu", stop_on_success=False,
-                  **kw):
+def _fake_rollout(
+    actor, task, episodes=10, target_return=0.0, seed=0, device="cpu", stop_on_success=False, **kw
+):
     """Acts once through the method's actor (so routing and key tallies run), returns a rollout record."""
     K, A = actor.cfg.context, actor.cfg.act_dim
     g = torch.Generator().manual_seed(seed)
-    a = actor.act(torch.randn(episodes, K, 39, generator=g), torch.zeros(episodes, K), torch.zeros(episodes, K, A),
-                  torch.arange(K).repeat(episodes, 1), torch.ones(episodes, K, dtype=torch.bool))
+    a = actor.act(
+        torch.randn(episodes, K, 39, generator=g),
+        torch.zeros(episodes, K),
+        torch.zeros(episodes, K, A),
+        torch.arange(K).repeat(episodes, 1),
+        torch.ones(episodes, K, dtype=torch.bool),
+    )
     success = float((a[:, 0] > 0).float().mean())
-    return {"success": success, "mean_return": 1.0, "env_steps": 2 * episodes, "seconds": 0.01,
-            "policy_seconds": 0.005}
+    return {
+        "success": success,
+        "mean_return": 1.0,
+        "env_steps": 2 * episodes,
+        "seconds": 0.01,
+        "policy_seconds": 0.005,
+    }
 
 
 def _config(tmp_path, extra=()):
@@ -47,14 +66,36 @@ def _config(tmp_path, extra=()):
     data.mkdir(exist_ok=True)
     for i, t in enumerate([*PRE, *SEQ]):
         _write_task(data, t, offset=float(i) - 1.0)
-    return load_config(L2MConfig, None, [
-        f"data.dir={data}", f"out={tmp_path / 'run'}", f"data.pretrain_tasks={PRE}", f"data.continual_tasks={SEQ}",
-        "model.d_model=16", "model.n_layer=1", "model.n_head=2", "model.context=3",
-        "pretrain.batch_size=8", "pretrain.train.max_steps=4", "pretrain.train.ckpt_every=2",
-        "pretrain.train.warmup_steps=0", "continual.steps_per_task=3", "continual.batch_size=8",
-        "continual.ckpt_every=2", "continual.methods=[ft,ewc,lora,l2m,l2m-oracle]", "method.pool_size=4",
-        "method.fisher_batches=2", "eval.episodes=3", "eval.reuse_envs=false", "eval.offline_windows=16", "bench.seeds=[0]", "data.val_fraction=0.2", *extra,
-    ])
+    return load_config(
+        L2MConfig,
+        None,
+        [
+            f"data.dir={data}",
+            f"out={tmp_path / 'run'}",
+            f"data.pretrain_tasks={PRE}",
+            f"data.continual_tasks={SEQ}",
+            "model.d_model=16",
+            "model.n_layer=1",
+            "model.n_head=2",
+            "model.context=3",
+            "pretrain.batch_size=8",
+            "pretrain.train.max_steps=4",
+            "pretrain.train.ckpt_every=2",
+            "pretrain.train.warmup_steps=0",
+            "continual.steps_per_task=3",
+            "continual.batch_size=8",
+            "continual.ckpt_every=2",
+            "continual.methods=[ft,ewc,lora,l2m,l2m-oracle]",
+            "method.pool_size=4",
+            "method.fisher_batches=2",
+            "eval.episodes=3",
+            "eval.reuse_envs=false",
+            "eval.offline_windows=16",
+            "bench.seeds=[0]",
+            "data.val_fraction=0.2",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture
@@ -70,14 +111,23 @@ def test_bench_runs_every_stage_and_writes_results(cfg, tmp_path):
     assert set(out["headline"]["final_mean_success"]) == set(methods) == set(out["headline"]["forgetting"])
     for m in methods:
         rec = out["records"][m]["0"]
-        assert len(rec["rows"]) == 2 and set(rec["rows"][0]) == {"hammer-v3", *PRE}  # seen tasks + pre-training
+        assert len(rec["rows"]) == 2 and set(rec["rows"][0]) == {
+            "hammer-v3",
+            *PRE,
+        }  # seen tasks + pre-training
         assert set(rec["rows"][1]) == {*SEQ, *PRE} and set(rec["initial"]) == {*SEQ, *PRE}
         s = out["methods"][m]
-        assert s["success_matrix"]["hammer-v3"][0] is not None and s["success_matrix"]["faucet-close-v3"][1] is None
+        assert (
+            s["success_matrix"]["hammer-v3"][0] is not None
+            and s["success_matrix"]["faucet-close-v3"][1] is None
+        )
         assert 0.0 <= s["final_mean_success"]["mean"] <= 1.0 and s["trainable_params"] > 0
     assert out["methods"]["lora"]["trainable_params"] < out["methods"]["ft"]["trainable_params"]
     assert out["records"]["l2m"]["0"]["rows"][1]["hammer-v3"]["keys"]  # key histogram per task
-    assert out["throughput"]["continual_dt_steps_per_s"] > 0 and out["throughput"]["eval_env_steps_per_s_per_core"] > 0
+    assert (
+        out["throughput"]["continual_dt_steps_per_s"] > 0
+        and out["throughput"]["eval_env_steps_per_s_per_core"] > 0
+    )
     text = md.read_text()
     assert "### l2m-oracle" in text and "## Throughput" in text and "## Verdict" in text
     # re-rendering from the stored records changes no number and keeps the run's provenance
@@ -120,7 +170,12 @@ def test_bench_in_two_processes_equals_one_process(tmp_path):
     """Workers get the same seeds, so the records match a one-process run (real rollouts: a worker
     process cannot see a monkeypatched rollout)."""
     pytest.importorskip("metaworld")
-    extra = ["continual.methods=[ft,l2m]", "bench.seeds=[0,1]", "eval.episodes=2", "eval.pretrain_tasks=false"]
+    extra = [
+        "continual.methods=[ft,l2m]",
+        "bench.seeds=[0,1]",
+        "eval.episodes=2",
+        "eval.pretrain_tasks=false",
+    ]
     outs = []
     for workers in (1, 2):
         cfg = _config(tmp_path, [*extra, f"bench.workers={workers}", f"out={tmp_path / f'run{workers}'}"])
@@ -138,8 +193,12 @@ def test_bench_in_two_processes_equals_one_process(tmp_path):
 
 def _summary(final, std, forgetting=0.0, retention=1.0, just=0.5):
     stat = lambda m, s=0.0: {"mean": m, "std": s}
-    return {"final_mean_success": stat(final, std), "forgetting": stat(forgetting),
-            "pretrain_retention": stat(retention), "just_learned": stat(just)}
+    return {
+        "final_mean_success": stat(final, std),
+        "forgetting": stat(forgetting),
+        "pretrain_retention": stat(retention),
+        "just_learned": stat(just),
+    }
 
 
 def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
@@ -158,8 +217,10 @@ def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
 def _stage_counts(run_dir, cumulative):
     for s, counts in enumerate(cumulative):
         (run_dir / f"stage-{s}").mkdir(parents=True)
-        save_weights(run_dir / f"stage-{s}" / "method.safetensors",
-                     {routing.COUNTS: torch.tensor(counts), "other": torch.zeros(1)})
+        save_weights(
+            run_dir / f"stage-{s}" / "method.safetensors",
+            {routing.COUNTS: torch.tensor(counts), "other": torch.zeros(1)},
+        )
 
 
 def test_owners_come_from_each_stages_own_selections(tmp_path):
@@ -180,16 +241,29 @@ def test_own_share_and_seed_rows():
     assert routing.own_share({"-1": 0.6, "2": 0.4}, owners, routing.UNMODULATED) == 0.6
     assert routing.own_share({"3": 1.0}, owners, 0) == 0  # an unowned key belongs to no task
     assert routing.own_share(None, owners, 0) is None
-    assert routing.own_share({"0": 0.334, "1": 0.667}, owners, 1) == pytest.approx(0.667 / 1.001)  # rounded shares
-    rec = ContinualRecord(["a", "b"], ["p"], rows=[
-        {"a": {"success": 0.8, "keys_rollout": {"0": 1.0}, "keys": {"0": 1.0}}},
-        {"a": {"success": 0.4, "keys_rollout": {"0": 0.5, "1": 0.5}, "keys": {"0": 0.9, "2": 0.1}},
-         "b": {"success": 0.6, "keys_rollout": {"1": 1.0}},
-         "p": {"success": 0.3, "keys_rollout": {"-1": 0.7, "0": 0.3}}},
-    ])
+    assert routing.own_share({"0": 0.334, "1": 0.667}, owners, 1) == pytest.approx(
+        0.667 / 1.001
+    )  # rounded shares
+    rec = ContinualRecord(
+        ["a", "b"],
+        ["p"],
+        rows=[
+            {"a": {"success": 0.8, "keys_rollout": {"0": 1.0}, "keys": {"0": 1.0}}},
+            {
+                "a": {"success": 0.4, "keys_rollout": {"0": 0.5, "1": 0.5}, "keys": {"0": 0.9, "2": 0.1}},
+                "b": {"success": 0.6, "keys_rollout": {"1": 1.0}},
+                "p": {"success": 0.3, "keys_rollout": {"-1": 0.7, "0": 0.3}},
+            },
+        ],
+    )
     rows = routing.seed_routing(rec, owners)
-    assert rows["a"] == {"rollout_own_after_stage": 1.0, "rollout_own_final": 0.5, "heldout_own_final": 0.9,
-                         "success_after_stage": 0.8, "success_final": 0.4}
+    assert rows["a"] == {
+        "rollout_own_after_stage": 1.0,
+        "rollout_own_final": 0.5,
+        "heldout_own_final": 0.9,
+        "success_after_stage": 0.8,
+        "success_final": 0.4,
+    }
     assert rows["p"]["rollout_own_after_stage"] == rows["p"]["rollout_own_final"] == 0.7  # read at the end
     assert rows["b"]["heldout_own_final"] is None
 

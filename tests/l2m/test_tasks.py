@@ -15,16 +15,29 @@ from pretrainkit.systems.l2m.pipeline import BehaviourCloning
 from pretrainkit.systems.l2m.tasks import ActionTask
 
 torch.set_num_threads(1)
-SMALL = {"state_dim": 6, "act_dim": 3, "d_model": 32, "n_layer": 2, "n_head": 2, "context": 4,
-         "max_timestep": 50, "dropout": 0.1}
+SMALL = {
+    "state_dim": 6,
+    "act_dim": 3,
+    "d_model": 32,
+    "n_layer": 2,
+    "n_head": 2,
+    "context": 4,
+    "max_timestep": 50,
+    "dropout": 0.1,
+}
 
 
 def window_batch(seed: int, B: int = 5, K: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(B, K, dtype=torch.bool)
     mask[0, :2] = False  # a padded episode start
-    return {"states": torch.randn(B, K, 6, generator=g), "actions": torch.rand(B, K, 3, generator=g) * 2.2 - 1.1,
-            "rtg": torch.rand(B, K, generator=g), "timesteps": torch.arange(K).repeat(B, 1) + 3, "mask": mask}
+    return {
+        "states": torch.randn(B, K, 6, generator=g),
+        "actions": torch.rand(B, K, 3, generator=g) * 2.2 - 1.1,
+        "rtg": torch.rand(B, K, generator=g),
+        "timesteps": torch.arange(K).repeat(B, 1) + 3,
+        "mask": mask,
+    }
 
 
 def old_loss(dt: DecisionTransformer, b: dict[str, torch.Tensor]):
@@ -57,7 +70,9 @@ def test_action_task_is_registered_and_checks_its_options():
         ActionTask(bin_decode="upper")
 
 
-@pytest.mark.parametrize("head,decode", [("discrete", "center"), ("discrete", "lower"), ("continuous", "center")])
+@pytest.mark.parametrize(
+    "head,decode", [("discrete", "center"), ("discrete", "lower"), ("continuous", "center")]
+)
 def test_behaviour_cloning_equals_the_old_dt_loss_bit_for_bit(head, decode):
     torch.manual_seed(0)
     new = BehaviourCloning(DecisionTransformer(DTConfig(**SMALL, head=head, bin_decode=decode)))

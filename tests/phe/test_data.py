@@ -25,7 +25,9 @@ def test_acm_matches_readme(acm, graph_data):
     assert d["paper", "writes", "author"].edge_index.shape == (2, 13407)
     assert d["paper", "has_subject", "subject"].edge_index.shape == (2, 4019)
     # every relation has its reverse, with the same edges flipped
-    assert torch.equal(d["author", "rev_writes", "paper"].edge_index, d["paper", "writes", "author"].edge_index.flip(0))
+    assert torch.equal(
+        d["author", "rev_writes", "paper"].edge_index, d["paper", "writes", "author"].edge_index.flip(0)
+    )
     assert d["paper"].x.is_sparse and tuple(d["paper"].x.shape) == (4019, 1902)
     assert "x" not in d["subject"]  # featureless: the model learns an embedding
     assert torch.bincount(acm.labels).tolist() == [1993, 965, 1061]
@@ -43,7 +45,11 @@ def test_acm_matches_readme(acm, graph_data):
 
 def test_imdb_split_is_fixed_and_stable(graph_data):
     g = load_imdb(graph_data)
-    assert {t: g.data[t].num_nodes for t in g.data.node_types} == {"movie": 3676, "actor": 4353, "director": 1678}
+    assert {t: g.data[t].num_nodes for t in g.data.node_types} == {
+        "movie": 3676,
+        "actor": 4353,
+        "director": 1678,
+    }
     assert g.data["movie", "has_actor", "actor"].edge_index.shape[1] == 11028
     assert g.data["movie", "has_director", "director"].edge_index.shape[1] == 3676
     assert torch.bincount(g.labels).tolist() == [984, 1396, 1296]
@@ -63,8 +69,11 @@ IMDB_DIGEST = "d14c86709cfaa07a"
 
 def test_aminer_has_no_features(graph_data):
     g = load_aminer(graph_data)
-    assert {t: g.data[t].num_nodes for t in g.data.node_types} == {"paper": 6564, "author": 13329,
-                                                                    "reference": 35890}
+    assert {t: g.data[t].num_nodes for t in g.data.node_types} == {
+        "paper": 6564,
+        "author": 13329,
+        "reference": 35890,
+    }
     assert all("x" not in g.data[t] for t in g.data.node_types)
     assert g.data["paper", "cites", "reference"].edge_index.shape[1] == 58831
     assert torch.bincount(g.labels).tolist() == [1333, 1114, 526, 3591]
@@ -113,8 +122,12 @@ def _bad(tmp_path, name, fix, **spec):
 def test_bad_input_one_line_errors(tmp_path):
     assert "missing file" in _bad(tmp_path, "a", lambda r: (r / "pa.txt").unlink())
     assert "out of range" in _bad(tmp_path, "b", lambda r: open(r / "pa.txt", "a").write("3\t999\n"))
-    msg = _bad(tmp_path, "c", lambda r: None,
-               relations=[{"src": "paper", "name": "x", "dst": "venue", "file": "pa.txt"}])
+    msg = _bad(
+        tmp_path,
+        "c",
+        lambda r: None,
+        relations=[{"src": "paper", "name": "x", "dst": "venue", "file": "pa.txt"}],
+    )
     assert "unknown node type 'venue'" in msg
     assert "labels" in _bad(tmp_path, "d", lambda r: np.savetxt(r / "labels.txt", np.zeros(5), fmt="%d"))
 

@@ -14,11 +14,16 @@ def test_forward_full_and_sampled(tiny_graph, conv):
     torch.manual_seed(0)
     enc = HeteroEncoder.for_graph(data, EncoderConfig(conv=conv, hidden=16, heads=2, layers=2))
     h = enc(data)
-    assert {t: tuple(v.shape) for t, v in h.items()} == {"paper": (60, 16), "author": (40, 16), "subject": (5, 16)}
+    assert {t: tuple(v.shape) for t, v in h.items()} == {
+        "paper": (60, 16),
+        "author": (40, 16),
+        "subject": (5, 16),
+    }
     h["paper"].sum().backward()
     assert enc.proj["paper"].weight.grad is not None and enc.emb["author"].weight.grad is not None
-    sub = sample_subgraph(data, build_csr(data), "paper", torch.tensor([1, 2, 3]), [4, 4],
-                          torch.Generator().manual_seed(0))
+    sub = sample_subgraph(
+        data, build_csr(data), "paper", torch.tensor([1, 2, 3]), [4, 4], torch.Generator().manual_seed(0)
+    )
     enc.eval()
     hs = enc(sub)
     assert hs["paper"].shape == (sub["paper"].num_nodes, 16)

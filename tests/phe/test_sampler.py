@@ -50,7 +50,9 @@ def test_fanout_respected_and_edges_real(tiny_graph):
     data = tiny_graph.data
     seeds = torch.arange(0, 60, 5)
     fanout = 2
-    sub = sample_subgraph(data, build_csr(data), "paper", seeds, [fanout, fanout], torch.Generator().manual_seed(1))
+    sub = sample_subgraph(
+        data, build_csr(data), "paper", seeds, [fanout, fanout], torch.Generator().manual_seed(1)
+    )
     nodes, _ = brute_force(data, "paper", seeds, 2)
     for t in data.node_types:
         assert set(sub[t].n_id.tolist()) <= nodes[t]
@@ -69,7 +71,8 @@ def test_fanout_respected_and_edges_real(tiny_graph):
 
 def _same(a, b):
     return all(torch.equal(a[t].n_id, b[t].n_id) for t in a.node_types) and all(
-        torch.equal(a[et].edge_index, b[et].edge_index) for et in a.edge_types)
+        torch.equal(a[et].edge_index, b[et].edge_index) for et in a.edge_types
+    )
 
 
 def test_deterministic_and_resumable(tiny_graph):

@@ -52,7 +52,9 @@ def test_mask_edges_drops_reverse_and_leaves_input(setup):
 @pytest.mark.parametrize("mode", ["kept", "masked"])
 def test_leak_free_query_never_sees_its_positive(setup, mode):
     enc, rels, batch = setup
-    task = StructureTask(rels, H, "paper", StructureConfig(schema_edges=mode, schema_samples={"author": 4})).eval()
+    task = StructureTask(
+        rels, H, "paper", StructureConfig(schema_edges=mode, schema_samples={"author": 4})
+    ).eval()
     kept, masked = mask_edges(batch, "paper", rels, 0.5, torch.Generator().manual_seed(1))
     inputs = task.schema_inputs(kept, masked, torch.Generator().manual_seed(2))
     seeds = batch["paper"].seed
@@ -106,7 +108,9 @@ def test_perturbations_distinct_and_live_weights_untouched(setup):
     assert all(torch.equal(v, live[k]) for k, v in enc.state_dict().items())
     assert all(p.grad is None for p in enc.parameters())
     # scale 0 in eval mode: the ensemble is exactly the encoder
-    task0 = SemanticTask(rels, H, "paper", SemanticConfig(perturbations=2, noise_scale=0.0, perturbed_mode="eval"))
+    task0 = SemanticTask(
+        rels, H, "paper", SemanticConfig(perturbations=2, noise_scale=0.0, perturbed_mode="eval")
+    )
     k0 = task0.perturbed_keys(enc, batch)
     with torch.no_grad():
         ref = enc.eval()(batch)
@@ -118,7 +122,7 @@ def test_perturbations_distinct_and_live_weights_untouched(setup):
 @pytest.mark.parametrize("cls", [SemanticTask, StructureTask])
 def test_eval_never_updates_queue(setup, cls):
     enc, rels, batch = setup
-    cfg = (SemanticConfig(perturbations=1) if cls is SemanticTask else StructureConfig())
+    cfg = SemanticConfig(perturbations=1) if cls is SemanticTask else StructureConfig()
     task = cls(rels, H, "paper", cfg)
     task.eval()
     enc.eval()

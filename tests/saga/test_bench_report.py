@@ -18,23 +18,68 @@ def _rows():
     rows = []
     w = {"saga.sensor": 0.1, "saga.point": 0.5, "saga.subperiod": 0.2, "saga.period": 0.2}
     for seed, bump in enumerate((0.0, 0.02, -0.01)):
-        rows.append({"label": "activity", "split": "random", "budget": 0, "seed": seed, "method": "full-label",
-                     "acc": 0.90 + bump})
+        rows.append(
+            {
+                "label": "activity",
+                "split": "random",
+                "budget": 0,
+                "seed": seed,
+                "method": "full-label",
+                "acc": 0.90 + bump,
+            }
+        )
         for budget in (5, 100):
-            rows.append({"label": "activity", "split": "random", "budget": budget, "seed": seed, "method": "saga",
-                         "acc": 0.80 + bump + budget / 1000, "weights": w})
-            rows.append({"label": "activity", "split": "random", "budget": budget, "seed": seed,
-                         "method": "limu-bert", "acc": 0.78 + bump})
-    rows.append({"label": "activity", "split": "random", "budget": 100, "seed": 0, "method": "saga-A", "acc": 0.85})
+            rows.append(
+                {
+                    "label": "activity",
+                    "split": "random",
+                    "budget": budget,
+                    "seed": seed,
+                    "method": "saga",
+                    "acc": 0.80 + bump + budget / 1000,
+                    "weights": w,
+                }
+            )
+            rows.append(
+                {
+                    "label": "activity",
+                    "split": "random",
+                    "budget": budget,
+                    "seed": seed,
+                    "method": "limu-bert",
+                    "acc": 0.78 + bump,
+                }
+            )
+    rows.append(
+        {"label": "activity", "split": "random", "budget": 100, "seed": 0, "method": "saga-A", "acc": 0.85}
+    )
     return rows
 
 
 def test_saga_report_states_n_and_rerenders_to_itself(tmp_path):
-    data = {"rows": _rows(), "throughput": {"bare_windows_per_s": 240.0, "trainer_windows_per_s": 235.0,
-                                            "ratio": 235 / 240, "steps": 12, "warmup": 2, "batch": 128},
-            "wall_s": 12.0, "data_info": {"windows": 2090, "source": "synthetic", "pretrain_windows": 1070}}
-    md = publish("saga", data, bench.render, kind=bench.KIND, seeds=[0, 1, 2], out_dir=tmp_path / "a",
-                 title=bench.TITLE, config=SagaConfig())
+    data = {
+        "rows": _rows(),
+        "throughput": {
+            "bare_windows_per_s": 240.0,
+            "trainer_windows_per_s": 235.0,
+            "ratio": 235 / 240,
+            "steps": 12,
+            "warmup": 2,
+            "batch": 128,
+        },
+        "wall_s": 12.0,
+        "data_info": {"windows": 2090, "source": "synthetic", "pretrain_windows": 1070},
+    }
+    md = publish(
+        "saga",
+        data,
+        bench.render,
+        kind=bench.KIND,
+        seeds=[0, 1, 2],
+        out_dir=tmp_path / "a",
+        title=bench.TITLE,
+        config=SagaConfig(),
+    )
     text = md.read_text()
     assert not tables_without_n(text), tables_without_n(text)
     assert "mean ± sample std over n=3 seeds" in text and "2090 windows" in text
@@ -42,6 +87,8 @@ def test_saga_report_states_n_and_rerenders_to_itself(tmp_path):
     out = json.loads(md.with_suffix(".json").read_text())
     saga100 = [r["acc"] for r in data["rows"] if r["method"] == "saga" and r["budget"] == 100]
     full = [r["acc"] for r in data["rows"] if r["method"] == "full-label"]
-    assert out["headline"]["activity_ratio_at_100"] == round(statistics.fmean(saga100) / statistics.fmean(full), 4)
+    assert out["headline"]["activity_ratio_at_100"] == round(
+        statistics.fmean(saga100) / statistics.fmean(full), 4
+    )
     assert out["headline"]["n_seeds"] == 3 and out["config"]["downstream"]["seeds"] == [0, 1, 2]
     assert_rerender_equals(md, tmp_path / "b", lambda p, d: rerender(p, bench.render, d))

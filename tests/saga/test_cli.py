@@ -28,25 +28,47 @@ def _limu_folder(tmp_path, n=12, length=120, channels=6, label_cols=2, drop=None
 
 
 def test_wrong_data_path(capsys, tmp_path):
-    _fails(capsys, ["saga", "finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "nope")
+    _fails(
+        capsys, ["saga", "finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "nope"
+    )
 
 
 def test_folder_missing_an_npy_file(capsys, tmp_path):
     d = _limu_folder(tmp_path / "limu", drop="label")
-    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
-           "label_20_120.npy")
+    _fails(
+        capsys,
+        ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
+        "label_20_120.npy",
+    )
 
 
 def test_windows_of_the_wrong_shape(capsys, tmp_path):
     d = _limu_folder(tmp_path / "limu", length=100)
-    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
-           "100")
+    _fails(
+        capsys,
+        ["saga", "finetune", "--data", str(d), "--set", "data.format=limu", "--out", str(tmp_path / "r")],
+        "100",
+    )
 
 
 def test_label_column_out_of_range(capsys, tmp_path):
     d = _limu_folder(tmp_path / "limu", label_cols=2)
-    _fails(capsys, ["saga", "finetune", "--data", str(d), "--set", "data.format=limu",
-                    "--set", "data.label_columns={activity: 0, user: 5}", "--out", str(tmp_path / "r")], "5")
+    _fails(
+        capsys,
+        [
+            "saga",
+            "finetune",
+            "--data",
+            str(d),
+            "--set",
+            "data.format=limu",
+            "--set",
+            "data.label_columns={activity: 0, user: 5}",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        "5",
+    )
 
 
 def test_unknown_config_key_task_and_profile(capsys, tmp_path):

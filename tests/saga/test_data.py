@@ -433,5 +433,3 @@ def test_time_split_within_group_orders_by_time(shared_data):
     assert all(np.array_equal(a, b) for a, b in zip(parts, time_split_within_group(users, key)))
     with pytest.raises(DataError, match="negative values"):
         time_split_within_group(users, np.full(len(users), -1))
-
-

@@ -66,7 +66,7 @@ def test_saga_mix_equals_the_old_loop_bit_for_bit(use_generator):
         assert torch.equal(new_loss, old_loss)
         for k, v in old_m.items():
             assert float(new_m[k]) == v, k
-        for (opt, loss) in zip(opts, (old_loss, new_loss)):
+        for opt, loss in zip(opts, (old_loss, new_loss)):
             opt.zero_grad(set_to_none=True)
             loss.backward()
         g_old, g_new = grads(old), grads(new)

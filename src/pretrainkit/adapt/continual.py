@@ -115,8 +115,10 @@ def run_stages(
     for stage in range(record.done, len(tasks)):
         info = learner.learn(stage, tasks[stage])
         last = stage == len(tasks) - 1
-        row = {t: dict(evaluate(t, stage))
-               for t in [*tasks[: stage + 1], *(extra_tasks if extra_every_stage or last else [])]}
+        row = {
+            t: dict(evaluate(t, stage))
+            for t in [*tasks[: stage + 1], *(extra_tasks if extra_every_stage or last else [])]
+        }
         record.stages.append({"task": tasks[stage], **(info or {})})
         record.rows.append(row)
         if on_stage_end is not None:
@@ -178,7 +180,9 @@ def summarise(record: ContinualRecord, metric: str = "success") -> dict[str, Any
     return {
         "final_mean": average_success(m, -1),
         "mean_over_stages": _mean([average_success(m, s) for s in range(len(m))]),
-        "just_learned": _mean([m[s][s] for s in range(len(m))]),  # each task right after its stage: plasticity
+        "just_learned": _mean(
+            [m[s][s] for s in range(len(m))]
+        ),  # each task right after its stage: plasticity
         "forgetting": dict(zip(record.tasks, per_task)),
         "mean_forgetting": _mean(per_task),
         "retention": retention(initial_extra, final_extra),

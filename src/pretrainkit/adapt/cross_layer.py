@@ -183,8 +183,10 @@ class CrossLayerLinear(CRNetLinear):
         return y
 
     def extra_repr(self) -> str:
-        return (f"{self.name!r}, block={self.block}, in={self.in_features}, out={self.out_features}, "
-                f"rank={self.rank}, bias={self.bias is not None}")
+        return (
+            f"{self.name!r}, block={self.block}, in={self.in_features}, out={self.out_features}, "
+            f"rank={self.rank}, bias={self.bias is not None}"
+        )
 
 
 @dataclass
@@ -212,9 +214,11 @@ class CrossLayerInfo:
     per_projection: dict[str, ProjectionCount] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"cross-layer {self.blocks} ({self.n_blocks} blocks, rank {self.rank}): params "
-                 f"{self.params_before} -> {self.params_after}, trainable {self.trainable_before} -> "
-                 f"{self.trainable_after}"]
+        lines = [
+            f"cross-layer {self.blocks} ({self.n_blocks} blocks, rank {self.rank}): params "
+            f"{self.params_before} -> {self.params_after}, trainable {self.trainable_before} -> "
+            f"{self.trainable_after}"
+        ]
         lines += [f"  {n}: {c.before} -> {c.after}" for n, c in self.per_projection.items()]
         return "\n".join(lines)
 
@@ -237,8 +241,10 @@ def _linear(block: nn.Module, name: str, where: str) -> nn.Linear:
 def _check_rank(rank: int, lin: nn.Linear, where: str) -> None:
     limit = min(lin.in_features, lin.out_features)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
-        raise ConfigError(f"rank {rank!r} for {where} must be an integer in 1..{limit} "
-                          f"(min of in {lin.in_features}, out {lin.out_features})")
+        raise ConfigError(
+            f"rank {rank!r} for {where} must be an integer in 1..{limit} "
+            f"(min of in {lin.in_features}, out {lin.out_features})"
+        )
 
 
 def _set(block: nn.Module, name: str, new: nn.Module) -> None:
@@ -267,8 +273,10 @@ def to_cross_layer(
     except AttributeError:
         raise ConfigError(f"model has no sub-module '{blocks}' (the stack of blocks)") from None
     if not isinstance(stack, nn.ModuleList) or len(stack) < 2:
-        raise ConfigError(f"'{blocks}' must be an nn.ModuleList of at least 2 blocks, got {type(stack).__name__}"
-                          + (f" of {len(stack)}" if isinstance(stack, nn.ModuleList) else ""))
+        raise ConfigError(
+            f"'{blocks}' must be an nn.ModuleList of at least 2 blocks, got {type(stack).__name__}"
+            + (f" of {len(stack)}" if isinstance(stack, nn.ModuleList) else "")
+        )
     names = list(projections)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"projections must be distinct non-empty sub-module names, got {names!r}")
@@ -279,8 +287,10 @@ def to_cross_layer(
     for n, lins in linears.items():
         for i, lin in enumerate(lins):
             if lin.out_features != lins[0].out_features:
-                raise ConfigError(f"{blocks}.{i}.{n} has {lin.out_features} outputs, {blocks}.0.{n} has "
-                                  f"{lins[0].out_features}; a chain needs the same width in every block")
+                raise ConfigError(
+                    f"{blocks}.{i}.{n} has {lin.out_features} outputs, {blocks}.0.{n} has "
+                    f"{lins[0].out_features}; a chain needs the same width in every block"
+                )
             if i:
                 _check_rank(rank, lin, f"{blocks}.{i}.{n}")
     total_before, trainable_before = _count(model.parameters())
@@ -293,12 +303,24 @@ def to_cross_layer(
         new = [lins[0]]
         for i, lin in enumerate(lins[1:], start=1):
             w = lin.weight
-            proj = CrossLayerLinear(chain, n, i, i == last, lin.in_features, lin.out_features, rank,
-                                    lin.bias is not None, init, beta_init, eps).to(w.device, w.dtype)
+            proj = CrossLayerLinear(
+                chain,
+                n,
+                i,
+                i == last,
+                lin.in_features,
+                lin.out_features,
+                rank,
+                lin.bias is not None,
+                init,
+                beta_init,
+                eps,
+            ).to(w.device, w.dtype)
             _set(stack[i], n, proj)
             new.append(proj)
         after = _count(p for m in new for p in m.parameters())
         per[n] = ProjectionCount(before[0], after[0], before[1], after[1])
     total_after, trainable_after = _count(model.parameters())
-    return CrossLayerInfo(blocks, len(stack), names, rank, total_before, total_after, trainable_before,
-                          trainable_after, per)
+    return CrossLayerInfo(
+        blocks, len(stack), names, rank, total_before, total_after, trainable_before, trainable_after, per
+    )

@@ -14,8 +14,13 @@ from torch import nn
 from pretrainkit.errors import ConfigError, DataError
 
 
-def stratified_budget(labels: np.ndarray, per_class: int, seed: int, pool: np.ndarray | None = None,
-                      classes: np.ndarray | None = None) -> np.ndarray:
+def stratified_budget(
+    labels: np.ndarray,
+    per_class: int,
+    seed: int,
+    pool: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
     """Exactly ``per_class`` indices of every class, drawn from ``pool`` (default: all) with ``seed``."""
     labels = np.asarray(labels)
     pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
@@ -25,8 +30,10 @@ def stratified_budget(labels: np.ndarray, per_class: int, seed: int, pool: np.nd
     for c in classes:
         idx = pool[labels[pool] == c]
         if len(idx) < per_class:
-            raise DataError(f"label budget {per_class} per class is larger than class {c} has ({len(idx)} "
-                            f"windows in this split); allowed: at most {len(idx)}")
+            raise DataError(
+                f"label budget {per_class} per class is larger than class {c} has ({len(idx)} "
+                f"windows in this split); allowed: at most {len(idx)}"
+            )
         picked.append(rng.choice(idx, size=per_class, replace=False))
     return np.sort(np.concatenate(picked))
 
@@ -61,7 +68,9 @@ class HeadConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
-    patience: int = 0  # 0 = run all epochs; else stop after this many epochs without a better validation score
+    patience: int = (
+        0  # 0 = run all epochs; else stop after this many epochs without a better validation score
+    )
     metric: str = "accuracy"  # validation score that picks the epoch and the restart: accuracy | macro_f1
 
     def __post_init__(self) -> None:
@@ -78,8 +87,15 @@ class HeadConfig:
         check_at_least(self.patience, f"{prefix}patience", 0)
 
 
-def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor,
-                   y_val: torch.Tensor, cfg: HeadConfig, seed: int) -> tuple[nn.Module, float]:
+def fit_classifier(
+    head: nn.Module,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    cfg: HeadConfig,
+    seed: int,
+) -> tuple[nn.Module, float]:
     """Train ``head`` (inputs -> logits) with Adam; keep the epoch with the best validation ``cfg.metric``
     (accuracy by default); returns the head and that score.
 
@@ -110,9 +126,15 @@ def fit_classifier(head: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va
     return head.eval(), best_acc
 
 
-def fit_restarts(make_head: Callable[[], nn.Module], x_tr: torch.Tensor, y_tr: torch.Tensor,
-                 x_val: torch.Tensor, y_val: torch.Tensor, cfg: HeadConfig,
-                 seeds: Sequence[int]) -> tuple[nn.Module, float, int]:
+def fit_restarts(
+    make_head: Callable[[], nn.Module],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    cfg: HeadConfig,
+    seeds: Sequence[int],
+) -> tuple[nn.Module, float, int]:
     """``fit_classifier`` from one fresh head per seed; keeps the best validation ``cfg.metric`` (the earliest
     seed wins ties). Returns (head, its validation score, index of its seed). One seed = one plain fit."""
     best: tuple[nn.Module, float, int] | None = None
@@ -129,4 +151,4 @@ def fit_restarts(make_head: Callable[[], nn.Module], x_tr: torch.Tensor, y_tr: t
 @torch.no_grad()
 def predict(head: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     head.eval()
-    return torch.cat([head(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]).numpy()
+    return torch.cat([head(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]).numpy()

@@ -23,9 +23,13 @@ ADVICE = "write it again or point at another copy"
 
 def _why(path: Path, exc: BaseException, kind: str, advice: str) -> DataError:
     if "pickle" in str(exc):  # object arrays: numpy's text suggests allow_pickle, which we never use
-        return DataError(f"{path} holds Python objects (pickled data), which pretrainkit does not load; "
-                         f"save plain numeric arrays with np.{'save' if kind == 'npy' else 'savez'}")
-    return DataError(f"{path} is not a readable .{kind} file: truncated or damaged ({type(exc).__name__}); {advice}")
+        return DataError(
+            f"{path} holds Python objects (pickled data), which pretrainkit does not load; "
+            f"save plain numeric arrays with np.{'save' if kind == 'npy' else 'savez'}"
+        )
+    return DataError(
+        f"{path} is not a readable .{kind} file: truncated or damaged ({type(exc).__name__}); {advice}"
+    )
 
 
 MAGIC = {"npy": b"\x93NUMPY", "npz": b"PK\x03\x04"}

@@ -40,8 +40,9 @@ class BenchModel(nn.Module):
 
     def __init__(self, d: int = 128, layers: int = 2):
         super().__init__()
-        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True),
-                                         layers)
+        self.enc = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True), layers
+        )
         self.out = nn.Linear(d, 1)
 
     def forward(self, batch):
@@ -61,10 +62,14 @@ def _model(seed: int) -> BenchModel:
 
 def time_bare(steps: int, batch: int, warmup: int = 3, seed: int = 0) -> float:
     data = bench_data()
-    return benchkit.time_bare(lambda: _model(seed), lambda: EpochBatches(data, batch, seed=seed), steps, warmup)
+    return benchkit.time_bare(
+        lambda: _model(seed), lambda: EpochBatches(data, batch, seed=seed), steps, warmup
+    )
 
 
-def time_trainer(steps: int, batch: int, run_dir: Path | None = None, warmup: int = 3, seed: int = 0) -> float:
+def time_trainer(
+    steps: int, batch: int, run_dir: Path | None = None, warmup: int = 3, seed: int = 0
+) -> float:
     data = bench_data()
 
     def trainer(stream, max_steps: int) -> Trainer:
@@ -79,11 +84,20 @@ def ddp_speedup(steps: int, batch: int) -> tuple[float, float]:
     worker = Path(__file__).with_name("bench_ddp_worker.py")
     out = []
     for n in (1, 2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-               str(worker), str(steps), str(batch)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            str(worker),
+            str(steps),
+            str(batch),
+        ]
         for _attempt in range(2):  # one retry: gloo's rendezvous on a busy machine occasionally aborts a rank
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+            r = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
             if r.returncode == 0:
                 break
         else:
@@ -97,8 +111,9 @@ class _BenchEncoder(nn.Module):
 
     def __init__(self, d: int = 128, layers: int = 2):
         super().__init__()
-        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True),
-                                         layers)
+        self.enc = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True), layers
+        )
 
     def forward(self, batch):
         return self.enc(batch["x"])
@@ -143,12 +158,21 @@ def shared_forward_speedup(steps: int, batch: int, repeats: int, warmup: int = 3
     for _ in range(repeats):  # interleaved so drift on a shared machine hits both alike
         shared.append(time_mix(steps, batch, True, warmup, seed))
         separate.append(time_mix(steps, batch, False, warmup, seed))
-    return {"shared_s_per_step": shared, "separate_s_per_step": separate,
-            "speedup": min(separate) / min(shared)}
+    return {
+        "shared_s_per_step": shared,
+        "separate_s_per_step": separate,
+        "speedup": min(separate) / min(shared),
+    }
 
 
-def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None = None,
-        cfg: CoreBenchConfig | None = None, profile: str | None = None) -> Path:
+def run(
+    steps: int = 60,
+    batch: int = 32,
+    repeats: int = 3,
+    out_dir: Path | None = None,
+    cfg: CoreBenchConfig | None = None,
+    profile: str | None = None,
+) -> Path:
     cfg = cfg or CoreBenchConfig(steps=steps, batch=batch, repeats=repeats)
     torch.set_num_threads(1)
     bare, trainer = [], []
@@ -158,10 +182,23 @@ def run(steps: int = 60, batch: int = 32, repeats: int = 3, out_dir: Path | None
             trainer.append(time_trainer(cfg.steps, cfg.batch, Path(tmp) / f"r{r}", cfg.warmup, cfg.seed))
     one, two = ddp_speedup(cfg.steps // 2, cfg.batch)
     mix = shared_forward_speedup(cfg.steps, cfg.batch, cfg.repeats, cfg.warmup, cfg.seed)
-    data = {"bare_s_per_step": bare, "trainer_s_per_step": trainer, "ddp_s_per_step": {"1": one, "2": two},
-            "mix_s_per_step": {"shared": mix["shared_s_per_step"], "separate": mix["separate_s_per_step"]}}
-    return publish(cfg.name, data, render, kind=KIND, seeds=[cfg.seed], out_dir=out_dir, title=TITLE, config=cfg,
-                   profile=profile)
+    data = {
+        "bare_s_per_step": bare,
+        "trainer_s_per_step": trainer,
+        "ddp_s_per_step": {"1": one, "2": two},
+        "mix_s_per_step": {"shared": mix["shared_s_per_step"], "separate": mix["separate_s_per_step"]},
+    }
+    return publish(
+        cfg.name,
+        data,
+        render,
+        kind=KIND,
+        seeds=[cfg.seed],
+        out_dir=out_dir,
+        title=TITLE,
+        config=cfg,
+        profile=profile,
+    )
 
 
 def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -171,41 +208,94 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     bare, trainer = payload["bare_s_per_step"], payload["trainer_s_per_step"]
     one, two = payload["ddp_s_per_step"]["1"], payload["ddp_s_per_step"]["2"]
     b, t = min(bare), min(trainer)
-    headline = {"trainer_overhead_ratio": round(t / b, 4), "ddp_2proc_speedup": round(one / two, 3),
-                "n_repeats": len(bare)}
-    body = "\n".join([
-        "## Trainer against a bare loop", "",
-        (f"Same model (2-layer transformer encoder, d=128), same batches (batch {c['batch']}, seq 32), AdamW, "
-         f"{c['steps']} timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(bare)} interleaved "
-         "repeats, 1 thread. The trainer run includes its progress bar, metrics.jsonl logging every 10 steps, "
-         "per-step reseeding and the final checkpoint is outside the timed window."), "",
-        md_table(["loop", "s/step (best)", "mean ± std", "n", "all repeats"],
-                 [["bare PyTorch", b, fmt_mean_std(mean_std(bare), 4, n=False), len(bare),
-                   ", ".join(f"{v:.4f}" for v in bare)],
-                  ["pretrainkit Trainer", t, fmt_mean_std(mean_std(trainer), 4, n=False), len(trainer),
-                   ", ".join(f"{v:.4f}" for v in trainer)]]),
-        "", f"Goal: overhead ratio <= 1.05; measured {t / b:.3f}.", "",
-        "## DDP on CPU (gloo)", "",
-        ("The same global batch split over 2 processes (1 thread each) against 1 process; the machine has 2 "
-         "cores. One timed run each (n=1)."),
-        "", md_table(["processes", "s/global step", "n"], [[1, one, 1], [2, two, 1]]), "",
-        f"Speed-up {one / two:.2f}x.",
-    ])
+    headline = {
+        "trainer_overhead_ratio": round(t / b, 4),
+        "ddp_2proc_speedup": round(one / two, 3),
+        "n_repeats": len(bare),
+    }
+    body = "\n".join(
+        [
+            "## Trainer against a bare loop",
+            "",
+            (
+                f"Same model (2-layer transformer encoder, d=128), same batches (batch {c['batch']}, seq 32), AdamW, "
+                f"{c['steps']} timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(bare)} interleaved "
+                "repeats, 1 thread. The trainer run includes its progress bar, metrics.jsonl logging every 10 steps, "
+                "per-step reseeding and the final checkpoint is outside the timed window."
+            ),
+            "",
+            md_table(
+                ["loop", "s/step (best)", "mean ± std", "n", "all repeats"],
+                [
+                    [
+                        "bare PyTorch",
+                        b,
+                        fmt_mean_std(mean_std(bare), 4, n=False),
+                        len(bare),
+                        ", ".join(f"{v:.4f}" for v in bare),
+                    ],
+                    [
+                        "pretrainkit Trainer",
+                        t,
+                        fmt_mean_std(mean_std(trainer), 4, n=False),
+                        len(trainer),
+                        ", ".join(f"{v:.4f}" for v in trainer),
+                    ],
+                ],
+            ),
+            "",
+            f"Goal: overhead ratio <= 1.05; measured {t / b:.3f}.",
+            "",
+            "## DDP on CPU (gloo)",
+            "",
+            (
+                "The same global batch split over 2 processes (1 thread each) against 1 process; the machine has 2 "
+                "cores. One timed run each (n=1)."
+            ),
+            "",
+            md_table(["processes", "s/global step", "n"], [[1, one, 1], [2, two, 1]]),
+            "",
+            f"Speed-up {one / two:.2f}x.",
+        ]
+    )
     mix = payload.get("mix_s_per_step")  # absent from results written before the task mix shared forwards
     if mix is not None:
         sh, sep = mix["shared"], mix["separate"]
         headline["shared_forward_speedup"] = round(min(sep) / min(sh), 3)
-        body += "\n" + "\n".join([
-            "", "## Task mix: one shared backbone forward", "",
-            (f"A TaskMix of three tasks (a linear head each) on the same encoder and batches, AdamW, {c['steps']} "
-             f"timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(sh)} interleaved repeats: the "
-             "tasks share one encoder forward, against the same tasks forced onto one forward each."), "",
-            md_table(["backbone forwards per step", "s/step (best)", "mean ± std", "n", "all repeats"],
-                     [[1, min(sh), fmt_mean_std(mean_std(sh), 4, n=False), len(sh), ", ".join(f"{v:.4f}" for v in sh)],
-                      [3, min(sep), fmt_mean_std(mean_std(sep), 4, n=False), len(sep),
-                       ", ".join(f"{v:.4f}" for v in sep)]]),
-            "", f"Speed-up {min(sep) / min(sh):.2f}x.",
-        ])
+        body += "\n" + "\n".join(
+            [
+                "",
+                "## Task mix: one shared backbone forward",
+                "",
+                (
+                    f"A TaskMix of three tasks (a linear head each) on the same encoder and batches, AdamW, {c['steps']} "
+                    f"timed steps after {c.get('warmup', 3)} warm-up steps, best of {len(sh)} interleaved repeats: the "
+                    "tasks share one encoder forward, against the same tasks forced onto one forward each."
+                ),
+                "",
+                md_table(
+                    ["backbone forwards per step", "s/step (best)", "mean ± std", "n", "all repeats"],
+                    [
+                        [
+                            1,
+                            min(sh),
+                            fmt_mean_std(mean_std(sh), 4, n=False),
+                            len(sh),
+                            ", ".join(f"{v:.4f}" for v in sh),
+                        ],
+                        [
+                            3,
+                            min(sep),
+                            fmt_mean_std(mean_std(sep), 4, n=False),
+                            len(sep),
+                            ", ".join(f"{v:.4f}" for v in sep),
+                        ],
+                    ],
+                ),
+                "",
+                f"Speed-up {min(sep) / min(sh):.2f}x.",
+            ]
+        )
     return headline, body, {}
 
 

@@ -17,12 +17,14 @@ info = dist_.init_distributed("cpu")
 
 def trainer(stream, max_steps: int) -> Trainer:
     torch.manual_seed(0)
-    return Trainer(BenchModel(), stream, TrainConfig(max_steps=max_steps, progress=False, parallel="ddp"),
-                   dist_info=info)
+    return Trainer(
+        BenchModel(), stream, TrainConfig(max_steps=max_steps, progress=False, parallel="ddp"), dist_info=info
+    )
 
 
-s = time_trainer(trainer, lambda: EpochBatches(bench_data(), batch, seed=0, rank=info.rank, world=info.world),
-                 steps)
+s = time_trainer(
+    trainer, lambda: EpochBatches(bench_data(), batch, seed=0, rank=info.rank, world=info.world), steps
+)
 if info.is_main:
     print(s)
 dist_.shutdown()

@@ -24,22 +24,52 @@ from pretrainkit.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------------- flags
-def add_bench_args(parser: argparse.ArgumentParser, system: str, default_profile: str,
-                   default_name: str | None = None, results_alias: tuple[str, ...] = ()) -> None:
+def add_bench_args(
+    parser: argparse.ArgumentParser,
+    system: str,
+    default_profile: str,
+    default_name: str | None = None,
+    results_alias: tuple[str, ...] = (),
+) -> None:
     """The flags every bench takes. ``--seeds`` and ``--name`` default to the profile's values; ``-h`` is
     argparse's own (prints help, runs nothing)."""
-    parser.add_argument("--config", default=default_profile, metavar="PROFILE|FILE",
-                        help=f"a profile name under configs/{system}/ or a YAML file (default: {default_profile})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value with a dotted key (repeatable)")
-    parser.add_argument("--results-dir", *results_alias, dest="results_dir", type=Path, default=None,
-                        metavar="DIR", help="where <name>.md/.json go (default docs/results)")
-    parser.add_argument("--name", default=None, metavar="NAME",
-                        help=f"results file name (default: {default_name or 'the profile’s'})")
+    parser.add_argument(
+        "--config",
+        default=default_profile,
+        metavar="PROFILE|FILE",
+        help=f"a profile name under configs/{system}/ or a YAML file (default: {default_profile})",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key (repeatable)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        *results_alias,
+        dest="results_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where <name>.md/.json go (default docs/results)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        metavar="NAME",
+        help=f"results file name (default: {default_name or 'the profile’s'})",
+    )
     parser.add_argument("--seeds", default=None, metavar="S1,S2", help="seeds (default: the profile's)")
-    parser.add_argument("--rerender", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="re-write a finished bench's report from its stored JSON: nothing is trained or "
-                             "timed; the other options are ignored (except --results-dir)")
+    parser.add_argument(
+        "--rerender",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="re-write a finished bench's report from its stored JSON: nothing is trained or "
+        "timed; the other options are ignored (except --results-dir)",
+    )
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -104,8 +134,10 @@ class StampedBatches:
         """Mean seconds of steps warmup+1 .. warmup+steps (``per_step``: batches per step, e.g. grad_accum)."""
         first, last = warmup * per_step, (warmup + steps) * per_step
         if len(self.stamps) <= last:
-            raise RuntimeError(f"the loop took {len(self.stamps)} batches; timing {steps} steps after {warmup} "
-                               f"warm-up steps needs {last + 1}")
+            raise RuntimeError(
+                f"the loop took {len(self.stamps)} batches; timing {steps} steps after {warmup} "
+                f"warm-up steps needs {last + 1}"
+            )
         return (self.stamps[last] - self.stamps[first]) / steps
 
 
@@ -119,8 +151,14 @@ def bare_loop(model, optimizer, batches: Iterator, n_steps: int) -> None:
         optimizer.step()
 
 
-def time_loop(loop: Callable[[StampedBatches, int], Any], batches: Iterator, steps: int, warmup: int = 3,
-              per_step: int = 1, sync: Callable[[], None] | None = None) -> float:
+def time_loop(
+    loop: Callable[[StampedBatches, int], Any],
+    batches: Iterator,
+    steps: int,
+    warmup: int = 3,
+    per_step: int = 1,
+    sync: Callable[[], None] | None = None,
+) -> float:
     """Seconds per step of ``loop(stream, n_steps)``, any loop that takes ``per_step`` batches a step from
     ``stream`` for ``n_steps`` steps (a bare loop, or one that builds a Trainer and calls ``fit()``)."""
     stream = StampedBatches(batches, sync)
@@ -128,8 +166,14 @@ def time_loop(loop: Callable[[StampedBatches, int], Any], batches: Iterator, ste
     return stream.seconds_per_step(steps, warmup, per_step)
 
 
-def time_bare(make_model: Callable[[], Any], make_batches: Callable[[], Iterator], steps: int, warmup: int = 3,
-              make_optimizer: Callable[[Any], Any] | None = None, sync: Callable[[], None] | None = None) -> float:
+def time_bare(
+    make_model: Callable[[], Any],
+    make_batches: Callable[[], Iterator],
+    steps: int,
+    warmup: int = 3,
+    make_optimizer: Callable[[Any], Any] | None = None,
+    sync: Callable[[], None] | None = None,
+) -> float:
     """Seconds per step of :func:`bare_loop` on a fresh model (default optimiser: AdamW, lr 1e-3)."""
     import torch
 
@@ -138,15 +182,30 @@ def time_bare(make_model: Callable[[], Any], make_batches: Callable[[], Iterator
     return time_loop(lambda data, n: bare_loop(model, opt, data, n), make_batches(), steps, warmup, sync=sync)
 
 
-def time_trainer(make_trainer: Callable[[Iterator, int], Any], make_batches: Callable[[], Iterator], steps: int,
-                 warmup: int = 3, per_step: int = 1, sync: Callable[[], None] | None = None) -> float:
+def time_trainer(
+    make_trainer: Callable[[Iterator, int], Any],
+    make_batches: Callable[[], Iterator],
+    steps: int,
+    warmup: int = 3,
+    per_step: int = 1,
+    sync: Callable[[], None] | None = None,
+) -> float:
     """Seconds per step of ``make_trainer(stream, max_steps).fit()``: the same measurement as
     :func:`time_bare` (no step hook needed; the final checkpoint falls after the last timed step)."""
-    return time_loop(lambda data, n: make_trainer(data, n).fit(), make_batches(), steps, warmup, per_step, sync)
+    return time_loop(
+        lambda data, n: make_trainer(data, n).fit(), make_batches(), steps, warmup, per_step, sync
+    )
 
 
-def best_time(fns: dict[str, Callable[[], Any]], rounds: int, steps: int, warmup: int = 0, per_call: bool = False,
-              reset: Callable[[str], Any] | None = None, sync: Callable[[], None] | None = None) -> dict[str, float]:
+def best_time(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    steps: int,
+    warmup: int = 0,
+    per_call: bool = False,
+    reset: Callable[[str], Any] | None = None,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """Best seconds per call of each function over ``rounds`` interleaved rounds (the order reverses every
     round, so a slow spell of a shared machine does not fall on one). Each round: ``warmup`` untimed calls,
     then ``steps`` timed calls, as one block (mean per call) or, with ``per_call``, one by one; ``reset(name)``

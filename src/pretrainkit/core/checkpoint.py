@@ -56,7 +56,9 @@ def tensors_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Weights to safetensors, atomically, with their checksum in the file's metadata."""
     state = _contiguous(state)
     meta = {**(metadata or {}), WEIGHTS_DIGEST_KEY: tensors_digest(state)}
@@ -77,11 +79,15 @@ def load_weights(path: str | Path, verified: bool = False) -> dict[str, torch.Te
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"weights file {path} is corrupted or not safetensors ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"weights file {path} is corrupted or not safetensors ({str(e).splitlines()[0]})"
+        ) from None
     digest = meta.get(WEIGHTS_DIGEST_KEY)
     if digest is None and not verified:
-        raise CheckpointError(f"weights file {path} carries no checksum (written by an older pretrainkit or another "
-                              "tool), so it cannot be verified; delete it to have it re-created")
+        raise CheckpointError(
+            f"weights file {path} carries no checksum (written by an older pretrainkit or another "
+            "tool), so it cannot be verified; delete it to have it re-created"
+        )
     if digest is not None and tensors_digest(state) != digest:
         raise CheckpointError(f"weights file {path} is corrupted (checksum mismatch)")
     return state
@@ -91,8 +97,13 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:08d}"
 
 
-def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
-                    train_state: dict[str, Any], keep_last: int = 3) -> Path:
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
+    keep_last: int = 3,
+) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep_last`` complete ones."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -106,8 +117,10 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     buf = io.BytesIO()
     torch.save(train_state, buf)
     (tmp / STATE_FILE).write_bytes(buf.getvalue())
-    files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-             for name in (MODEL_FILE, STATE_FILE)}
+    files = {
+        name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        for name in (MODEL_FILE, STATE_FILE)
+    }
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
     for name in (MODEL_FILE, STATE_FILE, MANIFEST):
         with open(tmp / name, "rb") as f:
@@ -157,9 +170,14 @@ def _manifest_files(ckpt: Path) -> dict[str, dict[str, Any]]:
     for name, info in files.items():
         if Path(name).name != name or name in (".", ".."):
             raise CheckpointError(f"checkpoint {ckpt} has a manifest naming {name!r}, outside its folder")
-        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str)
-                and isinstance(info.get("bytes"), int)):
-            raise CheckpointError(f"checkpoint {ckpt} has a manifest entry for {name} without sha256 and bytes")
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("sha256"), str)
+            and isinstance(info.get("bytes"), int)
+        ):
+            raise CheckpointError(
+                f"checkpoint {ckpt} has a manifest entry for {name} without sha256 and bytes"
+            )
     return files
 
 
@@ -173,7 +191,9 @@ def verify(ckpt: str | Path) -> None:
         if not f.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is missing {name}")
         if f.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is truncated ({f.stat().st_size} of {info['bytes']} bytes)")
+            raise CheckpointError(
+                f"checkpoint {ckpt}: {name} is truncated ({f.stat().st_size} of {info['bytes']} bytes)"
+            )
         if file_sha256(f) != info["sha256"]:
             raise CheckpointError(f"checkpoint {ckpt}: {name} is corrupted (checksum mismatch)")
 
@@ -186,7 +206,9 @@ def load_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         train_state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} cannot be read safely ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"checkpoint {ckpt}: {STATE_FILE} cannot be read safely ({type(e).__name__})"
+        ) from None
     return model_state, train_state
 
 
@@ -212,7 +234,8 @@ def latest_valid(root: str | Path, warn: Callable[[str], None] | None = None) ->
 def none_verifies(n: int, root: str | Path) -> CheckpointError:
     return CheckpointError(
         f"none of the {n} checkpoint(s) under {root} verifies, so --resume auto will not start over silently; "
-        "delete that folder (or use another --out) to start over")
+        "delete that folder (or use another --out) to start over"
+    )
 
 
 def check_resume(resume: str | Path | None, root: str | Path) -> None:

@@ -40,15 +40,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"config key '{key}': {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+        raise ConfigError(
+            f"config key '{key}': {value!r} is not a {' or '.join(_type_name(a) for a in args)}"
+        )
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+            raise ConfigError(
+                f"config key '{key}': {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+            )
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         args = typing.get_args(tp)
@@ -62,7 +68,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")
+            raise ConfigError(
+                f"config key '{key}': expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}"
+            )
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is Any:
         return value
@@ -128,8 +136,14 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     return obj
 
 
-def check_range(value: float, key: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    value: float,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """A finite number within [low, high] (an end excluded where ``*_open``), else a ConfigError naming
     ``key`` (the full dotted key) and the allowed range. NaN and infinity are always refused."""
     ok = math.isfinite(value)
@@ -216,8 +230,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> C:
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> C:
     """YAML file (optional) + dotted overrides -> validated dataclass instance."""
     data = dict(base or {})
     if path is not None:

@@ -55,7 +55,9 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        moved = {f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
+        moved = {
+            f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init
+        }
         return dataclasses.replace(batch, **moved)
     return batch
 
@@ -68,8 +70,9 @@ class EpochBatches:
     takes its contiguous slice of every global batch, so the ranks together see the single-process batch.
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1
+    ):
         n = {len(v) for v in tensors.values()}
         if len(n) != 1:
             raise ValueError(f"tensors must have equal length, got {sorted(n)}")
@@ -99,10 +102,10 @@ class EpochBatches:
     def __next__(self) -> dict[str, torch.Tensor]:
         if self.pos + self.batch_size > self.n:  # drop the ragged tail: every step sees a full batch
             self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        idx = self._order()[self.pos:self.pos + self.batch_size]
+        idx = self._order()[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         per = self.batch_size // self.world
-        idx = idx[self.rank * per:(self.rank + 1) * per]
+        idx = idx[self.rank * per : (self.rank + 1) * per]
         return {k: v[idx] for k, v in self.tensors.items()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -85,7 +85,9 @@ class InfoNCE(nn.Module):
             target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         if self._filled:
             if self.queue.shape[1] != q.shape[1]:
-                raise DataError(f"InfoNCE queue holds {self.queue.shape[1]}-dim keys, got {q.shape[1]}-dim queries")
+                raise DataError(
+                    f"InfoNCE queue holds {self.queue.shape[1]}-dim keys, got {q.shape[1]}-dim queries"
+                )
             logits = torch.cat([logits, q @ self.queued.to(q.dtype).T], dim=1)
         return F.cross_entropy(logits / self.temperature, target)
 
@@ -101,7 +103,9 @@ class InfoNCE(nn.Module):
         if self.queue.numel() == 0:
             self.queue = keys.new_zeros(self.queue_size, keys.shape[1])
         elif self.queue.shape[1] != keys.shape[1]:
-            raise DataError(f"InfoNCE queue holds {self.queue.shape[1]}-dim keys, got {keys.shape[1]}-dim ones")
+            raise DataError(
+                f"InfoNCE queue holds {self.queue.shape[1]}-dim keys, got {keys.shape[1]}-dim ones"
+            )
         n = keys.shape[0]
         idx = torch.arange(self._ptr, self._ptr + n, device=keys.device) % self.queue_size
         # out of place: a loss computed from the old queue may still need it for its backward pass
@@ -112,7 +116,9 @@ class InfoNCE(nn.Module):
         self.queue_filled.fill_(self._filled)
         return True
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         # The queue's dimension is fixed by the first keys, so a fresh module takes the saved shape first.
         saved = state_dict.get(prefix + "queue")
         if saved is not None and saved.shape != self.queue.shape:

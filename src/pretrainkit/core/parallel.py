@@ -13,8 +13,9 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from typing import Any
 
 
-def spawn_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int = 1,
-              ordered: bool = True) -> Iterator[Any]:
+def spawn_map(
+    fn: Callable[..., Any], jobs: Iterable[tuple], workers: int = 1, ordered: bool = True
+) -> Iterator[Any]:
     """Yield ``fn(*job)`` for every job: in ``workers`` spawned processes when > 1 (and there are at least
     two jobs), else lazily one after another here (so a caller can save each result before the next job
     runs). ``ordered=False`` yields results as they finish."""

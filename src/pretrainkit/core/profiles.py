@@ -24,16 +24,30 @@ def profile_path(system: str, profile: str) -> Path:
     candidate = CONFIG_ROOT / system / f"{profile}.yaml"
     if candidate.is_file():
         return candidate
-    have = sorted(q.stem for q in (CONFIG_ROOT / system).glob("*.yaml")) if (CONFIG_ROOT / system).is_dir() else []
-    raise ConfigError(f"unknown {system} profile '{profile}'; allowed: {', '.join(have) or '(none found)'} "
-                      f"or a path to a .yaml file")
+    have = (
+        sorted(q.stem for q in (CONFIG_ROOT / system).glob("*.yaml"))
+        if (CONFIG_ROOT / system).is_dir()
+        else []
+    )
+    raise ConfigError(
+        f"unknown {system} profile '{profile}'; allowed: {', '.join(have) or '(none found)'} "
+        f"or a path to a .yaml file"
+    )
 
 
 def add_config_args(parser, system: str, default_profile: str) -> None:
     """The options every system verb shares: --config, --set, --out."""
-    parser.add_argument("--config", default=default_profile, metavar="PROFILE|FILE",
-                        help=f"a profile name under configs/{system}/ or a YAML file (default: {default_profile})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value with a dotted key, e.g. --set pretrain.train.max_steps=50 "
-                             "(repeatable)")
+    parser.add_argument(
+        "--config",
+        default=default_profile,
+        metavar="PROFILE|FILE",
+        help=f"a profile name under configs/{system}/ or a YAML file (default: {default_profile})",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key, e.g. --set pretrain.train.max_steps=50 (repeatable)",
+    )
     parser.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")

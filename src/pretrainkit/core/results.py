@@ -56,7 +56,7 @@ def mean_std(values: Iterable[float | None]) -> MeanStd:
 
 
 def fmt_mean_std(ms: MeanStd | dict[str, Any], digits: int = 2, n: bool | int = True) -> str:
-    """"0.85 ± 0.02 (n=3)"; a single value "0.85 ± — (n=1)"; nothing "—". ``n``: True always states n,
+    """ "0.85 ± 0.02 (n=3)"; a single value "0.85 ± — (n=1)"; nothing "—". ``n``: True always states n,
     False never (the table has an n column), an int states it only where it differs from that int."""
     if isinstance(ms, dict):
         ms = MeanStd.from_dict(ms)
@@ -69,8 +69,14 @@ def fmt_mean_std(ms: MeanStd | dict[str, Any], digits: int = 2, n: bool | int = 
 
 def machine_info() -> dict[str, Any]:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": dev, "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": dev,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def git_commit() -> str:
@@ -81,21 +87,30 @@ def git_commit() -> str:
         out = git("rev-parse", "--short", "HEAD")
         # results files rewritten by an earlier bench do not make the code that produced them dirty
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS_DIR.as_posix()}")
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        return (
+            out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def provenance(seeds: list[int] | None = None, command: str | None = None,
-               commit: str | None = None) -> dict[str, Any]:
+def provenance(
+    seeds: list[int] | None = None, command: str | None = None, commit: str | None = None
+) -> dict[str, Any]:
     """``command``/``commit``: what to record when the caller is not the CLI (a script) or the copy it runs
     in has no git history (the device machine gets the files without .git)."""
     if command is None:
         command = " ".join(["pretrainkit", *sys.argv[1:]]) if sys.argv else ""
     found = git_commit()
-    return {"command": command, "seeds": seeds or [],
-            "git_commit": commit if commit and found == "unknown" else found,
-            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info()}
+    return {
+        "command": command,
+        "seeds": seeds or [],
+        "git_commit": commit if commit and found == "unknown" else found,
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+    }
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -128,11 +143,22 @@ def as_stored(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[str, Any],
-                  seeds: list[int] | None = None, out_dir: Path | None = None, title: str | None = None,
-                  original: dict[str, Any] | None = None, config: Any = None, profile: str | None = None,
-                  kind: str | None = None, changes: list[str] | None = None, command: str | None = None,
-                  commit: str | None = None) -> Path:
+def write_results(
+    name: str,
+    headline: dict[str, Any],
+    body_md: str,
+    data: dict[str, Any],
+    seeds: list[int] | None = None,
+    out_dir: Path | None = None,
+    title: str | None = None,
+    original: dict[str, Any] | None = None,
+    config: Any = None,
+    profile: str | None = None,
+    kind: str | None = None,
+    changes: list[str] | None = None,
+    command: str | None = None,
+    commit: str | None = None,
+) -> Path:
     """Write ``<name>.md`` and ``<name>.json`` with the same headline numbers and provenance.
 
     ``config``: the resolved config (dataclass or dict), stored under ``config``; ``profile`` names the profile
@@ -152,24 +178,48 @@ def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[
             again["changes"] = changes
     prov = now if original is None else {**original, "rerendered": again}
     cfg = config_dict(config)
-    payload = {"headline": headline, **({"kind": kind} if kind else {}), **({"title": title} if title else {}),
-               **data, **({"config": cfg} if cfg is not None else {}), "provenance": prov}
+    payload = {
+        "headline": headline,
+        **({"kind": kind} if kind else {}),
+        **({"title": title} if title else {}),
+        **data,
+        **({"config": cfg} if cfg is not None else {}),
+        "provenance": prov,
+    }
     atomic_write_text(out_dir / f"{name}.json", json.dumps(payload, indent=2, default=str))
     m = prov["machine"]
     used = prov["seeds"]
     prof = prov.get("profile")
-    head = [f"# {title or name} results", "",
-            f"Written by `{prov['command']}` on {prov['date']}, commit `{prov['git_commit']}`; machine: "
-            f"{m['cpu_cores']} cores, {m['device']}, torch {m['torch']}, {m['threads']} thread(s); "
-            f"seeds {used} (n={len(used)})"
-            + (f"; config: profile `{prof}`, resolved config stored in the JSON." if prof else
-               "; resolved config stored in the JSON." if "config" in payload else
-               "; no config stored (this results file predates stored configs).")
-            + (f" Report re-rendered from that run's stored records (nothing re-run) by `{again['command']}` on "
-               f"{again['date']}, commit `{again['git_commit']}`." if again else ""),
-            "", *(_changes_md(changes) if again else []),
-            "## Headline", "", f"Seeds: n={len(used)}; each table below states the n of its figures.", "",
-            md_table(["figure", "value"], [[k, v] for k, v in headline.items()]), "", body_md.strip(), ""]
+    head = [
+        f"# {title or name} results",
+        "",
+        f"Written by `{prov['command']}` on {prov['date']}, commit `{prov['git_commit']}`; machine: "
+        f"{m['cpu_cores']} cores, {m['device']}, torch {m['torch']}, {m['threads']} thread(s); "
+        f"seeds {used} (n={len(used)})"
+        + (
+            f"; config: profile `{prof}`, resolved config stored in the JSON."
+            if prof
+            else "; resolved config stored in the JSON."
+            if "config" in payload
+            else "; no config stored (this results file predates stored configs)."
+        )
+        + (
+            f" Report re-rendered from that run's stored records (nothing re-run) by `{again['command']}` on "
+            f"{again['date']}, commit `{again['git_commit']}`."
+            if again
+            else ""
+        ),
+        "",
+        *(_changes_md(changes) if again else []),
+        "## Headline",
+        "",
+        f"Seeds: n={len(used)}; each table below states the n of its figures.",
+        "",
+        md_table(["figure", "value"], [[k, v] for k, v in headline.items()]),
+        "",
+        body_md.strip(),
+        "",
+    ]
     atomic_write_text(out_dir / f"{name}.md", "\n".join(head))
     return out_dir / f"{name}.md"
 
@@ -177,20 +227,44 @@ def write_results(name: str, headline: dict[str, Any], body_md: str, data: dict[
 def _changes_md(changes: list[str] | None) -> list[str]:
     if not changes:
         return ["No headline figure and no verdict differs from the stored report.", ""]
-    return [("Figures and verdicts that differ from the stored report (the report code changed since it was "
-             "written; the project's std is now the sample std, ddof 1, with n stated):"), "",
-            *[f"- {c}" for c in changes], ""]
+    return [
+        (
+            "Figures and verdicts that differ from the stored report (the report code changed since it was "
+            "written; the project's std is now the sample std, ddof 1, with n stated):"
+        ),
+        "",
+        *[f"- {c}" for c in changes],
+        "",
+    ]
 
 
-def publish(name: str, data: dict[str, Any], render: Render, *, kind: str, seeds: list[int] | None,
-            out_dir: Path | None = None, title: str | None = None, config: Any = None,
-            profile: str | None = None) -> Path:
+def publish(
+    name: str,
+    data: dict[str, Any],
+    render: Render,
+    *,
+    kind: str,
+    seeds: list[int] | None,
+    out_dir: Path | None = None,
+    title: str | None = None,
+    config: Any = None,
+    profile: str | None = None,
+) -> Path:
     """A bench's last step: store ``data`` (records + config), draw the report from it as a re-rendering
     would, write both files."""
     stored = as_stored({**data, **({"config": config_dict(config)} if config is not None else {})})
     headline, body, derived = render(stored)
-    return write_results(name, headline, body, {**stored, **derived}, seeds=seeds, out_dir=out_dir, title=title,
-                         profile=profile, kind=kind)
+    return write_results(
+        name,
+        headline,
+        body,
+        {**stored, **derived},
+        seeds=seeds,
+        out_dir=out_dir,
+        title=title,
+        profile=profile,
+        kind=kind,
+    )
 
 
 def load_results(path: str | Path, what: str = "a pretrainkit") -> dict[str, Any]:
@@ -207,8 +281,14 @@ def load_results(path: str | Path, what: str = "a pretrainkit") -> dict[str, Any
     return payload
 
 
-def rerender(path: str | Path, render: Render, out_dir: Path | None = None, kind: str | None = None,
-             title: str | None = None, what: str = "a pretrainkit bench") -> Path:
+def rerender(
+    path: str | Path,
+    render: Render,
+    out_dir: Path | None = None,
+    kind: str | None = None,
+    title: str | None = None,
+    what: str = "a pretrainkit bench",
+) -> Path:
     """Re-write ``<name>.md/.json`` from the records stored in a results JSON (nothing re-run): the original
     command, date and commit stay its provenance; figures that differ from the stored ones are listed."""
     from pretrainkit.errors import DataError
@@ -218,16 +298,29 @@ def rerender(path: str | Path, render: Render, out_dir: Path | None = None, kind
     try:
         headline, body, derived = render(payload)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise DataError(f"{p} is not {what} results file its report can be drawn from "
-                        f"({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{p} is not {what} results file its report can be drawn from ({type(e).__name__}: {e})"
+        ) from None
     changes = [f"{k}: {a} -> {b}" for k, (a, b) in _diff(payload["headline"], headline).items()]
-    changes += [f"{k}: {a} -> {b}" for k, (a, b) in _diff({k: payload.get(k) for k in derived}, derived).items()
-                if isinstance(a, bool) or isinstance(b, bool)]  # verdicts; moved stds are in the tables
+    changes += [
+        f"{k}: {a} -> {b}"
+        for k, (a, b) in _diff({k: payload.get(k) for k in derived}, derived).items()
+        if isinstance(a, bool) or isinstance(b, bool)
+    ]  # verdicts; moved stds are in the tables
     original = {k: v for k, v in payload["provenance"].items() if k != "rerendered"}
     data = {k: v for k, v in payload.items() if k not in ("headline", "provenance", "kind", "title")}
-    return write_results(p.stem, headline, body, {**data, **derived}, seeds=original.get("seeds"),
-                         out_dir=out_dir or p.parent, title=payload.get("title") or title, original=original,
-                         kind=payload.get("kind") or kind, changes=changes)
+    return write_results(
+        p.stem,
+        headline,
+        body,
+        {**data, **derived},
+        seeds=original.get("seeds"),
+        out_dir=out_dir or p.parent,
+        title=payload.get("title") or title,
+        original=original,
+        kind=payload.get("kind") or kind,
+        changes=changes,
+    )
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:

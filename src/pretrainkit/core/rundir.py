@@ -43,8 +43,10 @@ class RunDir:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise PretrainkitError(f"run directory {self.path} is in use by another process (pid {holder}); "
-                                   "wait for it to finish, or use another --out") from None
+            raise PretrainkitError(
+                f"run directory {self.path} is in use by another process (pid {holder}); "
+                "wait for it to finish, or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         _HELD[key] = [fd, 1]
@@ -119,7 +121,9 @@ class RunDir:
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for k in keys:
-            pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+            pts = [
+                (r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])
+            ]
             if pts:
                 ax.plot(*zip(*pts), label=k)
         ax.set_xlabel("step")

@@ -128,7 +128,10 @@ class TaskMix(nn.Module):
         return [n for n, w in self.weights_at(step).items() if w > 0]
 
     def forward(
-        self, batch: Any, backbone: Callable[[Any], Any], step: int | None = None,
+        self,
+        batch: Any,
+        backbone: Callable[[Any], Any],
+        step: int | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, Metrics]:
         """Run every active task in task order and return the weighted loss and its metrics.

@@ -93,7 +93,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def default_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+def default_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
     """``lr_factor``: linear warm-up, then cosine decay (or constant), stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
@@ -112,7 +114,15 @@ EvalHook = Callable[["Trainer", int], dict[str, float]]
 SchedulerFactory = Callable[[torch.optim.Optimizer, TrainConfig], torch.optim.lr_scheduler.LRScheduler]
 
 # What fit() measures itself, next to the last logged metrics and the final evaluation (see Trainer.fit).
-FIT_MEASUREMENTS = ("steps_run", "wall_s", "cpu_s", "steps_per_s", "items_per_s", "tokens_per_s", "stopped_early")
+FIT_MEASUREMENTS = (
+    "steps_run",
+    "wall_s",
+    "cpu_s",
+    "steps_per_s",
+    "items_per_s",
+    "tokens_per_s",
+    "stopped_early",
+)
 
 
 class Trainer:
@@ -151,7 +161,9 @@ class Trainer:
         self._stop = False
         self._unchecked: list[torch.Tensor] = []  # per-step losses not yet checked for finiteness
         self._unchecked_from = 0  # the step the first of them was taken at
-        self._trackers: list[tracking.Tracker] = []  # open during fit() on rank 0: metrics.jsonl and cfg.trackers
+        self._trackers: list[
+            tracking.Tracker
+        ] = []  # open during fit() on rank 0: metrics.jsonl and cfg.trackers
 
     def request_stop(self) -> None:
         """End ``fit()`` after the current step; it still logs that step, runs the final evaluation and saves.
@@ -179,8 +191,10 @@ class Trainer:
             )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return (get_model_state_dict(self.model, options=opts),
-                    get_optimizer_state_dict(self.model, self.optimizer, options=opts))
+            return (
+                get_model_state_dict(self.model, options=opts),
+                get_optimizer_state_dict(self.model, self.optimizer, options=opts),
+            )
         return self.raw_model.state_dict(), self.optimizer.state_dict()
 
     def save(self) -> Path | None:
@@ -200,8 +214,9 @@ class Trainer:
             "data": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()},
         }
-        self.last_checkpoint = ckpt.save_checkpoint(self.run_dir.checkpoints, self.step, model_state, state,
-                                                    keep_last=self.cfg.keep_last)
+        self.last_checkpoint = ckpt.save_checkpoint(
+            self.run_dir.checkpoints, self.step, model_state, state, keep_last=self.cfg.keep_last
+        )
         dist_.barrier()
         return self.last_checkpoint
 
@@ -220,8 +235,10 @@ class Trainer:
         else:
             missing, unexpected = self.raw_model.load_state_dict(model_state, strict=False)
             if missing or unexpected:
-                raise CheckpointError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, "
-                                      f"unexpected {unexpected[:3]})")
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit this model (missing {missing[:3]}, "
+                    f"unexpected {unexpected[:3]})"
+                )
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("data") is not None and hasattr(self.batches, "load_state_dict"):
@@ -236,7 +253,12 @@ class Trainer:
         else a checkpoint path."""
         if resume is None:
             # a trainer that already loaded a checkpoint (resume() called before fit(None)) keeps its run dir
-            if self.run_dir is not None and self.info.is_main and self.last_checkpoint is None and self.step == 0:
+            if (
+                self.run_dir is not None
+                and self.info.is_main
+                and self.last_checkpoint is None
+                and self.step == 0
+            ):
                 self.run_dir.clear_for_fresh_start()
             dist_.barrier()
             return
@@ -288,17 +310,26 @@ class Trainer:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         self.resume(resume)
         tracking.validate_names(cfg.trackers)  # on every rank, so a bad name stops them all
-        if self.info.is_main:  # opened after resuming: a resumed run appends to its own TensorBoard/MLflow history
-            self._trackers = tracking.open_trackers(cfg.trackers, self.run_dir, resumed_at=self.step,
-                                                    mlflow_uri=cfg.mlflow_uri, config=cfg)
+        if (
+            self.info.is_main
+        ):  # opened after resuming: a resumed run appends to its own TensorBoard/MLflow history
+            self._trackers = tracking.open_trackers(
+                cfg.trackers, self.run_dir, resumed_at=self.step, mlflow_uri=cfg.mlflow_uri, config=cfg
+            )
         self._stop, self._unchecked = False, []
         self.model.train()
         bar = None
         if cfg.progress and self.info.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", mininterval=1.0,
-                       dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.max_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                mininterval=1.0,
+                dynamic_ncols=True,
+            )
         per_step = cfg.grad_accum * max(1, self.info.world)
         items = getattr(self.batches, "items_per_batch", None)
         tokens = getattr(self.batches, "tokens_per_batch", None)
@@ -346,9 +377,16 @@ class Trainer:
                 bar.close()
         t_end = self._clock()
         done = self.step - first_step
-        measured: dict[str, Any] = {"steps_run": done, "stopped_early": self._stop and self.step < cfg.max_steps}
+        measured: dict[str, Any] = {
+            "steps_run": done,
+            "stopped_early": self._stop and self.step < cfg.max_steps,
+        }
         if done:
-            timed, dt = (done - warm, t_end - t_warm) if t_warm is not None and done > warm else (done, t_end - t_loop)
+            timed, dt = (
+                (done - warm, t_end - t_warm)
+                if t_warm is not None and done > warm
+                else (done, t_end - t_loop)
+            )
             rate = timed / dt if dt > 0 else float("nan")
             measured["steps_per_s"] = rate
             if items is not None:
@@ -379,7 +417,7 @@ class Trainer:
             seed = step_seed(cfg.seed, self.step, self.info.rank, micro)
             torch.manual_seed(seed)
             sync = micro == cfg.grad_accum - 1 or not hasattr(self.model, "no_sync")
-            with (nullcontext() if sync else self.model.no_sync()), self._autocast():
+            with nullcontext() if sync else self.model.no_sync(), self._autocast():
                 loss, metrics = self.model(batch)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
@@ -413,8 +451,10 @@ class Trainer:
         first = int(bad)
         if first < n:
             where = self.last_checkpoint or "none written yet"
-            raise NonFiniteLossError(f"loss became {float(losses[first])} at step {self._unchecked_from + first}; "
-                                     f"training stopped, last good checkpoint kept: {where}")
+            raise NonFiniteLossError(
+                f"loss became {float(losses[first])} at step {self._unchecked_from + first}; "
+                f"training stopped, last good checkpoint kept: {where}"
+            )
 
     def evaluate(self) -> dict[str, float]:
         """Run every eval hook as ``hook(trainer, step)`` with the model in eval mode; log and return the union."""
@@ -442,8 +482,12 @@ class Trainer:
 
 def _np_state() -> dict[str, Any]:
     _name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached": float(cached)}
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _py_state() -> list[int]:

@@ -104,8 +104,10 @@ def calibrate_steps(cfg: CRNetConfig, arms: dict[str, LlamaConfig], device: torc
             opt.zero_grad(set_to_none=True)
 
         # best of 3 steps after 2 warm-up steps
-        worst = max(worst, best_time({m: step}, rounds=1, steps=3, warmup=2, per_call=True,
-                                     sync=lambda: _sync(device))[m])
+        worst = max(
+            worst,
+            best_time({m: step}, rounds=1, steps=3, warmup=2, per_call=True, sync=lambda: _sync(device))[m],
+        )
         del lm, opt, step
     # 30 % margin for evaluation and the trainer's own work
     steps = max(10, min(cfg.train.max_steps, int(cfg.bench.arm_budget_s / (worst * 1.3))))
@@ -138,8 +140,15 @@ def memory_and_time(
         loss.backward()
 
     # the first call of each round re-warms caches; gradients cleared after each round
-    best = best_time({m: (lambda model=models[m]: fwd_bwd(model)) for m in modes}, rounds, steps, warmup=1,
-                     per_call=True, reset=lambda m: models[m].zero_grad(set_to_none=True), sync=lambda: _sync(device))
+    best = best_time(
+        {m: (lambda model=models[m]: fwd_bwd(model)) for m in modes},
+        rounds,
+        steps,
+        warmup=1,
+        per_call=True,
+        reset=lambda m: models[m].zero_grad(set_to_none=True),
+        sync=lambda: _sync(device),
+    )
     for m in modes:
         out[m]["step_s"] = best[m]
     return out
@@ -215,8 +224,13 @@ def _fmt_rank(r) -> str:
     return "—" if r is None else str(r)
 
 
-def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "crnet", log=print,
-              profile: str | None = None) -> Path:
+def run_bench(
+    cfg: CRNetConfig,
+    results_dir: Path | None = None,
+    name: str = "crnet",
+    log=print,
+    profile: str | None = None,
+) -> Path:
     """Train every bench method for every seed, measure memory and throughput, write the results files."""
     t_start = time.time()
     b = cfg.bench
@@ -242,8 +256,14 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
         order = list(arms) if i % 2 == 0 else list(arms)[::-1]
         for m in order:
             lr, scale = arm_lr(cfg, m)
-            r = train_lm(arm_cfg(replace(cfg, train=tcfg), m, seed, lr, scale), data, method=m, mcfg=arms[m],
-                         time_limit_s=b.time_limit_s, log=log)
+            r = train_lm(
+                arm_cfg(replace(cfg, train=tcfg), m, seed, lr, scale),
+                data,
+                method=m,
+                mcfg=arms[m],
+                time_limit_s=b.time_limit_s,
+                log=log,
+            )
             r["block_lr_scale"] = scale
             rows.append(r)
             elapsed = time.time() - t_start
@@ -317,7 +337,16 @@ def run_bench(cfg: CRNetConfig, results_dir: Path | None = None, name: str = "cr
         "steps_per_arm": tcfg.max_steps,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
     }
-    path = publish(name, data_out, report.render, kind=report.KIND, seeds=list(b.seeds), out_dir=results_dir,
-                   title="CR-Net" if name == "crnet" else name, config=cfg, profile=profile)
+    path = publish(
+        name,
+        data_out,
+        report.render,
+        kind=report.KIND,
+        seeds=list(b.seeds),
+        out_dir=results_dir,
+        title="CR-Net" if name == "crnet" else name,
+        config=cfg,
+        profile=profile,
+    )
     log(f"bench done in {wall / 60:.1f} min")
     return path

@@ -259,8 +259,10 @@ def _rerender(path: Path, results_dir: Path | None) -> int:
         render = sweep.render
         if "config" not in payload:
             c = to_dict(_sweep_config(replay_args(_sweep_parser(), payload["provenance"]["command"], 3)))
-            note = ("reconstructed at re-rendering from the stored command and the profile it names (this results "
-                    "file predates stored configs)")
+            note = (
+                "reconstructed at re-rendering from the stored command and the profile it names (this results "
+                "file predates stored configs)"
+            )
 
             def render(p: dict, c=c, note=note):
                 head, body, derived = sweep.render({**p, "config": c, "config_source": note})
@@ -278,7 +280,9 @@ def _bench(args: argparse.Namespace) -> int:
         return _rerender(args.rerender, args.results_dir)
     _set_threads(args.threads)
     cfg = load(args, "bench")
-    print(f"wrote {run_bench(cfg, results_dir=args.results_dir, name=args.name or 'crnet', profile=args.config)}")
+    print(
+        f"wrote {run_bench(cfg, results_dir=args.results_dir, name=args.name or 'crnet', profile=args.config)}"
+    )
     return 0
 
 

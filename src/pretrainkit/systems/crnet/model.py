@@ -335,8 +335,13 @@ class LlamaLM(nn.Module):
         """Parameter count (a tied embedding counted once); ``trainable_only`` skips frozen LoRA bases."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def param_groups(self, weight_decay: float, lr: float | None = None, block_lr_scale: float = 1.0,
-                     beta_lr_scale: float | None = None) -> list[dict]:
+    def param_groups(
+        self,
+        weight_decay: float,
+        lr: float | None = None,
+        block_lr_scale: float = 1.0,
+        beta_lr_scale: float | None = None,
+    ) -> list[dict]:
         """Optimizer groups: weight decay on matrices, none on norms and CR-Net's beta scalars. With
         ``block_lr_scale`` != 1 the blocks' projections (and CR-Net's betas) train at ``lr`` times it while
         embeddings, head and norms keep ``lr`` -- the lr structure GaLore's scale gives its arm.

@@ -107,8 +107,9 @@ def make_optimizer(
                 update_proj_gap=g.update_proj_gap,
                 scale=g.scale,
             )
-        groups = lm.param_groups(tcfg.weight_decay, lr=tcfg.lr, block_lr_scale=cfg.block_lr_scale,
-                                 beta_lr_scale=cfg.beta_lr_scale)
+        groups = lm.param_groups(
+            tcfg.weight_decay, lr=tcfg.lr, block_lr_scale=cfg.block_lr_scale, beta_lr_scale=cfg.beta_lr_scale
+        )
         return torch.optim.AdamW(groups, lr=tcfg.lr, betas=betas)
 
     return build
@@ -382,18 +383,26 @@ def check_resumable(run_dir: Path, cfg: CRNetConfig) -> None:
         old_cfg = load_config(CRNetConfig, run_dir / "config.yaml")
         vocab = TextTokenizer.load(run_dir / "tokenizer.json").vocab_size
     except (OSError, ValueError, ConfigError, PretrainkitError) as e:
-        raise CheckpointError(f"{run_dir} holds checkpoints but its config.yaml, model.json or tokenizer.json "
-                              f"cannot be read ({str(e).splitlines()[0]}); use another --out") from None
+        raise CheckpointError(
+            f"{run_dir} holds checkpoints but its config.yaml, model.json or tokenizer.json "
+            f"cannot be read ({str(e).splitlines()[0]}); use another --out"
+        ) from None
     new_model = {**llama_config(cfg, vocab).to_dict(), "pipeline_method": cfg.model.method}
     changed = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
     if changed:
-        what = "; ".join(f"{k}: {old_model.get(k)!r} there, {new_model.get(k)!r} asked for" for k in changed[:3])
-        raise ConfigError(f"{run_dir} holds checkpoints of another model ({what}); resume with the run's own "
-                          "settings or use another --out")
+        what = "; ".join(
+            f"{k}: {old_model.get(k)!r} there, {new_model.get(k)!r} asked for" for k in changed[:3]
+        )
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of another model ({what}); resume with the run's own "
+            "settings or use another --out"
+        )
     for key in ("data", "seq_len"):
         if getattr(old_cfg, key) != getattr(cfg, key):
-            raise ConfigError(f"{run_dir} holds checkpoints trained with other '{key}' settings; resume with the "
-                              "run's own settings or use another --out")
+            raise ConfigError(
+                f"{run_dir} holds checkpoints trained with other '{key}' settings; resume with the "
+                "run's own settings or use another --out"
+            )
 
 
 def load_run(

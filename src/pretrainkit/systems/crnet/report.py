@@ -242,9 +242,16 @@ def body(
             "budget (see the lines above)."
         )
     )
-    lines += ["", "## Recomputation (CR-Net model, no training)", "",
-              ("One measurement per shape and mode (n=1): peak memory of one forward + backward, the best step "
-               "time of interleaved rounds."), ""]
+    lines += [
+        "",
+        "## Recomputation (CR-Net model, no training)",
+        "",
+        (
+            "One measurement per shape and mode (n=1): peak memory of one forward + backward, the best step "
+            "time of interleaved rounds."
+        ),
+        "",
+    ]
     prow = []
     for p in probes:
         prow.append(
@@ -354,5 +361,7 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     v = verdict(summary)
     device = payload.get("device") or (payload.get("headline") or {}).get("device", "cpu")
     head = headline(summary, v, payload["recompute"], payload["hf"], device)
-    text = body(cfg, tcfg, payload["data"], summary, v, payload["recompute"], payload["hf"], payload["wall_s"])
+    text = body(
+        cfg, tcfg, payload["data"], summary, v, payload["recompute"], payload["hf"], payload["wall_s"]
+    )
     return head, text, {"summary": summary, "verdict": v}

@@ -78,26 +78,42 @@ def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
     torch.set_num_threads(1)
     data = dev_split(prepare_text_data(cfg.data, Path(cfg.out), log=lambda *_: None), cfg.sweep.dev_fraction)
     vocab = data.tokenizer.vocab_size
-    mcfg = arm_configs(replace(cfg, bench=replace(cfg.bench, methods=sorted({method, "crnet"}))), vocab)[method]
-    r = train_lm(arm_cfg(cfg, method, cfg.sweep.seed, lr, scale), data, method=method, mcfg=mcfg,
-                 log=lambda *_: None)
-    return {"method": arm_label(cfg, method), "lr": lr, "block_scale": scale, "dev_ppl": r["val_ppl"],
-            "train_loss": r["train_loss"], "steps": r["steps"], "wall_s": r["wall_s"]}
+    mcfg = arm_configs(replace(cfg, bench=replace(cfg.bench, methods=sorted({method, "crnet"}))), vocab)[
+        method
+    ]
+    r = train_lm(
+        arm_cfg(cfg, method, cfg.sweep.seed, lr, scale), data, method=method, mcfg=mcfg, log=lambda *_: None
+    )
+    return {
+        "method": arm_label(cfg, method),
+        "lr": lr,
+        "block_scale": scale,
+        "dev_ppl": r["val_ppl"],
+        "train_loss": r["train_loss"],
+        "steps": r["steps"],
+        "wall_s": r["wall_s"],
+    }
 
 
-def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print, profile: str | None = None) -> Path:
+def run_sweep(
+    cfg: CRNetConfig, results_dir: Path | None = None, log=print, profile: str | None = None
+) -> Path:
     """Train the grid (resuming finished cells), then write the table and each method's best cell."""
     t0 = time.time()
     folder = Path(cfg.out) / "sweep"
     folder.mkdir(parents=True, exist_ok=True)
     rows_file = folder / "rows.jsonl"
-    rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()] if rows_file.exists() else []
+    rows = (
+        [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()] if rows_file.exists() else []
+    )
     done = {_key(r["method"], r["lr"], r["block_scale"]) for r in rows}
     data = prepare_text_data(cfg.data, Path(cfg.out), log=log)  # tokenise once; workers read the cache
     dev = dev_split(data, cfg.sweep.dev_fraction)
     todo = [g for g in grid(cfg) if _key(arm_label(cfg, g[0]), *g[1:]) not in done]
-    log(f"sweep: {len(grid(cfg))} cells, {len(todo)} to train; dev split {len(dev.val_stream):,} tokens, "
-        f"training {len(dev.train_stream):,}")
+    log(
+        f"sweep: {len(grid(cfg))} cells, {len(todo)} to train; dev split {len(dev.val_stream):,} tokens, "
+        f"training {len(dev.train_stream):,}"
+    )
 
     n_before = len(rows)
 
@@ -105,14 +121,25 @@ def run_sweep(cfg: CRNetConfig, results_dir: Path | None = None, log=print, prof
         rows.append(r)
         with open(rows_file, "a") as f:
             f.write(json.dumps(r) + "\n")
-        log(f"[{len(rows) - n_before}/{len(todo)}] {r['method']} lr {r['lr']:g} x {r['block_scale']:g}: dev ppl "
-            f"{r['dev_ppl']:.2f} ({r['wall_s']:.0f} s, elapsed {(time.time() - t0) / 60:.1f} min)")
+        log(
+            f"[{len(rows) - n_before}/{len(todo)}] {r['method']} lr {r['lr']:g} x {r['block_scale']:g}: dev ppl "
+            f"{r['dev_ppl']:.2f} ({r['wall_s']:.0f} s, elapsed {(time.time() - t0) / 60:.1f} min)"
+        )
 
     for r in spawn_map(_train_one, [(cfg, *g) for g in todo], cfg.sweep.workers, ordered=False):
         record(r)
     data_out = {"rows": rows, "dev_tokens": len(dev.val_stream), "wall_s": time.time() - t0}
-    return publish(cfg.sweep.name, data_out, render, kind=KIND, seeds=[cfg.sweep.seed], out_dir=results_dir,
-                   title=TITLE, config=cfg, profile=profile)
+    return publish(
+        cfg.sweep.name,
+        data_out,
+        render,
+        kind=KIND,
+        seeds=[cfg.sweep.seed],
+        out_dir=results_dir,
+        title=TITLE,
+        config=cfg,
+        profile=profile,
+    )
 
 
 def best_cells(rows: list[dict]) -> dict[str, dict]:
@@ -147,25 +174,52 @@ def render(payload: dict) -> tuple[dict, str, dict]:
     dev_tokens, wall = payload.get("dev_tokens"), payload.get("wall_s")
     dev_size = f"{dev_tokens:,} tokens" if dev_tokens is not None else f"its size {NOT_STORED}"
     note = payload.get("config_source")
-    body = "\n".join([
-        "## Protocol", "",
-        *([f"- Config: {note}."] if note else []),
-        (f"- Each cell: one run (n=1) of `{cfg.train.max_steps}` steps x {cfg.batch_size} x {cfg.seq_len} tokens "
-         f"({tokens:,} tokens), seed {s.seed}, the bench's schedule and model (`{cfg.model.preset}`)."),
-        (f"- Scored on a dev split: about the last {s.dev_fraction:g} of the training token stream, cut at the "
-         f"nearest document end ({dev_size}; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
-         "tokens), trained on the rest. The bench's validation documents are never used here."),
-        ("- lr applies to embeddings, head and norms; lr x block scale to the blocks' projections (and CR-Net's "
-         "betas). For GaLore the block scale is its alpha (projected updates x alpha), the same role."),
-        "", "## Dev perplexity (bold: the method's best; one run per cell, n=1)", "",
-        md_table(["method"] + [f"lr {lr:g} x {sc:g}" for lr, sc in cols], table), "",
-        "## Best setting per method (n=1)", "",
-        md_table(["method", "lr", "block scale", "dev ppl"],
-                 [[m, f"{r['lr']:g}", f"{r['block_scale']:g}", f"{r['dev_ppl']:.2f}"] for m, r in best.items()]),
-        "", f"The tables hold every cell in `{Path(cfg.out) / 'sweep' / 'rows.jsonl'}`: this call's and those "
-        "of earlier calls with other grids (a call trains only the cells not in the file yet). "
-        + (f"Wall time of this call: {wall / 60:.1f} min." if wall is not None else f"Wall time {NOT_STORED}."),
-    ])
-    headline = {"best": {m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
-                         for m, r in best.items()}}
+    body = "\n".join(
+        [
+            "## Protocol",
+            "",
+            *([f"- Config: {note}."] if note else []),
+            (
+                f"- Each cell: one run (n=1) of `{cfg.train.max_steps}` steps x {cfg.batch_size} x {cfg.seq_len} tokens "
+                f"({tokens:,} tokens), seed {s.seed}, the bench's schedule and model (`{cfg.model.preset}`)."
+            ),
+            (
+                f"- Scored on a dev split: about the last {s.dev_fraction:g} of the training token stream, cut at the "
+                f"nearest document end ({dev_size}; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
+                "tokens), trained on the rest. The bench's validation documents are never used here."
+            ),
+            (
+                "- lr applies to embeddings, head and norms; lr x block scale to the blocks' projections (and CR-Net's "
+                "betas). For GaLore the block scale is its alpha (projected updates x alpha), the same role."
+            ),
+            "",
+            "## Dev perplexity (bold: the method's best; one run per cell, n=1)",
+            "",
+            md_table(["method"] + [f"lr {lr:g} x {sc:g}" for lr, sc in cols], table),
+            "",
+            "## Best setting per method (n=1)",
+            "",
+            md_table(
+                ["method", "lr", "block scale", "dev ppl"],
+                [
+                    [m, f"{r['lr']:g}", f"{r['block_scale']:g}", f"{r['dev_ppl']:.2f}"]
+                    for m, r in best.items()
+                ],
+            ),
+            "",
+            f"The tables hold every cell in `{Path(cfg.out) / 'sweep' / 'rows.jsonl'}`: this call's and those "
+            "of earlier calls with other grids (a call trains only the cells not in the file yet). "
+            + (
+                f"Wall time of this call: {wall / 60:.1f} min."
+                if wall is not None
+                else f"Wall time {NOT_STORED}."
+            ),
+        ]
+    )
+    headline = {
+        "best": {
+            m: {"lr": r["lr"], "block_scale": r["block_scale"], "dev_ppl": round(r["dev_ppl"], 2)}
+            for m, r in best.items()
+        }
+    }
     return headline, body, {}

@@ -52,7 +52,9 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
         for t in first.columns:  # task x stage, mean over seeds
             rows = []
             for r in records.values():
-                rows.append([r.initial.get(t, {}).get(metric)] + [row.get(t, {}).get(metric) for row in r.rows])
+                rows.append(
+                    [r.initial.get(t, {}).get(metric)] + [row.get(t, {}).get(metric) for row in r.rows]
+                )
             out[t] = [_stats([x[i] for x in rows])["mean"] for i in range(len(cols))]
         return out
 
@@ -61,8 +63,9 @@ def summarise_method(records: dict[int, ContinualRecord], params: int) -> dict[s
         "just_learned": _stats([p["just_learned"] for p in per_seed.values()]),
         "mean_over_stages": _stats([p["mean_over_stages"] for p in per_seed.values()]),
         "forgetting": _stats([p["mean_forgetting"] for p in per_seed.values()]),
-        "forgetting_per_task": {t: _stats([p["forgetting"].get(t) for p in per_seed.values()])["mean"]
-                                for t in first.tasks},
+        "forgetting_per_task": {
+            t: _stats([p["forgetting"].get(t) for p in per_seed.values()])["mean"] for t in first.tasks
+        },
         "pretrain_before": _stats([p["retention"]["before"] for p in per_seed.values()]),
         "pretrain_after": _stats([p["retention"]["after"] for p in per_seed.values()]),
         "pretrain_retention": _stats([p["retention"]["ratio"] for p in per_seed.values()]),
@@ -86,15 +89,18 @@ def _seed_job(cfg: L2MConfig, seed: int, log: Log) -> tuple[int, dict[str, Any],
     return seed, stats, initial, tally
 
 
-def _method_job(cfg: L2MConfig, seed: int, method: str, initial: dict[str, Any],
-                log: Log) -> tuple[int, str, ContinualRecord, int, Throughput]:
+def _method_job(
+    cfg: L2MConfig, seed: int, method: str, initial: dict[str, Any], log: Log
+) -> tuple[int, str, ContinualRecord, int, Throughput]:
     """One method over the continual sequence for one seed (resumes finished stages)."""
     run = ContinualRun(cfg, method, seed, log=log)
     record = run.run(initial=initial)
     return seed, method, record, run.method.trainable_parameters(), run.tally
 
 
-def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print, profile: str | None = None) -> Path:
+def run_bench(
+    cfg: L2MConfig, out_dir: Path | None = None, log: Log = print, profile: str | None = None
+) -> Path:
     """The whole protocol for ``cfg.bench.seeds`` x ``cfg.continual.methods``; returns the markdown path.
 
     With ``bench.workers`` > 1 the seeds' pre-training, then the (seed, method) runs, go to that many
@@ -120,8 +126,12 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print, pro
                     if pending.pop(future) == "seed":
                         seed, stats, init, t = future.result()
                         pre_stats[seed] = stats
-                        pending.update({pool.submit(_method_job, cfg, seed, m, init, job_log): "method"
-                                        for m in cfg.continual.methods})
+                        pending.update(
+                            {
+                                pool.submit(_method_job, cfg, seed, m, init, job_log): "method"
+                                for m in cfg.continual.methods
+                            }
+                        )
                     else:
                         seed, m, record, n_params, t = future.result()
                         records[m][seed], params[m] = record, n_params
@@ -133,33 +143,62 @@ def run_bench(cfg: L2MConfig, out_dir: Path | None = None, log: Log = print, pro
     pre_rate = [s["steps_per_cpu_s"] for s in pre_stats.values() if s.get("steps_per_cpu_s")]
     throughput = {
         "collection_env_steps_per_s_per_core": round(collect_rate, 1),
-        "eval_env_steps_per_s_per_core": round(tally.eval_env_steps / tally.eval_cpu, 1) if tally.eval_cpu else None,
+        "eval_env_steps_per_s_per_core": round(tally.eval_env_steps / tally.eval_cpu, 1)
+        if tally.eval_cpu
+        else None,
         "eval_sim_only_env_steps_per_s": round(tally.eval_env_steps / tally.eval_sim_wall, 1)
-        if tally.eval_sim_wall else None,
+        if tally.eval_sim_wall
+        else None,
         "pretrain_dt_steps_per_s": round(statistics.fmean(pre_rate), 2) if pre_rate else None,
-        "continual_dt_steps_per_s": round(tally.train_steps / tally.train_cpu, 2) if tally.train_cpu else None,
+        "continual_dt_steps_per_s": round(tally.train_steps / tally.train_cpu, 2)
+        if tally.train_cpu
+        else None,
         "bench_wall_minutes": round(wall / 60, 1),
     }
-    measured = {"throughput": throughput, "pretrain": pre_stats,
-                "expert_success": {t: coll["expert_success"].get(t) for t in tasks}, "versions": versions()}
+    measured = {
+        "throughput": throughput,
+        "pretrain": pre_stats,
+        "expert_success": {t: coll["expert_success"].get(t) for t in tasks},
+        "versions": versions(),
+    }
     return _write(cfg, records, params, measured, out_dir, profile)
 
 
-def _write(cfg: L2MConfig, records: dict[str, dict[int, ContinualRecord]], params: dict[str, int],
-           measured: dict[str, Any], out_dir: Path | None, profile: str | None = None) -> Path:
+def _write(
+    cfg: L2MConfig,
+    records: dict[str, dict[int, ContinualRecord]],
+    params: dict[str, int],
+    measured: dict[str, Any],
+    out_dir: Path | None,
+    profile: str | None = None,
+) -> Path:
     """Store the records (``measured``: throughput, pre-training stats, expert success, versions) and draw the
     summaries, headline and report from them."""
-    data = {**measured, "params": params,
-            "records": {m: {s: r.to_json() for s, r in rs.items()} for m, rs in records.items()}}
-    return publish(cfg.bench.name, data, render, kind=KIND, seeds=list(cfg.bench.seeds), out_dir=out_dir,
-                   title=TITLE, config=cfg, profile=profile)
+    data = {
+        **measured,
+        "params": params,
+        "records": {m: {s: r.to_json() for s, r in rs.items()} for m, rs in records.items()},
+    }
+    return publish(
+        cfg.bench.name,
+        data,
+        render,
+        kind=KIND,
+        seeds=list(cfg.bench.seeds),
+        out_dir=out_dir,
+        title=TITLE,
+        config=cfg,
+        profile=profile,
+    )
 
 
 def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """Headline, report and the per-method summaries from a stored L2M bench JSON (its records)."""
     cfg = from_dict(L2MConfig, payload["config"])
-    records = {m: {int(s): ContinualRecord.from_json(r) for s, r in rs.items()}
-               for m, rs in payload["records"].items()}
+    records = {
+        m: {int(s): ContinualRecord.from_json(r) for s, r in rs.items()}
+        for m, rs in payload["records"].items()
+    }
     params = payload.get("params") or {m: payload["methods"][m]["trainable_params"] for m in records}
     summary = {m: summarise_method(records[m], params[m]) for m in cfg.continual.methods}
     headline = {
@@ -199,41 +238,71 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
     env = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
     expert = ", ".join(f"{_short(t)} {v}" for t, v in data["expert_success"].items())
     params = next(iter(pre.values()))["params"]
-    routed = (f" ({m.pretrain_keys} fixed keys per pre-training task, k-means centres of its queries, compete "
-              "with the pool for every input; winning one = unmodulated backbone)") if m.pretrain_eval == "routed" \
-        else (" (the bare backbone: the evaluation knows these are pre-training tasks, so L2M's retention is "
-              "exact by construction; `--set method.pretrain_eval=routed` makes it task-agnostic)")
-    return "\n\n".join([
-        (f"Meta-World v3 ({env}), horizon 200, object and goal positions re-randomised at every reset. Data: "
-         f"scripted experts, {d.episodes_per_task} episodes per task at action noise {d.noise_levels}, labels = "
-         f"{d.action_source} actions; expert success (noise 0): {expert}."),
-        (f"Backbone: Decision Transformer, d={mo.d_model}, {mo.n_layer} layers, {mo.n_head} heads, context "
-         f"{mo.context}, {mo.n_bins} bins per action dimension decoded autoregressively, {params} parameters, "
-         f"pre-trained {cfg.pretrain.train.max_steps} steps (batch {cfg.pretrain.batch_size}) on "
-         f"{', '.join(_short(t) for t in d.pretrain_tasks)}; one backbone per seed."),
-        (f"Continual sequence (CW10 order; tasks whose expert succeeds >= 95 %): "
-         f"{' -> '.join(_short(t) for t in d.continual_tasks)}; {c.steps_per_task} steps per task, batch "
-         f"{c.batch_size}. After every task: {cfg.eval.episodes} closed-loop episodes per task seen so far"
-         + (" and per pre-training task" if cfg.eval.pretrain_every_stage else
-            " (pre-training tasks: before the first and after the last stage)")
-         + f" (success = any step succeeds; same start positions at every stage), offline bin accuracy on "
-         f"{cfg.eval.offline_windows} held-out windows."),
-        (f"L2M: pool {m.pool_size}, LoRA rank {m.rank} on q, v and MLP fc1 ({m.ff_placement} placement) of every "
-         f"layer, top-1 by cosine to the mean state-token embedding, key pull coef {m.key_coef}, count penalty "
-         f"{m.count_penalty}; pre-training tasks met '{m.pretrain_eval}'{routed}. L2M-oracle: task id given "
-         f"(its own pool slice; pre-training tasks unmodulated). Shared LoRA rank {m.rank} and (IA)^3 on every "
-         f"layer; EWC lambda {m.ewc_weight}; L2 weight {m.l2_weight}; L2P: {m.prompt_pool} prompts x "
-         f"{m.prompt_len} tokens, top {m.prompt_top_k}. Learning rates {m.lr_full} (full) / {m.lr_adapter} "
-         f"(adapters) / {m.key_lr} (keys)."),
-    ])
+    routed = (
+        (
+            f" ({m.pretrain_keys} fixed keys per pre-training task, k-means centres of its queries, compete "
+            "with the pool for every input; winning one = unmodulated backbone)"
+        )
+        if m.pretrain_eval == "routed"
+        else (
+            " (the bare backbone: the evaluation knows these are pre-training tasks, so L2M's retention is "
+            "exact by construction; `--set method.pretrain_eval=routed` makes it task-agnostic)"
+        )
+    )
+    return "\n\n".join(
+        [
+            (
+                f"Meta-World v3 ({env}), horizon 200, object and goal positions re-randomised at every reset. Data: "
+                f"scripted experts, {d.episodes_per_task} episodes per task at action noise {d.noise_levels}, labels = "
+                f"{d.action_source} actions; expert success (noise 0): {expert}."
+            ),
+            (
+                f"Backbone: Decision Transformer, d={mo.d_model}, {mo.n_layer} layers, {mo.n_head} heads, context "
+                f"{mo.context}, {mo.n_bins} bins per action dimension decoded autoregressively, {params} parameters, "
+                f"pre-trained {cfg.pretrain.train.max_steps} steps (batch {cfg.pretrain.batch_size}) on "
+                f"{', '.join(_short(t) for t in d.pretrain_tasks)}; one backbone per seed."
+            ),
+            (
+                f"Continual sequence (CW10 order; tasks whose expert succeeds >= 95 %): "
+                f"{' -> '.join(_short(t) for t in d.continual_tasks)}; {c.steps_per_task} steps per task, batch "
+                f"{c.batch_size}. After every task: {cfg.eval.episodes} closed-loop episodes per task seen so far"
+                + (
+                    " and per pre-training task"
+                    if cfg.eval.pretrain_every_stage
+                    else " (pre-training tasks: before the first and after the last stage)"
+                )
+                + f" (success = any step succeeds; same start positions at every stage), offline bin accuracy on "
+                f"{cfg.eval.offline_windows} held-out windows."
+            ),
+            (
+                f"L2M: pool {m.pool_size}, LoRA rank {m.rank} on q, v and MLP fc1 ({m.ff_placement} placement) of every "
+                f"layer, top-1 by cosine to the mean state-token embedding, key pull coef {m.key_coef}, count penalty "
+                f"{m.count_penalty}; pre-training tasks met '{m.pretrain_eval}'{routed}. L2M-oracle: task id given "
+                f"(its own pool slice; pre-training tasks unmodulated). Shared LoRA rank {m.rank} and (IA)^3 on every "
+                f"layer; EWC lambda {m.ewc_weight}; L2 weight {m.l2_weight}; L2P: {m.prompt_pool} prompts x "
+                f"{m.prompt_len} tokens, top {m.prompt_top_k}. Learning rates {m.lr_full} (full) / {m.lr_adapter} "
+                f"(adapters) / {m.key_lr} (keys)."
+            ),
+        ]
+    )
 
 
 def summary_table(summary: dict[str, Any]) -> str:
     """Mean ± sample std per figure; the n column is the method's seeds, and a cell resting on fewer values
     (a figure not measured for some seed) states its own n."""
-    heads = ["method", "n", "final mean success", "forgetting", "just-learned success", "mean over stages",
-             "pre-train success before -> after", "retention",
-             "final offline acc", "offline forgetting", "trainable params"]
+    heads = [
+        "method",
+        "n",
+        "final mean success",
+        "forgetting",
+        "just-learned success",
+        "mean over stages",
+        "pre-train success before -> after",
+        "retention",
+        "final offline acc",
+        "offline forgetting",
+        "trainable params",
+    ]
     rows = []
     for k, s in summary.items():
         n = s["n_seeds"]
@@ -241,44 +310,99 @@ def summary_table(summary: dict[str, Any]) -> str:
         def f(key: str, digits: int = 2, s=s, n=n) -> str:
             return fmt_mean_std(s[key], digits, n=n)
 
-        rows.append([k, n, f("final_mean_success"), f("forgetting"), f("just_learned"), f("mean_over_stages"),
-                     f"{f('pretrain_before')} -> {f('pretrain_after')}", f("pretrain_retention"),
-                     f("final_offline_acc", 3), f("offline_forgetting", 3), s["trainable_params"]])
+        rows.append(
+            [
+                k,
+                n,
+                f("final_mean_success"),
+                f("forgetting"),
+                f("just_learned"),
+                f("mean_over_stages"),
+                f"{f('pretrain_before')} -> {f('pretrain_after')}",
+                f("pretrain_retention"),
+                f("final_offline_acc", 3),
+                f("offline_forgetting", 3),
+                s["trainable_params"],
+            ]
+        )
     return md_table(heads, rows)
 
 
 def matrices(summary: dict[str, Any], pretrain_tasks: list[str]) -> list[str]:
     out = []
     for k, s in summary.items():
-        rows = [[_short(t) + (" (pre-train)" if t in pretrain_tasks else ""),
-                 *[("-" if v is None else f"{v:.2f}") for v in vals]] for t, vals in s["success_matrix"].items()]
-        out += [f"### {k} (mean over n={s['n_seeds']} seeds)", "", md_table(["task", *s["columns"]], rows), ""]
+        rows = [
+            [
+                _short(t) + (" (pre-train)" if t in pretrain_tasks else ""),
+                *[("-" if v is None else f"{v:.2f}") for v in vals],
+            ]
+            for t, vals in s["success_matrix"].items()
+        ]
+        out += [
+            f"### {k} (mean over n={s['n_seeds']} seeds)",
+            "",
+            md_table(["task", *s["columns"]], rows),
+            "",
+        ]
     return out
 
 
-def report(cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: dict[int, Any],
-           data: dict[str, Any]) -> str:
+def report(
+    cfg: L2MConfig, summary: dict[str, Any], thr: dict[str, Any], pre: dict[int, Any], data: dict[str, Any]
+) -> str:
     """The markdown body: protocol, summary table, success matrices, keys, throughput, verdict."""
-    lines = ["## Protocol", "", protocol(cfg, pre, data), "",
-             "## Summary (mean ± sample std over seeds, n = seeds)", "", summary_table(summary), "",
-             ("Forgetting = max success at earlier stages minus final success, mean over all but the last task "
-              "(negative = improved later). Just-learned success = each task's success right after its own stage "
-              "(how well a method learns; final mean success also depends on the last task, which only it "
-              "keeps under full fine-tuning). Mean over stages = average success over the tasks seen so far, "
-              "averaged over the stages. Retention = pre-training-task success after the sequence / before."), "",
-             f"## Success matrices (task x stage, mean over n={len(cfg.bench.seeds)} seeds)", "",
-             *matrices(summary, cfg.data.pretrain_tasks)]
+    lines = [
+        "## Protocol",
+        "",
+        protocol(cfg, pre, data),
+        "",
+        "## Summary (mean ± sample std over seeds, n = seeds)",
+        "",
+        summary_table(summary),
+        "",
+        (
+            "Forgetting = max success at earlier stages minus final success, mean over all but the last task "
+            "(negative = improved later). Just-learned success = each task's success right after its own stage "
+            "(how well a method learns; final mean success also depends on the last task, which only it "
+            "keeps under full fine-tuning). Mean over stages = average success over the tasks seen so far, "
+            "averaged over the stages. Retention = pre-training-task success after the sequence / before."
+        ),
+        "",
+        f"## Success matrices (task x stage, mean over n={len(cfg.bench.seeds)} seeds)",
+        "",
+        *matrices(summary, cfg.data.pretrain_tasks),
+    ]
     keyed = {k: s for k, s in summary.items() if any(any(x) for x in s["keys"].values())}
     if keyed:
-        rows = [[k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])] for k, s in keyed.items() for t in s["keys"]]
-        lines += ["## Keys selected at the end", "",
-                  (f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); "
-                   "-1 = unmodulated backbone."), "",
-                  md_table(["method", "task", "keys"], rows), ""]
-    lines += ["## Throughput (one core, torch 1 thread)", "",
-              (f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
-               "seeds); the data are collected once."), "",
-              md_table(["figure", "value"], [[k, v] for k, v in thr.items()]), "", _verdict(summary)[0], ""]
+        rows = [
+            [k, _short(t), " / ".join(_keys(x) for x in s["keys"][t])]
+            for k, s in keyed.items()
+            for t in s["keys"]
+        ]
+        lines += [
+            "## Keys selected at the end",
+            "",
+            (
+                f"Share of held-out windows per key (top two), one entry per seed (n={len(cfg.bench.seeds)}); "
+                "-1 = unmodulated backbone."
+            ),
+            "",
+            md_table(["method", "task", "keys"], rows),
+            "",
+        ]
+    lines += [
+        "## Throughput (one core, torch 1 thread)",
+        "",
+        (
+            f"Rates pooled over every run of the n={len(cfg.bench.seeds)} seeds (pre-training: the mean over "
+            "seeds); the data are collected once."
+        ),
+        "",
+        md_table(["figure", "value"], [[k, v] for k, v in thr.items()]),
+        "",
+        _verdict(summary)[0],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -306,33 +430,49 @@ def _verdict(summary: dict[str, Any]) -> tuple[str, bool]:
         diff = a["mean"] - b["mean"]
         if a["std"] is None or b["std"] is None:  # one seed: no spread, so no margin can be shown beyond it
             clear = False
-            lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; a single "
-                         "seed, so no seed spread to judge the margin by).")
+            lines.append(
+                f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; a single "
+                "seed, so no seed spread to judge the margin by)."
+            )
             continue
         spread = a["std"] + b["std"]
         beyond = diff > spread
         clear &= beyond
-        lines.append(f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; "
-                     f"{'beyond' if beyond else 'within'} the summed seed spread (sample std) {spread:.2f}).")
+        lines.append(
+            f"- vs {k}: final mean success {a['mean']:.2f} vs {b['mean']:.2f} ({diff:+.2f}; "
+            f"{'beyond' if beyond else 'within'} the summed seed spread (sample std) {spread:.2f})."
+        )
     if "ft" in summary:
         a, b = ours["just_learned"]["mean"], summary["ft"]["just_learned"]["mean"]
         if a is not None and b is not None:
             learned = a >= 0.5 * b
             clear &= learned
-            lines.append(f"- Just-learned success (each task right after its stage): L2M {a:.2f} vs ft {b:.2f}"
-                         + (" -- full fine-tuning learns each task better; L2M's margin comes from keeping them."
-                            if learned and b > a else "." if learned else
-                            " -- L2M learns the tasks less than half as well as full fine-tuning, so its low "
-                            "forgetting says little (what is not learned cannot be forgotten)."))
+            lines.append(
+                f"- Just-learned success (each task right after its stage): L2M {a:.2f} vs ft {b:.2f}"
+                + (
+                    " -- full fine-tuning learns each task better; L2M's margin comes from keeping them."
+                    if learned and b > a
+                    else "."
+                    if learned
+                    else " -- L2M learns the tasks less than half as well as full fine-tuning, so its low "
+                    "forgetting says little (what is not learned cannot be forgotten)."
+                )
+            )
     forg, ret = ours["forgetting"]["mean"], ours["pretrain_retention"]["mean"]
     forg_ok = forg is not None and forg <= 0.05
     ret_ok = ret is not None and ret >= 0.9
-    lines.append(f"- L2M forgetting {forg:.3f} ({'near zero' if forg_ok else 'NOT near zero'}); pre-training "
-                 f"retention {ret:.2f} ({'retained' if ret_ok else 'NOT retained'})." if forg is not None and
-                 ret is not None else "- L2M forgetting / retention not measured.")
+    lines.append(
+        f"- L2M forgetting {forg:.3f} ({'near zero' if forg_ok else 'NOT near zero'}); pre-training "
+        f"retention {ret:.2f} ({'retained' if ret_ok else 'NOT retained'})."
+        if forg is not None and ret is not None
+        else "- L2M forgetting / retention not measured."
+    )
     met = clear and forg_ok and ret_ok
-    lines.append("- Goal met on this run." if met else
-                 "- Goal NOT met convincingly on this run (see the lines above). The CPU profile's DT is tiny "
-                 "(see Protocol) and its stages short, so closed-loop success stays low and noisy; "
-                 "configs/l2m/paper.yaml is the larger GPU profile.")
+    lines.append(
+        "- Goal met on this run."
+        if met
+        else "- Goal NOT met convincingly on this run (see the lines above). The CPU profile's DT is tiny "
+        "(see Protocol) and its stages short, so closed-loop success stays low and noisy; "
+        "configs/l2m/paper.yaml is the larger GPU profile."
+    )
     return "## Verdict\n\n" + "\n".join(lines), met

@@ -32,15 +32,24 @@ def load(args: argparse.Namespace) -> L2MConfig:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, metavar="PROFILE|FILE",
-                   help="a profile under configs/l2m/ (quick, paper) or a YAML file (default: built-in defaults)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="PROFILE|FILE",
+        help="a profile under configs/l2m/ (quick, paper) or a YAML file (default: built-in defaults)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (overrides the config's 'out')")
 
 
 def _parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p)
     return p
 
@@ -55,33 +64,51 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
     p = _parser(sub, "pretrain", "pre-train the Decision Transformer on the pre-training tasks")
     p.add_argument("--seed", type=int, default=0, help="seed (run folder pretrain/seed-N)")
-    p.add_argument("--resume", default="auto", help="auto (default): newest checkpoint; none: start over; or a path")
+    p.add_argument(
+        "--resume", default="auto", help="auto (default): newest checkpoint; none: start over; or a path"
+    )
     p.set_defaults(func=_pretrain)
 
-    p = _parser(sub, "continual", "train continual methods over the task sequence, evaluating after each task")
+    p = _parser(
+        sub, "continual", "train continual methods over the task sequence, evaluating after each task"
+    )
     p.add_argument("--seed", type=int, default=0, help="which pre-trained backbone / seed")
     p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)} (default: config)")
     p.add_argument("--fresh", action="store_true", help="discard earlier stages of these runs")
     p.set_defaults(func=_continual)
 
-    p = _parser(sub, "evaluate", "closed-loop success and offline accuracy of a backbone or a finished method")
+    p = _parser(
+        sub, "evaluate", "closed-loop success and offline accuracy of a backbone or a finished method"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", help="evaluate this method's final stage (default: the pre-trained backbone)")
     p.add_argument("--tasks", help="comma-separated tasks (default: continual + pre-training tasks)")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=_evaluate)
 
-    help_ = ("from a finished run: does each task still reach the keys it trained? "
-             "(writes docs/results/<bench.name>-routing.{md,json})")
-    p = sub.add_parser("routing", help=help_, description=help_, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    help_ = (
+        "from a finished run: does each task still reach the keys it trained? "
+        "(writes docs/results/<bench.name>-routing.{md,json})"
+    )
+    p = sub.add_parser(
+        "routing",
+        help=help_,
+        description=help_,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_bench_args(p, "l2m", "quick", default_name="<bench.name>-routing", results_alias=("--out-dir",))
     p.add_argument("--method", default="l2m", help="a pool method: l2m (default) or l2m-oracle")
     p.set_defaults(func=_routing)
 
     help_ = "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}"
-    p = sub.add_parser("bench", help=help_, description=help_, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help=help_,
+        description=help_,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _bench_args(p)
     p.set_defaults(func=lambda a: _bench(a))
 
@@ -114,8 +141,10 @@ def _continual(args: argparse.Namespace) -> int:
     cfg = load(args)
     for m in cfg.continual.methods:
         rec = ContinualRun(cfg, m, args.seed, progress=True).run(resume=not args.fresh)
-        print(f"{m}: record in {Path(cfg.out) / 'continual' / f'seed-{args.seed}' / m / 'record.json'}; "
-              f"final success " + ", ".join(f"{t} {rec.rows[-1][t]['success']:.2f}" for t in rec.rows[-1]))
+        print(
+            f"{m}: record in {Path(cfg.out) / 'continual' / f'seed-{args.seed}' / m / 'record.json'}; "
+            f"final success " + ", ".join(f"{t} {rec.rows[-1][t]['success']:.2f}" for t in rec.rows[-1])
+        )
     return 0
 
 
@@ -132,8 +161,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         run = ContinualRun(cfg, args.method, args.seed)
         rec_path = run.dir / "record.json"
         if not rec_path.is_file():
-            raise DataError(f"no continual run at {run.dir}; run `pretrainkit l2m continual --methods "
-                            f"{args.method}` first")
+            raise DataError(
+                f"no continual run at {run.dir}; run `pretrainkit l2m continual --methods "
+                f"{args.method}` first"
+            )
         run.load_stage(ContinualRecord.load(rec_path).done - 1)
         tasks = tasks or [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks]
         res = {t: run.evaluate(t, -1) for t in tasks}
@@ -164,8 +195,9 @@ def _bench(args: argparse.Namespace) -> int:
     from pretrainkit.systems.l2m import bench, routing
 
     if args.rerender is not None:  # a bench or a routing results file
-        kind = load_results(args.rerender).get("kind") or ("l2m.routing" if "owners" in
-                                                           load_results(args.rerender) else bench.KIND)
+        kind = load_results(args.rerender).get("kind") or (
+            "l2m.routing" if "owners" in load_results(args.rerender) else bench.KIND
+        )
         again = routing.rerender if kind == routing.KIND else bench.rerender
         print(f"wrote {again(args.rerender, out_dir=args.results_dir)}")
         return 0
@@ -176,9 +208,12 @@ def _bench(args: argparse.Namespace) -> int:
 def bench_main(argv: list[str]) -> int:
     """`pretrainkit bench l2m [--config PROFILE|FILE] [--set k=v] [--seeds 0,1,2] [--methods a,b]
     [--results-dir D] [--name N] [--rerender JSON]`."""
-    p = argparse.ArgumentParser(prog="pretrainkit bench l2m", epilog=EPILOG,
-                                description="L2M benchmark: collect, pre-train, every continual method and seed; "
-                                            "writes docs/results/l2m.{md,json}.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pretrainkit bench l2m",
+        epilog=EPILOG,
+        description="L2M benchmark: collect, pre-train, every continual method and seed; "
+        "writes docs/results/l2m.{md,json}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _bench_args(p)
     return _bench(p.parse_args(argv))

@@ -165,7 +165,9 @@ def _record_from_file(path: Path) -> dict[str, Any]:
     except ValueError:
         record = None
     if not isinstance(record, dict):
-        raise DataError(f"{path}: its meta_json record is not a JSON object; delete the file to collect it again")
+        raise DataError(
+            f"{path}: its meta_json record is not a JSON object; delete the file to collect it again"
+        )
     return record
 
 

@@ -12,8 +12,15 @@ from pretrainkit.systems.l2m.envs import check_tasks
 from pretrainkit.systems.l2m.model import DTConfig
 
 # CW10 tasks whose scripted expert succeeds >= 95 % at H=200 (paper note 5), kept in CW10 order.
-CLEAN_CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "handle-press-side-v3", "push-v3",
-              "window-close-v3", "peg-unplug-side-v3"]
+CLEAN_CW10 = [
+    "hammer-v3",
+    "push-wall-v3",
+    "faucet-close-v3",
+    "handle-press-side-v3",
+    "push-v3",
+    "window-close-v3",
+    "peg-unplug-side-v3",
+]
 # Quick profile: three of them with distinct objects (keys can tell them apart), in CW10 order.
 QUICK_CONTINUAL = ["hammer-v3", "faucet-close-v3", "handle-press-side-v3"]
 QUICK_PRETRAIN = ["drawer-close-v3", "button-press-topdown-v3", "dial-turn-v3", "door-open-v3"]
@@ -38,9 +45,17 @@ class DataSection:
 @dataclass
 class PretrainSection:
     batch_size: int = 64
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=3000, lr=1e-3, weight_decay=0.01, warmup_steps=200, grad_clip=1.0, log_every=50,
-        ckpt_every=500))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=3000,
+            lr=1e-3,
+            weight_decay=0.01,
+            warmup_steps=200,
+            grad_clip=1.0,
+            log_every=50,
+            ckpt_every=500,
+        )
+    )
 
 
 @dataclass
@@ -60,7 +75,9 @@ class MethodSection:
     pool_size: int = 16  # L2M: modulators (paper: 30 for 10 tasks); oracle needs >= number of tasks
     key_coef: float = 0.5
     count_penalty: bool = True
-    ff_placement: Literal["output", "parallel"] = "output"  # output = L2M's code (h + B A h on the fc1 output)
+    ff_placement: Literal["output", "parallel"] = (
+        "output"  # output = L2M's code (h + B A h on the fc1 output)
+    )
     # How L2M meets pre-training tasks at evaluation. unmodulated: the bare backbone (the task is known to be a
     # pre-training task; retention is then exact). routed: task-agnostic, fixed keys per pre-training task
     # (k-means centres of its queries) compete with the pool and winning one means no modulation (L2M's
@@ -120,7 +137,9 @@ class L2MConfig:
             raise ConfigError("data.pretrain_tasks and data.continual_tasks must each name at least one task")
         clash = sorted(set(pre) & set(cont))
         if clash:
-            raise ConfigError(f"tasks {clash} are both pre-training and continual tasks; keep the lists disjoint")
+            raise ConfigError(
+                f"tasks {clash} are both pre-training and continual tasks; keep the lists disjoint"
+            )
         for m in self.continual.methods:
             METHODS.get(m)  # one-line error naming the registered methods
         if "l2m-oracle" in self.continual.methods and self.method.pool_size < len(cont):
@@ -134,8 +153,15 @@ class L2MConfig:
             raise ConfigError("bench.seeds must list at least one seed")
         if self.bench.workers < 1:
             raise ConfigError(f"bench.workers must be >= 1, got {self.bench.workers}")
-        for key in ("pretrain.batch_size", "continual.batch_size", "continual.log_every", "method.rank",
-                    "method.fisher_batch_size", "eval.offline_windows", "threads"):
+        for key in (
+            "pretrain.batch_size",
+            "continual.batch_size",
+            "continual.log_every",
+            "method.rank",
+            "method.fisher_batch_size",
+            "eval.offline_windows",
+            "threads",
+        ):
             section, _, name = key.rpartition(".")
             check_at_least(getattr(getattr(self, section) if section else self, name), key)
         check_at_least(self.continual.ckpt_every, "continual.ckpt_every", 0)

@@ -109,8 +109,12 @@ def load_task_dataset(path: str | Path, task: str | None = None) -> TaskData:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"dataset file not found: {p}")
-    arrays = read_npz(p, required=REQUIRED_KEYS, advice="collect it again (delete the file, then "
-                      "`pretrainkit l2m collect`) or point data.dir at another copy")
+    arrays = read_npz(
+        p,
+        required=REQUIRED_KEYS,
+        advice="collect it again (delete the file, then "
+        "`pretrainkit l2m collect`) or point data.dir at another copy",
+    )
     for k, a in arrays.items():
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool or (k == "task" and a.ndim == 0)):
             if k not in REQUIRED_KEYS:

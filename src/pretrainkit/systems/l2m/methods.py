@@ -70,7 +70,9 @@ class Method(nn.Module):
     def end_task(self, task_id: int, data: ContextWindowDataset) -> None:
         """Called after training on task ``task_id`` (consolidation, key bookkeeping)."""
 
-    def predict(self, batch: dict[str, torch.Tensor], task_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(
+        self, batch: dict[str, torch.Tensor], task_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced action predictions and an auxiliary loss to add (or None)."""
         return self.dt(*_window(batch)), None
 
@@ -93,7 +95,9 @@ class Method(nn.Module):
         keys = [p for n, p in self.named_parameters() if p.requires_grad and n.endswith("keys")]
         ids = {id(p) for p in keys}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [g for g in ({"params": rest, "lr": lr}, {"params": keys, "lr": self.cfg.key_lr}) if g["params"]]
+        return [
+            g for g in ({"params": rest, "lr": lr}, {"params": keys, "lr": self.cfg.key_lr}) if g["params"]
+        ]
 
     @property
     def lr(self) -> float:
@@ -272,10 +276,16 @@ class L2MMethod(Method):
     def setup(self, pretrain_queries=None) -> None:
         c, d = self.cfg, self.dt.cfg.d_model
         pool = ModulationPool(
-            c.pool_size, d, rank=c.rank, alpha=2.0 * c.rank, count_penalty=c.count_penalty,  # scale 2 (L2M)
+            c.pool_size,
+            d,
+            rank=c.rank,
+            alpha=2.0 * c.rank,
+            count_penalty=c.count_penalty,  # scale 2 (L2M)
             oracle_tasks=self.n_tasks if self.oracle else None,
         )
-        inject(self.dt, "modulation", ["attn.q_proj", "attn.v_proj"], pool=pool)  # registers dt.modulation_pool
+        inject(
+            self.dt, "modulation", ["attn.q_proj", "attn.v_proj"], pool=pool
+        )  # registers dt.modulation_pool
         inject(self.dt, "modulation", ["mlp.fc1"], pool=pool, placement=c.ff_placement)
         routed = pretrain_queries is not None and c.pretrain_eval == "routed" and not self.oracle
         q = pretrain_queries.detach().reshape(-1, d) if routed else torch.zeros(0, d)
@@ -312,8 +322,9 @@ class L2MMethod(Method):
     @torch.no_grad()
     def act(self, states, rtgs, actions, timesteps, mask, task_id, usage=None):
         K = self.dt.cfg.context
-        idx = self.route(self._query(states[:, -K:], timesteps[:, -K:], None if mask is None else mask[:, -K:]),
-                         task_id)
+        idx = self.route(
+            self._query(states[:, -K:], timesteps[:, -K:], None if mask is None else mask[:, -K:]), task_id
+        )
         _tally(usage, idx)
         with self.pool.using(idx):
             return self.dt.act(states, rtgs, actions, timesteps, mask)

@@ -356,7 +356,13 @@ class DecisionTransformer(nn.Module):
         """
         if isinstance(states, Mapping):
             b = states
-            states, actions, rtg, timesteps, mask = b["states"], b["actions"], b["rtg"], b["timesteps"], b.get("mask")
+            states, actions, rtg, timesteps, mask = (
+                b["states"],
+                b["actions"],
+                b["rtg"],
+                b["timesteps"],
+                b.get("mask"),
+            )
         tokens, tmask = self._with_prefix(*self.embed(states, actions, rtg, timesteps, mask), prefix)
         hidden = self.forward_tokens(tokens, tmask)
         return self.predict(hidden if prefix is None else hidden[:, prefix.shape[1] :])
@@ -377,7 +383,9 @@ class DecisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """CE over bins (discrete) or MSE (continuous) on valid steps; metrics (floats): bin accuracy and mean
         |error|. ``action_loss_terms`` is the same with tensor metrics (no host read per step)."""
-        loss, metrics = action_loss_terms(pred, actions, mask, self.cfg.head, self.cfg.n_bins, self.cfg.bin_decode)
+        loss, metrics = action_loss_terms(
+            pred, actions, mask, self.cfg.head, self.cfg.n_bins, self.cfg.bin_decode
+        )
         return loss, {k: v.item() for k, v in metrics.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

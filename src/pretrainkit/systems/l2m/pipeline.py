@@ -53,8 +53,15 @@ def setup_torch(cfg: L2MConfig) -> torch.device:
 def collect_data(cfg: L2MConfig, progress: bool = True) -> dict[str, Any]:
     """Collect scripted-expert datasets for the pre-training and continual tasks (finished ones skipped)."""
     d = cfg.data
-    return collect([*d.pretrain_tasks, *d.continual_tasks], d.dir, d.episodes_per_task, d.noise_levels,
-                   workers=d.workers, seed=d.seed, progress=progress)
+    return collect(
+        [*d.pretrain_tasks, *d.continual_tasks],
+        d.dir,
+        d.episodes_per_task,
+        d.noise_levels,
+        workers=d.workers,
+        seed=d.seed,
+        progress=progress,
+    )
 
 
 @dataclass
@@ -72,14 +79,20 @@ def load_tasks(cfg: L2MConfig, tasks: list[str]) -> dict[str, TaskSplit]:
     for t in tasks:
         f = task_file(cfg.data.dir, t)
         if not f.is_file():
-            raise DataError(f"no dataset for task '{t}' at {f}; run `pretrainkit l2m collect` with this config first")
+            raise DataError(
+                f"no dataset for task '{t}' at {f}; run `pretrainkit l2m collect` with this config first"
+            )
         data = load_task_dataset(f, t)
         if (data.state_dim, data.act_dim) != (cfg.model.state_dim, cfg.model.act_dim):
-            raise DataError(f"{f}: states/actions are {data.state_dim}/{data.act_dim}-d, the model expects "
-                            f"{cfg.model.state_dim}/{cfg.model.act_dim}")
+            raise DataError(
+                f"{f}: states/actions are {data.state_dim}/{data.act_dim}-d, the model expects "
+                f"{cfg.model.state_dim}/{cfg.model.act_dim}"
+            )
         if cfg.data.action_source == "expert":
             if "expert_actions" not in data.extras:
-                raise DataError(f"{f} has no 'expert_actions'; set data.action_source=executed to use 'actions'")
+                raise DataError(
+                    f"{f} has no 'expert_actions'; set data.action_source=executed to use 'actions'"
+                )
             data.actions = data.extras["expert_actions"].astype(np.float32)
         train, val = split_episodes(data, cfg.data.val_fraction, seed=cfg.data.seed)
         target = float(np.quantile(train.episode_returns, cfg.eval.target_quantile))
@@ -128,8 +141,9 @@ def backbone_path(cfg: L2MConfig, seed: int) -> Path:
     return Path(cfg.out) / "pretrain" / f"seed-{seed}" / "backbone.safetensors"
 
 
-def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Log = print,
-             progress: bool = True) -> dict[str, Any]:
+def pretrain(
+    cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Log = print, progress: bool = True
+) -> dict[str, Any]:
     """Pre-train the DT on all pre-training tasks jointly; returns stats. Skips a finished backbone."""
     dev = setup_torch(cfg)
     path = backbone_path(cfg, seed)
@@ -150,17 +164,30 @@ def pretrain(cfg: L2MConfig, seed: int = 0, resume: str | None = "auto", log: Lo
     tcfg = TrainConfig(**{**asdict(cfg.pretrain.train), "seed": seed, "progress": progress})
     run = RunDir(path.parent)
     run.save_config(cfg)
-    trainer = Trainer(BehaviourCloning(dt), WindowBatches(ds, cfg.pretrain.batch_size, seed), tcfg, run,
-                      dist_info=_dist(dev), unit="windows")
+    trainer = Trainer(
+        BehaviourCloning(dt),
+        WindowBatches(ds, cfg.pretrain.batch_size, seed),
+        tcfg,
+        run,
+        dist_info=_dist(dev),
+        unit="windows",
+    )
     last = trainer.fit(resume)
     wall, cpu, steps = last["wall_s"], last["cpu_s"], last["steps_run"]
     save_weights(path, dt.state_dict())
     atomic_write_text(path.with_suffix(".json"), json.dumps(asdict(dt.cfg), indent=1))
-    stats = {"seed": seed, "tasks": cfg.data.pretrain_tasks, "steps": tcfg.max_steps, "params": dt.num_params(),
-             "timed_steps": steps, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-             "steps_per_s": round(steps / wall, 3) if steps else None,
-             "steps_per_cpu_s": round(steps / cpu, 3) if steps and cpu > 0 else None,
-             "final": {k: v for k, v in last.items() if isinstance(v, float) and k not in FIT_MEASUREMENTS}}
+    stats = {
+        "seed": seed,
+        "tasks": cfg.data.pretrain_tasks,
+        "steps": tcfg.max_steps,
+        "params": dt.num_params(),
+        "timed_steps": steps,
+        "seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "steps_per_s": round(steps / wall, 3) if steps else None,
+        "steps_per_cpu_s": round(steps / cpu, 3) if steps and cpu > 0 else None,
+        "final": {k: v for k, v in last.items() if isinstance(v, float) and k not in FIT_MEASUREMENTS},
+    }
     atomic_write_text(stats_path, json.dumps(stats, indent=1))
     log(f"pre-trained {steps} steps in {wall:.0f} s -> {path}")
     return stats
@@ -175,16 +202,21 @@ def load_backbone(path: str | Path) -> DecisionTransformer:
     path = Path(path)
     side = path.with_suffix(".json")
     if not side.is_file():
-        raise CheckpointError(f"no backbone config {side} next to {path}; run `pretrainkit l2m pretrain` first")
+        raise CheckpointError(
+            f"no backbone config {side} next to {path}; run `pretrainkit l2m pretrain` first"
+        )
     dt = DecisionTransformer(DTConfig(**json.loads(side.read_text())))
     missing, unexpected = dt.load_state_dict(load_weights(path), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return dt
 
 
-def pretrain_queries(dt: DecisionTransformer, splits: dict[str, TaskSplit], cfg: L2MConfig,
-                     n: int = 1024) -> torch.Tensor:
+def pretrain_queries(
+    dt: DecisionTransformer, splits: dict[str, TaskSplit], cfg: L2MConfig, n: int = 1024
+) -> torch.Tensor:
     """L2M's fixed pre-training keys: ``cfg.method.pretrain_keys`` k-means centres of each pre-training
     task's queries (mean state-token embeddings of its windows), ``[tasks * k, d]``."""
     out = []
@@ -246,16 +278,32 @@ def close_envs() -> None:
         _ENVS.popitem()[1].close()
 
 
-def evaluate(method: Method, task: str, task_id: int, split: TaskSplit, cfg: L2MConfig, seed: int,
-             device: torch.device, tally: Throughput | None = None) -> dict[str, Any]:
+def evaluate(
+    method: Method,
+    task: str,
+    task_id: int,
+    split: TaskSplit,
+    cfg: L2MConfig,
+    seed: int,
+    device: torch.device,
+    tally: Throughput | None = None,
+) -> dict[str, Any]:
     """Closed-loop success on ``cfg.eval.episodes`` episodes plus offline accuracy on held-out windows."""
     method.eval()
     actor = method.actor(task_id)
     cpu = time.process_time()
     base = 7919 * (seed + 1) + 101 * MT50.index(task)  # same start positions at every stage and method
     env = vector_env(task, cfg.eval.episodes) if cfg.eval.reuse_envs else None
-    r = evaluate_task(actor, task, cfg.eval.episodes, split.target_return, seed=base, device=device,
-                      stop_on_success=cfg.eval.stop_on_success, env=env)
+    r = evaluate_task(
+        actor,
+        task,
+        cfg.eval.episodes,
+        split.target_return,
+        seed=base,
+        device=device,
+        stop_on_success=cfg.eval.stop_on_success,
+        env=env,
+    )
     if tally is not None:
         tally.eval_env_steps += r["env_steps"]
         tally.eval_cpu += time.process_time() - cpu
@@ -269,8 +317,9 @@ def evaluate(method: Method, task: str, task_id: int, split: TaskSplit, cfg: L2M
 
 
 @torch.no_grad()
-def offline_metrics(method: Method, val: TaskData, task_id: int, cfg: L2MConfig,
-                    device: torch.device) -> dict[str, Any]:
+def offline_metrics(
+    method: Method, val: TaskData, task_id: int, cfg: L2MConfig, device: torch.device
+) -> dict[str, Any]:
     """Bin accuracy and CE of the method's predictions on held-out windows, and the keys they select."""
     if val.num_episodes == 0 or len(val) == 0:
         return {}
@@ -289,8 +338,9 @@ def offline_metrics(method: Method, val: TaskData, task_id: int, cfg: L2MConfig,
 
 
 # ---- continual learning ----------------------------------------------------------------------------
-def build_method(name: str, cfg: L2MConfig, backbone: str | Path, seed: int,
-                 queries: torch.Tensor | None = None) -> Method:
+def build_method(
+    name: str, cfg: L2MConfig, backbone: str | Path, seed: int, queries: torch.Tensor | None = None
+) -> Method:
     """A fresh copy of the pre-trained DT wrapped by method ``name`` (adapters seeded by ``seed``)."""
     cls = METHODS.get(name)
     dt = load_backbone(backbone)
@@ -306,7 +356,9 @@ class ContinualRun:
         self.device = setup_torch(cfg)
         self.backbone = backbone_path(cfg, seed)
         if not self.backbone.is_file():
-            raise DataError(f"no pre-trained backbone at {self.backbone}; run `pretrainkit l2m pretrain` first")
+            raise DataError(
+                f"no pre-trained backbone at {self.backbone}; run `pretrainkit l2m pretrain` first"
+            )
         self.dir = Path(cfg.out) / "continual" / f"seed-{seed}" / method
         self.splits = load_tasks(cfg, [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks])
         queries = None
@@ -320,35 +372,58 @@ class ContinualRun:
         data = windows(cfg, self.splits[task].train)
         self.method.begin_task(stage, data)
         self.method.train()
-        tcfg = TrainConfig(max_steps=c.steps_per_task, lr=self.method.lr, schedule="constant",
-                           log_every=c.log_every, ckpt_every=c.ckpt_every, keep_last=1,
-                           seed=1000 * self.seed + stage, progress=self.progress)
-        trainer = Trainer(self.method, WindowBatches(data, c.batch_size, 1000 * self.seed + stage), tcfg,
-                          RunDir(self.dir / f"stage-{stage}"), dist_info=_dist(self.device), unit="windows",
-                          optimizer=lambda m, t: torch.optim.AdamW(m.param_groups(), weight_decay=0.0))
+        tcfg = TrainConfig(
+            max_steps=c.steps_per_task,
+            lr=self.method.lr,
+            schedule="constant",
+            log_every=c.log_every,
+            ckpt_every=c.ckpt_every,
+            keep_last=1,
+            seed=1000 * self.seed + stage,
+            progress=self.progress,
+        )
+        trainer = Trainer(
+            self.method,
+            WindowBatches(data, c.batch_size, 1000 * self.seed + stage),
+            tcfg,
+            RunDir(self.dir / f"stage-{stage}"),
+            dist_info=_dist(self.device),
+            unit="windows",
+            optimizer=lambda m, t: torch.optim.AdamW(m.param_groups(), weight_decay=0.0),
+        )
         last = trainer.fit("auto")
         wall, cpu = last["wall_s"], last["cpu_s"]
         self.method.end_task(stage, data)
         self.tally.train_steps += last["steps_run"]
         self.tally.train_cpu += cpu
-        return {"steps": c.steps_per_task, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                **{k: round(v, 4) for k, v in last.items() if k in ("loss", "bin_acc", "aux_loss", "penalty")}}
+        return {
+            "steps": c.steps_per_task,
+            "seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2),
+            **{k: round(v, 4) for k, v in last.items() if k in ("loss", "bin_acc", "aux_loss", "penalty")},
+        }
 
     def evaluate(self, task: str, stage: int) -> dict[str, Any]:
         tasks = self.cfg.data.continual_tasks
         task_id = tasks.index(task) if task in tasks else PRETRAIN
-        return evaluate(self.method, task, task_id, self.splits[task], self.cfg, self.seed, self.device, self.tally)
+        return evaluate(
+            self.method, task, task_id, self.splits[task], self.cfg, self.seed, self.device, self.tally
+        )
 
     # ---- stage checkpoints ----------------------------------------------------------------------------
     def _save_stage(self, stage: int, record: ContinualRecord) -> None:
-        state = {**self.method.state_dict(),
-                 **{f"extra::{k}": v for k, v in self.method.extra_state_dict().items()}}
+        state = {
+            **self.method.state_dict(),
+            **{f"extra::{k}": v for k, v in self.method.extra_state_dict().items()},
+        }
         save_weights(self.dir / f"stage-{stage}" / "method.safetensors", state)
         record.save(self.dir / "record.json")
         row = record.rows[-1]
         seen = ", ".join(f"{t.removesuffix('-v3')} {row[t]['success']:.2f}" for t in row)
-        self.log(f"[{self.name} seed {self.seed}] stage {stage + 1}/{len(record.tasks)} "
-                 f"({record.tasks[stage]}, {record.stages[-1]['seconds']:.0f} s): success {seen}")
+        self.log(
+            f"[{self.name} seed {self.seed}] stage {stage + 1}/{len(record.tasks)} "
+            f"({record.tasks[stage]}, {record.stages[-1]['seconds']:.0f} s): success {seen}"
+        )
 
     def load_stage(self, stage: int) -> None:
         """Restore the method as it was at the end of ``stage`` (weights, pool counts, regulariser state)."""
@@ -358,8 +433,9 @@ class ContinualRun:
         try:
             self.method.load_state_dict(own)
         except RuntimeError as e:
-            raise CheckpointError(f"stage {stage} of {self.dir} does not fit this method: "
-                                  f"{str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"stage {stage} of {self.dir} does not fit this method: {str(e).splitlines()[0]}"
+            ) from None
         self.method.load_extra_state_dict(extra)
 
     def run(self, initial: dict[str, dict[str, Any]] | None = None, resume: bool = True) -> ContinualRecord:
@@ -376,17 +452,32 @@ class ContinualRun:
             self.log(f"[{self.name} seed {self.seed}] resuming after stage {record.done}")
         if record is None and initial is not None:
             record = ContinualRecord(list(cfg.data.continual_tasks), list(extra), initial=dict(initial))
-        return run_stages(cfg.data.continual_tasks, self, self.evaluate, extra, record, initial=True,
-                          on_stage_end=self._save_stage, extra_every_stage=cfg.eval.pretrain_every_stage)
+        return run_stages(
+            cfg.data.continual_tasks,
+            self,
+            self.evaluate,
+            extra,
+            record,
+            initial=True,
+            on_stage_end=self._save_stage,
+            extra_every_stage=cfg.eval.pretrain_every_stage,
+        )
 
 
-def evaluate_backbone(cfg: L2MConfig, seed: int, tasks: list[str] | None = None,
-                      tally: Throughput | None = None, backbone: str | Path | None = None) -> dict[str, Any]:
+def evaluate_backbone(
+    cfg: L2MConfig,
+    seed: int,
+    tasks: list[str] | None = None,
+    tally: Throughput | None = None,
+    backbone: str | Path | None = None,
+) -> dict[str, Any]:
     """Evaluate the pre-trained DT as is (no method) on ``tasks``: the shared 'before' row of a bench."""
     dev = setup_torch(cfg)
     tasks = tasks or [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks]
     splits = load_tasks(cfg, tasks)
     m = FullFineTune(load_backbone(backbone or backbone_path(cfg, seed)), cfg.method, 1).to(dev)
     seq = cfg.data.continual_tasks
-    return {t: evaluate(m, t, seq.index(t) if t in seq else PRETRAIN, splits[t], cfg, seed, dev, tally)
-            for t in tasks}
+    return {
+        t: evaluate(m, t, seq.index(t) if t in seq else PRETRAIN, splits[t], cfg, seed, dev, tally)
+        for t in tasks
+    }

@@ -66,10 +66,13 @@ def seed_routing(record: ContinualRecord, owners: dict[int, int]) -> dict[str, d
         tid = record.tasks.index(t) if t in record.tasks else UNMODULATED
         own_stage = tid if tid >= 0 else len(record.rows) - 1  # pre-training tasks: the end only
         first, last = record.rows[own_stage].get(t, {}), record.rows[-1].get(t, {})
-        out[t] = {"rollout_own_after_stage": own_share(first.get("keys_rollout"), owners, tid),
-                  "rollout_own_final": own_share(last.get("keys_rollout"), owners, tid),
-                  "heldout_own_final": own_share(last.get("keys"), owners, tid),
-                  "success_after_stage": first.get("success"), "success_final": last.get("success")}
+        out[t] = {
+            "rollout_own_after_stage": own_share(first.get("keys_rollout"), owners, tid),
+            "rollout_own_final": own_share(last.get("keys_rollout"), owners, tid),
+            "heldout_own_final": own_share(last.get("keys"), owners, tid),
+            "success_after_stage": first.get("success"),
+            "success_final": last.get("success"),
+        }
     return out
 
 
@@ -77,8 +80,9 @@ def _mean(vals: list[float | None]) -> float | None:
     return mean_std(vals).mean
 
 
-def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
-                   out_dir: Path | None = None) -> Path:
+def routing_report(
+    cfg: L2MConfig, method: str = "l2m", name: str | None = None, out_dir: Path | None = None
+) -> Path:
     """Write ``docs/results/<name>.{md,json}`` (default name ``<bench.name>-routing``) for ``method``."""
     setup_torch(cfg)  # the thread count in the results' provenance line, as for the bench
     seeds, per_seed, owners_by_seed = list(cfg.bench.seeds), {}, {}
@@ -86,18 +90,36 @@ def routing_report(cfg: L2MConfig, method: str = "l2m", name: str | None = None,
         run_dir = Path(cfg.out) / "continual" / f"seed-{s}" / method
         rec_path = run_dir / "record.json"
         if not rec_path.is_file():
-            raise DataError(f"no finished run at {run_dir}; run `pretrainkit bench l2m` (or `l2m continual`) first")
+            raise DataError(
+                f"no finished run at {run_dir}; run `pretrainkit bench l2m` (or `l2m continual`) first"
+            )
         record = ContinualRecord.load(rec_path)
         owners = key_owners(stage_usage(run_dir, record.done))
         per_seed[s], owners_by_seed[s] = seed_routing(record, owners), owners
-    data = {"method": method, "per_seed": per_seed,
-            "owners": {s: {str(k): v for k, v in o.items()} for s, o in owners_by_seed.items()}}
-    return publish(name or f"{cfg.bench.name}-routing", data, render, kind=KIND, seeds=seeds, out_dir=out_dir,
-                   title=f"L2M routing ({method})", config=cfg)
+    data = {
+        "method": method,
+        "per_seed": per_seed,
+        "owners": {s: {str(k): v for k, v in o.items()} for s, o in owners_by_seed.items()},
+    }
+    return publish(
+        name or f"{cfg.bench.name}-routing",
+        data,
+        render,
+        kind=KIND,
+        seeds=seeds,
+        out_dir=out_dir,
+        title=f"L2M routing ({method})",
+        config=cfg,
+    )
 
 
-FIELDS = ["success_after_stage", "success_final", "rollout_own_after_stage", "rollout_own_final",
-          "heldout_own_final"]
+FIELDS = [
+    "success_after_stage",
+    "success_final",
+    "rollout_own_after_stage",
+    "rollout_own_final",
+    "heldout_own_final",
+]
 
 
 def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -112,7 +134,9 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     seq = [t for t in tasks if t in cfg.data.continual_tasks]
     earlier = seq[:-1]  # the tasks forgetting is measured on
     headline = {
-        "rollout_own_share_after_stage": _round(_mean([means[t]["rollout_own_after_stage"] for t in earlier])),
+        "rollout_own_share_after_stage": _round(
+            _mean([means[t]["rollout_own_after_stage"] for t in earlier])
+        ),
         "rollout_own_share_final": _round(_mean([means[t]["rollout_own_final"] for t in earlier])),
         "heldout_own_share_final": _round(_mean([means[t]["heldout_own_final"] for t in earlier])),
         "n_seeds": n,
@@ -124,30 +148,68 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     def ms(t: str, f: str) -> str:
         return fmt_mean_std(stats[t][f], 2, n=n)
 
-    rows = [[t.removesuffix("-v3") + ("" if t in seq else " (pre-train)"), n,
-             f"{ms(t, 'success_after_stage')} -> {ms(t, 'success_final')}",
-             f"{ms(t, 'rollout_own_after_stage')} -> {ms(t, 'rollout_own_final')}",
-             ms(t, "heldout_own_final")] for t in tasks]
-    per = [[s, t.removesuffix("-v3"), f"{cell(r['success_after_stage'])} -> {cell(r['success_final'])}",
-            f"{cell(r['rollout_own_after_stage'])} -> {cell(r['rollout_own_final'])}", cell(r["heldout_own_final"])]
-           for s in seeds for t, r in per_seed[s].items()]
-    body = "\n".join([
-        "## What this measures", "",
-        (f"Method `{method}`, run folder `{cfg.out}`. Own-key share = share of a task's windows routed to keys "
-         "that task trained (a key belongs to the task that selected it most in training; for pre-training tasks, "
-         "the unmodulated backbone). Closed loop = the steps of the evaluation rollouts; held-out = the offline "
-         "validation windows. 'After stage' = right after the task's own stage; pre-training tasks are read at "
-         "the end. Headline = mean over the sequence tasks but the last (those forgetting is measured on)."), "",
-        "## Mean ± sample std over seeds (n = seeds)", "",
-        md_table(["task", "n", "success after stage -> final", "closed-loop own-key share after stage -> final",
-                  "held-out own-key share final"], rows), "",
-        "## Per seed (one row per seed and task)", "",
-        md_table(["seed", "task", "success", "closed-loop own-key share", "held-out own-key share"], per), "",
-        "## Key owners (key: stage; one row per seed)", "",
-        md_table(["seed", "owners"], [[s, ", ".join(f"{k}: {v}" for k, v in sorted(o.items(), key=lambda kv:
-                                                                                    int(kv[0])))]
-                                      for s, o in owners_by_seed.items()]), "",
-    ])
+    rows = [
+        [
+            t.removesuffix("-v3") + ("" if t in seq else " (pre-train)"),
+            n,
+            f"{ms(t, 'success_after_stage')} -> {ms(t, 'success_final')}",
+            f"{ms(t, 'rollout_own_after_stage')} -> {ms(t, 'rollout_own_final')}",
+            ms(t, "heldout_own_final"),
+        ]
+        for t in tasks
+    ]
+    per = [
+        [
+            s,
+            t.removesuffix("-v3"),
+            f"{cell(r['success_after_stage'])} -> {cell(r['success_final'])}",
+            f"{cell(r['rollout_own_after_stage'])} -> {cell(r['rollout_own_final'])}",
+            cell(r["heldout_own_final"]),
+        ]
+        for s in seeds
+        for t, r in per_seed[s].items()
+    ]
+    body = "\n".join(
+        [
+            "## What this measures",
+            "",
+            (
+                f"Method `{method}`, run folder `{cfg.out}`. Own-key share = share of a task's windows routed to keys "
+                "that task trained (a key belongs to the task that selected it most in training; for pre-training tasks, "
+                "the unmodulated backbone). Closed loop = the steps of the evaluation rollouts; held-out = the offline "
+                "validation windows. 'After stage' = right after the task's own stage; pre-training tasks are read at "
+                "the end. Headline = mean over the sequence tasks but the last (those forgetting is measured on)."
+            ),
+            "",
+            "## Mean ± sample std over seeds (n = seeds)",
+            "",
+            md_table(
+                [
+                    "task",
+                    "n",
+                    "success after stage -> final",
+                    "closed-loop own-key share after stage -> final",
+                    "held-out own-key share final",
+                ],
+                rows,
+            ),
+            "",
+            "## Per seed (one row per seed and task)",
+            "",
+            md_table(["seed", "task", "success", "closed-loop own-key share", "held-out own-key share"], per),
+            "",
+            "## Key owners (key: stage; one row per seed)",
+            "",
+            md_table(
+                ["seed", "owners"],
+                [
+                    [s, ", ".join(f"{k}: {v}" for k, v in sorted(o.items(), key=lambda kv: int(kv[0])))]
+                    for s, o in owners_by_seed.items()
+                ],
+            ),
+            "",
+        ]
+    )
     return headline, body, {"mean": means}
 
 

@@ -33,6 +33,9 @@ class ActionTask(PretrainTask):
     def for_model(cls, cfg: DTConfig) -> ActionTask:
         return cls(head=cfg.head, n_bins=cfg.n_bins, bin_decode=cfg.bin_decode)
 
-    def loss(self, batch: dict[str, torch.Tensor], backbone_out: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        return action_loss_terms(backbone_out, batch["actions"], batch.get("mask"), self.head, self.n_bins,
-                                 self.bin_decode)
+    def loss(
+        self, batch: dict[str, torch.Tensor], backbone_out: torch.Tensor
+    ) -> tuple[torch.Tensor, Metrics]:
+        return action_loss_terms(
+            backbone_out, batch["actions"], batch.get("mask"), self.head, self.n_bins, self.bin_decode
+        )

@@ -62,7 +62,8 @@ class Graph:
     def summary(self) -> dict:
         d = self.data
         return {
-            "name": self.name, "target": self.target,
+            "name": self.name,
+            "target": self.target,
             "nodes": {t: int(d[t].num_nodes) for t in d.node_types},
             "edges": {"__".join(et): int(d[et].edge_index.shape[1]) for et in d.edge_types},
             "classes": self.num_classes,
@@ -91,8 +92,10 @@ def read_edges(path: Path, n_src: int, n_dst: int, what: str) -> torch.Tensor:
     for ids, n, side in ((src, n_src, "source"), (dst, n_dst, "target")):
         if len(ids) and (ids.min() < 0 or ids.max() >= n):
             bad = int(ids.max() if ids.max() >= n else ids.min())
-            raise DataError(f"{path}: {what} {side} id {bad} is out of range for a node type with {n} nodes "
-                            f"(allowed 0..{n - 1})")
+            raise DataError(
+                f"{path}: {what} {side} id {bad} is out of range for a node type with {n} nodes "
+                f"(allowed 0..{n - 1})"
+            )
     return torch.from_numpy(np.stack([src, dst]))
 
 
@@ -121,8 +124,9 @@ def read_features(path: Path, n: int, what: str) -> torch.Tensor:
         if np.isnan(coo.data).any():
             raise DataError(f"{path}: {what} features contain NaN")
         idx = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
-        return torch.sparse_coo_tensor(idx, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
-                                       check_invariants=False).coalesce()
+        return torch.sparse_coo_tensor(
+            idx, torch.from_numpy(coo.data.astype(np.float32)), coo.shape, check_invariants=False
+        ).coalesce()
     arr = np.asarray(mat, dtype=np.float32)
     if arr.ndim != 2:
         raise DataError(f"{path}: {what} features must be 2-d (nodes x dims), got shape {arr.shape}")
@@ -159,8 +163,14 @@ def check_split(ids: np.ndarray, n: int, name: str) -> torch.Tensor:
 
 
 # ---- building the graph -------------------------------------------------------------------------------
-def build(name: str, nodes: dict[str, int], relations: dict[EdgeType, torch.Tensor],
-          features: dict[str, torch.Tensor], target: str | None, labels: torch.Tensor | None):
+def build(
+    name: str,
+    nodes: dict[str, int],
+    relations: dict[EdgeType, torch.Tensor],
+    features: dict[str, torch.Tensor],
+    target: str | None,
+    labels: torch.Tensor | None,
+):
     """HeteroData with every relation and its reverse; ``n_id`` on every type."""
     from torch_geometric.data import HeteroData
 
@@ -173,7 +183,9 @@ def build(name: str, nodes: dict[str, int], relations: dict[EdgeType, torch.Tens
     for (s, r, d), ei in relations.items():
         for typ in (s, d):
             if typ not in nodes:
-                raise DataError(f"relation '{r}' names unknown node type '{typ}'; node types: {sorted(nodes)}")
+                raise DataError(
+                    f"relation '{r}' names unknown node type '{typ}'; node types: {sorted(nodes)}"
+                )
         data[s, r, d].edge_index = ei
         data[d, f"rev_{r}", s].edge_index = ei.flip(0)
     if labels is not None:
@@ -181,8 +193,9 @@ def build(name: str, nodes: dict[str, int], relations: dict[EdgeType, torch.Tens
     return data
 
 
-def budget_splits(labels: torch.Tensor, seed: int, n_val: int, n_test: int,
-                  budgets=BUDGETS) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def budget_splits(
+    labels: torch.Tensor, seed: int, n_val: int, n_test: int, budgets=BUDGETS
+) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """HeCo's scheme for a graph that ships none: one random validation and test set (shared by every budget),
     then ``per_class`` training nodes of each class from the rest, every draw from ``seed``."""
     from pretrainkit.adapt.probe import stratified_budget
@@ -192,7 +205,7 @@ def budget_splits(labels: torch.Tensor, seed: int, n_val: int, n_test: int,
     if n_val + n_test >= n:
         raise DataError(f"{n} labelled nodes are too few for {n_val} validation + {n_test} test nodes")
     perm = np.random.default_rng(seed).permutation(n)
-    val, test, pool = np.sort(perm[:n_val]), np.sort(perm[n_val:n_val + n_test]), perm[n_val + n_test:]
+    val, test, pool = np.sort(perm[:n_val]), np.sort(perm[n_val : n_val + n_test]), perm[n_val + n_test :]
     out = {}
     for b in budgets:
         train = stratified_budget(y, b, seed + b, pool=pool, classes=np.unique(y))
@@ -212,7 +225,9 @@ def split_digest(splits) -> str:
 def _heco_splits(root: Path, n: int) -> dict:
     out = {}
     for b in BUDGETS:
-        parts = tuple(check_split(read_ids(root / f"{p}_{b}.npy"), n, f"{p}_{b}") for p in ("train", "val", "test"))
+        parts = tuple(
+            check_split(read_ids(root / f"{p}_{b}.npy"), n, f"{p}_{b}") for p in ("train", "val", "test")
+        )
         out[b] = parts
     return out
 
@@ -223,18 +238,24 @@ def _root(name: str, root: Path | None) -> Path:
     base = Path(root) if root is not None else shared_data_root() / "graph"
     path = base / folder
     if not path.is_dir():
-        raise DataError(f"missing data folder for '{name}': {path} (set PRETRAINKIT_SHARED_DATA or pass --data)")
+        raise DataError(
+            f"missing data folder for '{name}': {path} (set PRETRAINKIT_SHARED_DATA or pass --data)"
+        )
     return path
 
 
 def load_acm(root: Path | None = None) -> Graph:
     r = _root("acm", root)
     nodes = {"paper": 4019, "author": 7167, "subject": 60}
-    rel = {("paper", "writes", "author"): read_edges(r / "pa.txt", 4019, 7167, "paper-author"),
-           ("paper", "has_subject", "subject"): read_edges(r / "ps.txt", 4019, 60, "paper-subject")}
+    rel = {
+        ("paper", "writes", "author"): read_edges(r / "pa.txt", 4019, 7167, "paper-author"),
+        ("paper", "has_subject", "subject"): read_edges(r / "ps.txt", 4019, 60, "paper-subject"),
+    }
     # HeCo itself feeds only the paper bag-of-words (one-hot elsewhere); the author one is loaded too.
-    feats = {"paper": read_features(r / "p_feat.npz", 4019, "paper"),
-             "author": read_features(r / "a_feat.npz", 7167, "author")}
+    feats = {
+        "paper": read_features(r / "p_feat.npz", 4019, "paper"),
+        "author": read_features(r / "a_feat.npz", 7167, "author"),
+    }
     labels = check_labels(read_ids(r / "labels.npy"), 4019, r / "labels.npy")
     data = build("acm", nodes, rel, feats, "paper", labels)
     return Graph("acm", data, "paper", labels, _heco_splits(r, 4019))
@@ -248,25 +269,33 @@ def load_dblp(root: Path | None = None, metapaths: bool = False) -> Graph:
     pa = read_edges(r / "pa.txt", 14328, 4057, "paper-author")
     pc = read_edges(r / "pc.txt", 14328, 20, "paper-conference")
     pt = read_edges(r / "pt.txt", 14328, 7723, "paper-term")
-    rel = {("paper", "writes", "author"): pa, ("paper", "in_conference", "conference"): pc,
-           ("paper", "has_term", "term"): pt}
-    feats = {"author": read_features(r / "a_feat.npz", 4057, "author"),
-             "paper": read_features(r / "p_feat.npz", 14328, "paper"),
-             "term": read_features(r / "t_feat.npz", 7723, "term")}
+    rel = {
+        ("paper", "writes", "author"): pa,
+        ("paper", "in_conference", "conference"): pc,
+        ("paper", "has_term", "term"): pt,
+    }
+    feats = {
+        "author": read_features(r / "a_feat.npz", 4057, "author"),
+        "paper": read_features(r / "p_feat.npz", 14328, "paper"),
+        "term": read_features(r / "t_feat.npz", 7723, "term"),
+    }
     labels = check_labels(read_ids(r / "labels.npy"), 4057, r / "labels.npy")
     data = build("dblp", nodes, rel, feats, "author", labels)
     g = Graph("dblp", data, "author", labels, _heco_splits(r, 4057))
     if metapaths:
-        g.metapaths["APTPA"] = metapath_adjacency([(pa.flip(0), 4057, 14328), (pt, 14328, 7723),
-                                                   (pt.flip(0), 7723, 14328), (pa, 14328, 4057)])
+        g.metapaths["APTPA"] = metapath_adjacency(
+            [(pa.flip(0), 4057, 14328), (pt, 14328, 7723), (pt.flip(0), 7723, 14328), (pa, 14328, 4057)]
+        )
     return g
 
 
 def load_aminer(root: Path | None = None) -> Graph:
     r = _root("aminer", root)
     nodes = {"paper": 6564, "author": 13329, "reference": 35890}
-    rel = {("paper", "writes", "author"): read_edges(r / "pa.txt", 6564, 13329, "paper-author"),
-           ("paper", "cites", "reference"): read_edges(r / "pr.txt", 6564, 35890, "paper-reference")}
+    rel = {
+        ("paper", "writes", "author"): read_edges(r / "pa.txt", 6564, 13329, "paper-author"),
+        ("paper", "cites", "reference"): read_edges(r / "pr.txt", 6564, 35890, "paper-reference"),
+    }
     labels = check_labels(read_ids(r / "labels.npy"), 6564, r / "labels.npy")
     data = build("aminer", nodes, rel, {}, "paper", labels)  # no features: the model learns embeddings
     return Graph("aminer", data, "paper", labels, _heco_splits(r, 6564))
@@ -297,7 +326,9 @@ def load_imdb(root: Path | None = None) -> Graph:
         ei = torch.from_numpy(np.stack([src, dd]))
         tname = {"a": "actor", "d": "director"}[dst]
         if len(src) and (src.min() < 0 or src.max() >= n["m"] or dd.min() < 0 or dd.max() >= n[dst]):
-            raise DataError(f"{rel_path}: relation {rid} has ids outside the movie/{tname} blocks of node2id.txt")
+            raise DataError(
+                f"{rel_path}: relation {rid} has ids outside the movie/{tname} blocks of node2id.txt"
+            )
         rels[("movie", name, tname)] = ei
     nodes = {"movie": n["m"], "actor": n["a"], "director": n["d"]}
     labels = check_labels(read_ids(r / "imdb_m_label.txt"), n["m"], r / "imdb_m_label.txt")
@@ -328,13 +359,17 @@ def load_folder(path: str | Path, split_seed: int = 0) -> Graph:
             raise DataError(f"{spec_path}: relation #{i} needs src, name, dst and file") from None
         for typ in (s, d):
             if typ not in nodes:
-                raise DataError(f"{spec_path}: relation '{name}' names unknown node type '{typ}'; "
-                                f"node types: {sorted(nodes)}")
+                raise DataError(
+                    f"{spec_path}: relation '{name}' names unknown node type '{typ}'; "
+                    f"node types: {sorted(nodes)}"
+                )
         rels[(s, name, d)] = read_edges(root / file, nodes[s], nodes[d], f"relation '{name}'")
     feats = {}
     for t, file in (spec.get("features") or {}).items():
         if t not in nodes:
-            raise DataError(f"{spec_path}: features name unknown node type '{t}'; node types: {sorted(nodes)}")
+            raise DataError(
+                f"{spec_path}: features name unknown node type '{t}'; node types: {sorted(nodes)}"
+            )
         feats[t] = read_features(root / file, nodes[t], t)
     target, labels, splits = spec.get("target"), None, {}
     if target is not None and target not in nodes:
@@ -345,13 +380,20 @@ def load_folder(path: str | Path, split_seed: int = 0) -> Graph:
         labels = check_labels(read_ids(root / spec["labels"]), nodes[target], root / spec["labels"])
         if spec.get("splits"):
             for b, parts in spec["splits"].items():
-                splits[int(b)] = tuple(check_split(read_ids(root / parts[p]), nodes[target], f"{b}/{p}")
-                                       for p in ("train", "val", "test"))
+                splits[int(b)] = tuple(
+                    check_split(read_ids(root / parts[p]), nodes[target], f"{b}/{p}")
+                    for p in ("train", "val", "test")
+                )
         else:
             n_eval = min(IMDB_EVAL_SIZE, len(labels) // 4)
-            splits = budget_splits(labels, split_seed, n_eval, n_eval,
-                                   budgets=[b for b in BUDGETS if b <= _smallest_class(labels) // 2]
-                                   or [max(1, _smallest_class(labels) // 4)])
+            splits = budget_splits(
+                labels,
+                split_seed,
+                n_eval,
+                n_eval,
+                budgets=[b for b in BUDGETS if b <= _smallest_class(labels) // 2]
+                or [max(1, _smallest_class(labels) // 4)],
+            )
     data = build(root.name, nodes, rels, feats, target, labels)
     return Graph(root.name, data, target, labels, splits)
 
@@ -376,10 +418,14 @@ def check_budget(graph: Graph, per_class: int) -> None:
         raise DataError(f"graph '{graph.name}' has no labels, so it cannot be evaluated")
     smallest = _smallest_class(graph.labels)
     if per_class > smallest:
-        raise DataError(f"label budget {per_class} per class is larger than the smallest class ({smallest} nodes)")
+        raise DataError(
+            f"label budget {per_class} per class is larger than the smallest class ({smallest} nodes)"
+        )
     if per_class not in graph.splits:
-        raise DataError(f"graph '{graph.name}' has no split for {per_class} labels per class; "
-                        f"allowed: {', '.join(map(str, sorted(graph.splits)))}")
+        raise DataError(
+            f"graph '{graph.name}' has no split for {per_class} labels per class; "
+            f"allowed: {', '.join(map(str, sorted(graph.splits)))}"
+        )
 
 
 def metapath_adjacency(hops: list[tuple[torch.Tensor, int, int]]):
@@ -389,8 +435,9 @@ def metapath_adjacency(hops: list[tuple[torch.Tensor, int, int]]):
 
     out = None
     for ei, n_src, n_dst in hops:
-        a = sp.csr_matrix((np.ones(ei.shape[1], dtype=np.float32), (ei[0].numpy(), ei[1].numpy())),
-                          shape=(n_src, n_dst))
+        a = sp.csr_matrix(
+            (np.ones(ei.shape[1], dtype=np.float32), (ei[0].numpy(), ei[1].numpy())), shape=(n_src, n_dst)
+        )
         a.data[:] = 1.0
         out = a if out is None else out @ a
         out.data[:] = 1.0  # keep it boolean so path counts cannot overflow

@@ -50,16 +50,28 @@ def _scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     proba = torch.softmax(logits, 1).numpy()
     yn = y.numpy()
     try:
-        auc = (roc_auc_score(yn, proba[:, 1]) if proba.shape[1] == 2
-               else roc_auc_score(yn, proba, multi_class="ovr", labels=np.arange(proba.shape[1])))
+        auc = (
+            roc_auc_score(yn, proba[:, 1])
+            if proba.shape[1] == 2
+            else roc_auc_score(yn, proba, multi_class="ovr", labels=np.arange(proba.shape[1]))
+        )
     except ValueError:  # a class absent from the evaluated nodes
         auc = float("nan")
-    return {"macro_f1": 100 * f1_score(yn, pred, average="macro"),
-            "micro_f1": 100 * f1_score(yn, pred, average="micro"), "auc": 100 * auc}
+    return {
+        "macro_f1": 100 * f1_score(yn, pred, average="macro"),
+        "micro_f1": 100 * f1_score(yn, pred, average="micro"),
+        "auc": 100 * auc,
+    }
 
 
-def finetune(graph: Graph, enc: HeteroEncoder, budget: int, cfg: FinetuneSection,
-             mode: Literal["full", "lora"] = "full", seed: int = 0) -> dict[str, Any]:
+def finetune(
+    graph: Graph,
+    enc: HeteroEncoder,
+    budget: int,
+    cfg: FinetuneSection,
+    mode: Literal["full", "lora"] = "full",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train a head (and the encoder, or LoRA adapters) on the budget's training nodes; test at the best
     validation epoch. Returns the test scores, the epoch chosen and the trainable parameter count."""
     check_budget(graph, budget)
@@ -68,7 +80,9 @@ def finetune(graph: Graph, enc: HeteroEncoder, budget: int, cfg: FinetuneSection
     torch.manual_seed(seed)
     if mode == "lora":
         if enc.cfg.conv != "hgt":
-            raise ConfigError("LoRA fine-tuning targets HGT's typed linear layers; use model.conv=hgt or mode full")
+            raise ConfigError(
+                "LoRA fine-tuning targets HGT's typed linear layers; use model.conv=hgt or mode full"
+            )
         from pretrainkit.adapt.base import inject
 
         inject(enc, "lora", cfg.lora_targets, rank=cfg.lora_rank)
@@ -92,8 +106,12 @@ def finetune(graph: Graph, enc: HeteroEncoder, budget: int, cfg: FinetuneSection
             logits = head(enc(graph.data)[graph.target])
         f1 = _scores(logits[va], y[va])["macro_f1"]
         if best is None or f1 > best[0]:
-            best = (f1, epoch, {k: v.clone() for k, v in enc.state_dict().items()},
-                    {k: v.clone() for k, v in head.state_dict().items()})
+            best = (
+                f1,
+                epoch,
+                {k: v.clone() for k, v in enc.state_dict().items()},
+                {k: v.clone() for k, v in head.state_dict().items()},
+            )
             since = 0
         else:
             since += 1
@@ -105,8 +123,13 @@ def finetune(graph: Graph, enc: HeteroEncoder, budget: int, cfg: FinetuneSection
     enc.eval()
     with torch.no_grad():
         logits = head(enc(graph.data)[graph.target])
-    return {**_scores(logits[te], y[te]), "val_macro_f1": best[0], "epoch": epoch, "mode": mode,
-            "trainable_params": sum(p.numel() for p in params)}
+    return {
+        **_scores(logits[te], y[te]),
+        "val_macro_f1": best[0],
+        "epoch": epoch,
+        "mode": mode,
+        "trainable_params": sum(p.numel() for p in params),
+    }
 
 
 # ---- link prediction ----------------------------------------------------------------------------------
@@ -139,8 +162,14 @@ def holdout_edges(graph: Graph, cfg: LinkSection) -> tuple[Graph, torch.Tensor, 
 
 
 @torch.no_grad()
-def link_prediction(enc: HeteroEncoder, graph_without: Graph, test: torch.Tensor, et: tuple[str, str, str],
-                    negatives: int = 99, seed: int = 0) -> dict[str, float]:
+def link_prediction(
+    enc: HeteroEncoder,
+    graph_without: Graph,
+    test: torch.Tensor,
+    et: tuple[str, str, str],
+    negatives: int = 99,
+    seed: int = 0,
+) -> dict[str, float]:
     """MRR and AUC (in %) of the held-out edges (u -> v): v's cosine with u against ``negatives`` random nodes
     of v's type (unfiltered), from frozen embeddings of the graph without the held-out edges."""
     from sklearn.metrics import roc_auc_score
@@ -155,7 +184,11 @@ def link_prediction(enc: HeteroEncoder, graph_without: Graph, test: torch.Tensor
     negs = torch.einsum("ed,ekd->ek", zu, zn)
     rank = 1 + (negs > pos[:, None]).sum(1) + 0.5 * (negs == pos[:, None]).sum(1)
     auc = roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(pos))], np.r_[pos.numpy(), negs[:, 0].numpy()])
-    return {"mrr": 100 * float((1.0 / rank.double()).mean()), "auc": 100 * float(auc), "edges": int(test.shape[1])}
+    return {
+        "mrr": 100 * float((1.0 / rank.double()).mean()),
+        "auc": 100 * float(auc),
+        "edges": int(test.shape[1]),
+    }
 
 
 def encoder_or_scratch(graph: Graph, model_cfg, path: str | Path | None) -> HeteroEncoder:

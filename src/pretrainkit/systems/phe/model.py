@@ -32,8 +32,10 @@ class EncoderConfig:
         if self.hidden < 1 or self.layers < 1 or self.heads < 1:
             raise ConfigError("config keys 'model.hidden', 'model.layers', 'model.heads' must be >= 1")
         if self.conv == "hgt" and self.hidden % self.heads:
-            raise ConfigError(f"config key 'model.hidden' ({self.hidden}) must be divisible by 'model.heads' "
-                              f"({self.heads}) for HGT")
+            raise ConfigError(
+                f"config key 'model.hidden' ({self.hidden}) must be divisible by 'model.heads' "
+                f"({self.heads}) for HGT"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
 
@@ -54,8 +56,13 @@ class HeteroEncoder(nn.Module):
     ``in_dims``: feature width per typed node with features; ``num_nodes``: node count per type in the whole
     graph (sizes the embedding tables of featureless types); ``metadata``: (node types, edge types)."""
 
-    def __init__(self, metadata: tuple[list[str], list[tuple[str, str, str]]], in_dims: dict[str, int],
-                 num_nodes: dict[str, int], cfg: EncoderConfig | None = None):
+    def __init__(
+        self,
+        metadata: tuple[list[str], list[tuple[str, str, str]]],
+        in_dims: dict[str, int],
+        num_nodes: dict[str, int],
+        cfg: EncoderConfig | None = None,
+    ):
         super().__init__()
         from torch_geometric.nn import GraphConv, HeteroConv, HGTConv
 
@@ -63,20 +70,31 @@ class HeteroEncoder(nn.Module):
         cfg.validate()
         node_types, edge_types = metadata
         self.node_types, self.edge_types = list(node_types), [tuple(e) for e in edge_types]
-        self.proj = nn.ModuleDict({t: SparseLinear(in_dims[t], cfg.hidden) for t in node_types if t in in_dims})
-        self.emb = nn.ModuleDict({t: nn.Embedding(num_nodes[t], cfg.hidden)
-                                  for t in node_types if t not in in_dims})
+        self.proj = nn.ModuleDict(
+            {t: SparseLinear(in_dims[t], cfg.hidden) for t in node_types if t in in_dims}
+        )
+        self.emb = nn.ModuleDict(
+            {t: nn.Embedding(num_nodes[t], cfg.hidden) for t in node_types if t not in in_dims}
+        )
         for e in self.emb.values():
             nn.init.normal_(e.weight, std=0.1)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.conv == "hgt":
-            self.convs = nn.ModuleList(HGTConv(cfg.hidden, cfg.hidden, (self.node_types, self.edge_types),
-                                               heads=cfg.heads) for _ in range(cfg.layers))
+            self.convs = nn.ModuleList(
+                HGTConv(cfg.hidden, cfg.hidden, (self.node_types, self.edge_types), heads=cfg.heads)
+                for _ in range(cfg.layers)
+            )
         else:
             self.convs = nn.ModuleList(
-                HeteroConv({e: GraphConv((cfg.hidden, cfg.hidden), cfg.hidden, aggr="mean") for e in self.edge_types},
-                           aggr="sum")
-                for _ in range(cfg.layers))
+                HeteroConv(
+                    {
+                        e: GraphConv((cfg.hidden, cfg.hidden), cfg.hidden, aggr="mean")
+                        for e in self.edge_types
+                    },
+                    aggr="sum",
+                )
+                for _ in range(cfg.layers)
+            )
 
     @classmethod
     def for_graph(cls, data, cfg: EncoderConfig | None = None) -> HeteroEncoder:

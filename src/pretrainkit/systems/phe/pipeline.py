@@ -54,8 +54,11 @@ class PretrainSection:
     structure: StructureConfig = field(default_factory=StructureConfig)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     # AdamW lr 1e-3, weight decay 1e-2, grad-clip 0.5 as the code; a cosine schedule instead of OneCycle.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, lr=1e-3, weight_decay=1e-2,
-                                                                   grad_clip=0.5, log_every=10))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=300, lr=1e-3, weight_decay=1e-2, grad_clip=0.5, log_every=10
+        )
+    )
 
 
 @dataclass
@@ -75,8 +78,9 @@ class SearchSection:
     budget: int = 20
     steps: int = 50
     seed: int = 0
-    weights: SearchConfig = field(default_factory=lambda: SearchConfig(n_trials=8, n_startup_trials=3,
-                                                                       space="box", low=0.0, high=1.0))
+    weights: SearchConfig = field(
+        default_factory=lambda: SearchConfig(n_trials=8, n_startup_trials=3, space="box", low=0.0, high=1.0)
+    )
 
 
 @dataclass
@@ -95,8 +99,10 @@ class PHEConfig:
     def validate(self) -> None:
         unknown = set(self.pretrain.weights) - set(TASK_NAMES)
         if unknown:
-            raise ConfigError(f"config key 'pretrain.weights' names unknown tasks {sorted(unknown)}; "
-                              f"allowed: {', '.join(TASK_NAMES)}")
+            raise ConfigError(
+                f"config key 'pretrain.weights' names unknown tasks {sorted(unknown)}; "
+                f"allowed: {', '.join(TASK_NAMES)}"
+            )
 
 
 def make_mix(tasks: list[PretrainTask], weights: dict[str, float]) -> TaskMix:
@@ -111,8 +117,10 @@ def build_model(graph: Graph, cfg: PHEConfig) -> MixModel:
     rels = masked_relations(graph.data.metadata(), graph.target)
     if not rels:
         raise DataError(f"graph '{graph.name}' has no relation into its target type '{graph.target}'")
-    tasks = [SemanticTask(rels, cfg.model.hidden, graph.target, cfg.pretrain.semantic),
-             StructureTask(rels, cfg.model.hidden, graph.target, cfg.pretrain.structure)]
+    tasks = [
+        SemanticTask(rels, cfg.model.hidden, graph.target, cfg.pretrain.semantic),
+        StructureTask(rels, cfg.model.hidden, graph.target, cfg.pretrain.structure),
+    ]
     return MixModel(enc, make_mix(tasks, cfg.pretrain.weights))
 
 
@@ -134,8 +142,11 @@ def pretrain(cfg: PHEConfig, resume: str | None = None, graph: Graph | None = No
         graph = holdout_edges(graph, cfg.link)[0]
     out = Path(cfg.out)
     model, trainer, result = _train(graph, cfg, out / "pretrain", resume)
-    ckpt.save_weights(out / "encoder.safetensors", model.backbone.state_dict(),
-                      metadata={"graph": graph.name, "steps": str(trainer.step)})
+    ckpt.save_weights(
+        out / "encoder.safetensors",
+        model.backbone.state_dict(),
+        metadata={"graph": graph.name, "steps": str(trainer.step)},
+    )
     return result
 
 
@@ -151,8 +162,10 @@ def load_encoder(graph: Graph, model_cfg: EncoderConfig, path: str | Path) -> He
     state = ckpt.load_weights(path)
     missing, unexpected = enc.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit this encoder and graph (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); evaluate with the config it was trained with")
+        raise CheckpointError(
+            f"{path} does not fit this encoder and graph (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); evaluate with the config it was trained with"
+        )
     return enc
 
 
@@ -166,13 +179,17 @@ def embed(enc: HeteroEncoder, graph: Graph) -> np.ndarray:
 def raw_features(graph: Graph) -> np.ndarray:
     """The floor: the target type's own features, row-normalised (as HeCo's preprocessing)."""
     if "x" not in graph.data[graph.target]:
-        raise DataError(f"graph '{graph.name}' has no features on '{graph.target}', so it has no raw-feature floor")
+        raise DataError(
+            f"graph '{graph.name}' has no features on '{graph.target}', so it has no raw-feature floor"
+        )
     x = graph.data[graph.target].x
     x = x.to_dense() if x.is_sparse else x
     return (x / x.sum(1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
-def logreg_scores(z: np.ndarray, graph: Graph, budget: int, c_grid: list[float], max_iter: int) -> dict[str, float]:
+def logreg_scores(
+    z: np.ndarray, graph: Graph, budget: int, c_grid: list[float], max_iter: int
+) -> dict[str, float]:
     """HeCo's protocol at one budget: logistic regression on the budget's training nodes, C chosen by
     validation Macro-F1, then Macro-F1, Micro-F1 and (one-vs-rest, macro) AUC on the test nodes, in %."""
     from sklearn.linear_model import LogisticRegression
@@ -192,14 +209,22 @@ def logreg_scores(z: np.ndarray, graph: Graph, budget: int, c_grid: list[float],
             best = (f1, c, clf)
     _, c, clf = best
     pred, proba = clf.predict(zs[te]), clf.predict_proba(zs[te])
-    auc = (roc_auc_score(y[te], proba[:, 1]) if proba.shape[1] == 2
-           else roc_auc_score(y[te], proba, multi_class="ovr", labels=clf.classes_))
-    return {"macro_f1": 100 * f1_score(y[te], pred, average="macro"),
-            "micro_f1": 100 * f1_score(y[te], pred, average="micro"), "auc": 100 * auc, "C": c}
+    auc = (
+        roc_auc_score(y[te], proba[:, 1])
+        if proba.shape[1] == 2
+        else roc_auc_score(y[te], proba, multi_class="ovr", labels=clf.classes_)
+    )
+    return {
+        "macro_f1": 100 * f1_score(y[te], pred, average="macro"),
+        "micro_f1": 100 * f1_score(y[te], pred, average="micro"),
+        "auc": 100 * auc,
+        "C": c,
+    }
 
 
-def evaluate(cfg: PHEConfig, encoder: str | Path | None = None, raw: bool = False,
-             graph: Graph | None = None) -> dict[str, Any]:
+def evaluate(
+    cfg: PHEConfig, encoder: str | Path | None = None, raw: bool = False, graph: Graph | None = None
+) -> dict[str, Any]:
     """Scores per budget for the encoder at ``encoder`` (default ``<out>/encoder.safetensors``; ``"none"``: a
     randomly initialised one) or, with ``raw``, for the raw-feature floor; written to ``<out>/evaluate.json``."""
     graph = graph or load_graph(cfg.data)
@@ -214,8 +239,10 @@ def evaluate(cfg: PHEConfig, encoder: str | Path | None = None, raw: bool = Fals
         torch.manual_seed(cfg.pretrain.train.seed)  # a random encoder (--encoder none) is the same every time
         z = embed(encoder_or_scratch(graph, cfg.model, path), graph)
         source = str(path) if path else "random encoder (no pre-training)"
-    scores = {str(b): logreg_scores(z, graph, b, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
-              for b in cfg.evaluate.budgets}
+    scores = {
+        str(b): logreg_scores(z, graph, b, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
+        for b in cfg.evaluate.budgets
+    }
     result = {"graph": graph.name, "embeddings": source, "scores": scores}
     _write(cfg, "evaluate.json", result)
     return result
@@ -233,13 +260,21 @@ def _encoder_path(cfg: PHEConfig, encoder: str | Path | None) -> Path | None:
         return None
     path = Path(encoder) if encoder else Path(cfg.out) / "encoder.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"no pre-trained encoder at {path}; run 'pretrainkit phe pretrain' first "
-                              f"(or pass --encoder FILE, or --encoder none to train from scratch)")
+        raise CheckpointError(
+            f"no pre-trained encoder at {path}; run 'pretrainkit phe pretrain' first "
+            f"(or pass --encoder FILE, or --encoder none to train from scratch)"
+        )
     return path
 
 
-def finetune(cfg: PHEConfig, budget: int, mode: str = "full", seed: int = 0, encoder: str | Path | None = None,
-             graph: Graph | None = None) -> dict[str, Any]:
+def finetune(
+    cfg: PHEConfig,
+    budget: int,
+    mode: str = "full",
+    seed: int = 0,
+    encoder: str | Path | None = None,
+    graph: Graph | None = None,
+) -> dict[str, Any]:
     """Few-label fine-tuning (full or LoRA) of the encoder (or, with ``encoder="none"``, from scratch);
     written to ``<out>/finetune.json``."""
     from pretrainkit.systems.phe import downstream
@@ -249,13 +284,20 @@ def finetune(cfg: PHEConfig, budget: int, mode: str = "full", seed: int = 0, enc
     path = _encoder_path(cfg, encoder)
     enc = downstream.encoder_or_scratch(graph, cfg.model, path)
     r = downstream.finetune(graph, enc, budget, cfg.finetune, mode=mode, seed=seed)
-    result = {"graph": graph.name, "encoder": str(path) if path else "none (from scratch)", "budget": budget,
-              "seed": seed, **r}
+    result = {
+        "graph": graph.name,
+        "encoder": str(path) if path else "none (from scratch)",
+        "budget": budget,
+        "seed": seed,
+        **r,
+    }
     _write(cfg, "finetune.json", result)
     return result
 
 
-def link_prediction(cfg: PHEConfig, encoder: str | Path | None = None, graph: Graph | None = None) -> dict[str, Any]:
+def link_prediction(
+    cfg: PHEConfig, encoder: str | Path | None = None, graph: Graph | None = None
+) -> dict[str, Any]:
     """MRR/AUC on ``link.fraction`` held-out edges of ``link.relation``; written to ``<out>/links.json``. The
     encoder should have been pre-trained with ``holdout_links: true`` (else it has seen the test edges)."""
     from pretrainkit.systems.phe import downstream
@@ -267,8 +309,13 @@ def link_prediction(cfg: PHEConfig, encoder: str | Path | None = None, graph: Gr
     if path is None:
         torch.manual_seed(cfg.link.seed)
     r = downstream.link_prediction(enc, without, test, et, cfg.link.negatives, cfg.link.seed)
-    result = {"graph": graph.name, "relation": "__".join(et), "encoder": str(path) if path else "none (random)",
-              "pretrained_without_test_edges": bool(cfg.holdout_links) if path else None, **r}
+    result = {
+        "graph": graph.name,
+        "relation": "__".join(et),
+        "encoder": str(path) if path else "none (random)",
+        "pretrained_without_test_edges": bool(cfg.holdout_links) if path else None,
+        **r,
+    }
     _write(cfg, "links.json", result)
     return result
 
@@ -321,5 +368,9 @@ def search_weights(cfg: PHEConfig, graph: Graph | None = None, progress: bool = 
     run_dir = Path(cfg.out) / "search"
     run_dir.mkdir(parents=True, exist_ok=True)
     r = search_task_weights(objective, list(TASK_NAMES), s.weights, run_dir=run_dir, progress=progress)
-    return {"best_weights": r.best_weights, "best_value": r.best_value, "n_trials": r.n_trials,
-            "objective": f"in-budget Macro-F1 ({s.budget} labels/class, half fit / half scored)"}
+    return {
+        "best_weights": r.best_weights,
+        "best_value": r.best_value,
+        "n_trials": r.n_trials,
+        "objective": f"in-budget Macro-F1 ({s.budget} labels/class, half fit / half scored)",
+    }

@@ -42,7 +42,9 @@ class CSR:
     def degree(self, nodes: torch.Tensor) -> torch.Tensor:
         return self.ptr[nodes + 1] - self.ptr[nodes]
 
-    def sample(self, nodes: torch.Tensor, fanout: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, nodes: torch.Tensor, fanout: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``fanout`` distinct incoming edges of each node in ``nodes`` -> (src ids, dst ids)."""
         deg = self.degree(nodes)
         total = int(deg.sum())
@@ -68,8 +70,14 @@ def build_csr(data) -> dict[EdgeType, CSR]:
     return {et: CSR(data[et].edge_index, int(data[et[2]].num_nodes)) for et in data.edge_types}
 
 
-def sample_subgraph(data, csr: dict[EdgeType, CSR], target: str, seeds: torch.Tensor, fanouts: Sequence[int],
-                    gen: torch.Generator):
+def sample_subgraph(
+    data,
+    csr: dict[EdgeType, CSR],
+    target: str,
+    seeds: torch.Tensor,
+    fanouts: Sequence[int],
+    gen: torch.Generator,
+):
     """The sampled subgraph around ``seeds`` (global ids of ``target`` nodes); ``fanout = -1`` takes every
     incoming edge of that hop."""
     from torch_geometric.data import HeteroData
@@ -138,12 +146,21 @@ class NeighbourBatches:
     def __init__(self, data, target: str, batch_size: int, fanouts: Sequence[int], seed: int = 0):
         n = int(data[target].num_nodes)
         if batch_size < 1 or batch_size > n:
-            raise ConfigError(f"config key 'sampler.batch_size' must be in 1..{n} (the {target} nodes), "
-                              f"got {batch_size}")
+            raise ConfigError(
+                f"config key 'sampler.batch_size' must be in 1..{n} (the {target} nodes), got {batch_size}"
+            )
         if not fanouts or any(f == 0 or f < -1 for f in fanouts):
-            raise ConfigError(f"config key 'sampler.fanouts' needs one fan-out >= 1 (or -1: all) per hop, "
-                              f"got {list(fanouts)}")
-        self.data, self.target, self.batch_size, self.fanouts, self.seed = data, target, batch_size, list(fanouts), seed
+            raise ConfigError(
+                f"config key 'sampler.fanouts' needs one fan-out >= 1 (or -1: all) per hop, "
+                f"got {list(fanouts)}"
+            )
+        self.data, self.target, self.batch_size, self.fanouts, self.seed = (
+            data,
+            target,
+            batch_size,
+            list(fanouts),
+            seed,
+        )
         self.csr = build_csr(data)
         self.per_epoch = n // batch_size
         self.index = 0
@@ -154,9 +171,13 @@ class NeighbourBatches:
 
     def batch(self, index: int):
         epoch, pos = divmod(index, self.per_epoch)
-        perm = torch.randperm(int(self.data[self.target].num_nodes), generator=_generator(self.seed, -1 - epoch))
-        seeds = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
-        return sample_subgraph(self.data, self.csr, self.target, seeds, self.fanouts, _generator(self.seed, index))
+        perm = torch.randperm(
+            int(self.data[self.target].num_nodes), generator=_generator(self.seed, -1 - epoch)
+        )
+        seeds = perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return sample_subgraph(
+            self.data, self.csr, self.target, seeds, self.fanouts, _generator(self.seed, index)
+        )
 
     def __iter__(self):
         return self
@@ -181,8 +202,9 @@ class FullGraphBatches:
     def __init__(self, data, target: str, batch_size: int, seed: int = 0):
         n = int(data[target].num_nodes)
         if batch_size < 1 or batch_size > n:
-            raise ConfigError(f"config key 'sampler.batch_size' must be in 1..{n} (the {target} nodes), "
-                              f"got {batch_size}")
+            raise ConfigError(
+                f"config key 'sampler.batch_size' must be in 1..{n} (the {target} nodes), got {batch_size}"
+            )
         self.data, self.target, self.batch_size, self.seed = data, target, batch_size, seed
         self.index = 0
 

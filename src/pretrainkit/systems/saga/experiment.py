@@ -19,8 +19,18 @@ from pretrainkit.search.task_weights import search_task_weights
 from pretrainkit.systems.saga.features import mix_features, stat_features, unit_index
 from pretrainkit.systems.saga.pipeline import SagaPipeline
 
-METHODS = ("saga", "saga-linear", "equal", "limu-bert", "limu-bert-linear", "scratch", "floor", "full-label",
-           "saga-A-equal", "saga-A")
+METHODS = (
+    "saga",
+    "saga-linear",
+    "equal",
+    "limu-bert",
+    "limu-bert-linear",
+    "scratch",
+    "floor",
+    "full-label",
+    "saga-A-equal",
+    "saga-A",
+)
 DEMO_METHODS = METHODS[:8]  # the demo skips reading A, whose weight search re-trains per trial
 DESCRIPTIONS = {
     "saga": "Saga reading B: four encoders (one per task), frozen features mixed by GP-searched weights, GRU head",
@@ -90,7 +100,9 @@ class Grid:
         test, val_units = unit_index(test_w, pipe.per_window), unit_index(val_w, pipe.per_window)
         for seed in cfg.downstream.seeds:
             if self._want(label, split, 0, seed, "full-label"):
-                r = pipe.fit_gru(raw, label, unit_index(train_w, pipe.per_window), val_units, test, seed, full=True)
+                r = pipe.fit_gru(
+                    raw, label, unit_index(train_w, pipe.per_window), val_units, test, seed, full=True
+                )
                 self._add(dict(label=label, split=split, budget=0, seed=seed, method="full-label", **r))
         a_feats = self._reading_a_search(label) if "saga-A" in self.methods and split == "random" else None
         for budget in cfg.downstream.budgets:
@@ -115,8 +127,14 @@ class Grid:
             if self._want(*key, "saga"):
                 self._add(dict(base, method="saga", weights=w, search_cv=cv, **gru(mixed)))
             if self._want(*key, "saga-linear"):
-                self._add(dict(base, method="saga-linear", weights=w,
-                               **pipe.linear_probe(mixed.mean(1).numpy(), label, idx, test)))
+                self._add(
+                    dict(
+                        base,
+                        method="saga-linear",
+                        weights=w,
+                        **pipe.linear_probe(mixed.mean(1).numpy(), label, idx, test),
+                    )
+                )
         if self._want(*key, "equal"):
             eq = {t: 1.0 / len(feats) for t in feats}
             self._add(dict(base, method="equal", **gru(mix_features(feats, eq))))
@@ -124,8 +142,13 @@ class Grid:
         if point is not None and self._want(*key, "limu-bert"):
             self._add(dict(base, method="limu-bert", **gru(point)))
         if point is not None and self._want(*key, "limu-bert-linear"):
-            self._add(dict(base, method="limu-bert-linear",
-                           **pipe.linear_probe(point.mean(1).numpy(), label, idx, test)))
+            self._add(
+                dict(
+                    base,
+                    method="limu-bert-linear",
+                    **pipe.linear_probe(point.mean(1).numpy(), label, idx, test),
+                )
+            )
         if self._want(*key, "scratch"):
             self._add(dict(base, method="scratch", **gru(raw)))
         if self._want(*key, "floor"):
@@ -149,12 +172,21 @@ class Grid:
             enc = pipe.pretrain(tasks, w, tag=tag, steps=cfg.pretrain.a_trial_steps, init_from=init)
             return pipe.cv_score(pipe.unit_features((tag,), enc).mean(1).numpy(), label, idx, 0)
 
-        scfg = replace(cfg.search, n_trials=max(4, cfg.search.n_trials // 3), n_startup_trials=3,
-                       study_name=f"A-{label}-random-b{self.a_budget}")
+        scfg = replace(
+            cfg.search,
+            n_trials=max(4, cfg.search.n_trials // 3),
+            n_startup_trials=3,
+            study_name=f"A-{label}-random-b{self.a_budget}",
+        )
         res = search_task_weights(objective, tasks, scfg, run_dir=pipe.out / "search", progress=False)
         tag = f"A-best-{label}"
-        enc = pipe.pretrain(tasks, res.best_weights, tag=tag,
-                            steps=max(cfg.pretrain.a_trial_steps, cfg.pretrain.train.max_steps // 4), init_from=init)
+        enc = pipe.pretrain(
+            tasks,
+            res.best_weights,
+            tag=tag,
+            steps=max(cfg.pretrain.a_trial_steps, cfg.pretrain.train.max_steps // 4),
+            init_from=init,
+        )
         pipe.log(f"[{label}] reading-A weights {_fmt_w(res.best_weights)} (cv {res.best_value:.3f})")
         return pipe.unit_features((tag,), enc), res.best_weights
 

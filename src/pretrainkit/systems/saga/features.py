@@ -16,7 +16,7 @@ def embed(encoder: nn.Module, x: np.ndarray, batch_size: int = 256) -> torch.Ten
     """(N, L, C) raw windows -> (N, L, H) frozen features."""
     encoder.eval()
     xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    return torch.cat([encoder(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size)])
+    return torch.cat([encoder(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)])
 
 
 def to_units(seq: torch.Tensor, unit: int) -> torch.Tensor:
@@ -44,5 +44,5 @@ def stat_features(units: np.ndarray) -> np.ndarray:
     acc, gyr = np.linalg.norm(units[..., :3], axis=-1), np.linalg.norm(units[..., 3:6], axis=-1)
     sig = np.concatenate([units, acc[..., None], gyr[..., None]], axis=-1)  # (n, T, 8)
     fft = np.abs(np.fft.rfft(sig - sig.mean(1, keepdims=True), axis=1))[:, 1:8]  # (n, 7, 8)
-    parts = [sig.mean(1), sig.std(1), sig.min(1), sig.max(1), (sig ** 2).mean(1), fft.reshape(len(sig), -1)]
+    parts = [sig.mean(1), sig.std(1), sig.min(1), sig.max(1), (sig**2).mean(1), fft.reshape(len(sig), -1)]
     return np.concatenate(parts, axis=1).astype(np.float32)

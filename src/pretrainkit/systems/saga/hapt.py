@@ -71,7 +71,9 @@ def _read_npz(path: Path) -> HaptRaw:
     for k, a in arrays.items():
         numeric = np.issubdtype(a.dtype, np.number) or a.dtype == bool
         if k in ("data", "label", "user", "exp", "exp_offsets") and (a.ndim < 1 or not numeric):
-            raise DataError(f"{path}: array '{k}' must be a numeric array, got dtype {a.dtype}, shape {a.shape}")
+            raise DataError(
+                f"{path}: array '{k}' must be a numeric array, got dtype {a.dtype}, shape {a.shape}"
+            )
     return HaptRaw(
         data=arrays["data"].astype(np.float32),
         label=arrays["label"].astype(np.int8),

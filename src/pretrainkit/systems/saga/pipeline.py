@@ -43,7 +43,9 @@ def load_windows(cfg: SagaConfig) -> IMUWindows:
     d = cfg.data
     if d.format == "limu":
         if d.source is None:
-            raise DataError("data.format=limu needs data.source=PATH (a folder with data_20_120.npy, label_20_120.npy)")
+            raise DataError(
+                "data.format=limu needs data.source=PATH (a folder with data_20_120.npy, label_20_120.npy)"
+            )
         return load_limu_folder(d.source, label_columns=d.label_columns, dataset=d.dataset)
     return load_hapt(d.source)
 
@@ -61,7 +63,9 @@ class SagaPipeline:
     def windows(self) -> IMUWindows:
         w = load_windows(self.cfg)
         if w.window % self.cfg.downstream.unit:
-            raise DataError(f"window length {w.window} is not a multiple of downstream.unit={self.cfg.downstream.unit}")
+            raise DataError(
+                f"window length {w.window} is not a multiple of downstream.unit={self.cfg.downstream.unit}"
+            )
         for lab in self.cfg.downstream.labels:
             w.label(lab)  # a clear error if the data has no such label column
         return w
@@ -73,8 +77,10 @@ class SagaPipeline:
         if name == "subject":
             return subject_split(w.label("user"), seed)
         if w.experiment is None or w.start is None:
-            raise DataError("the time split needs per-window experiment/start times; this source has none "
-                            "(load HAPT from its npz, pickle or RawData folder)")
+            raise DataError(
+                "the time split needs per-window experiment/start times; this source has none "
+                "(load HAPT from its npz, pickle or RawData folder)"
+            )
         return time_split_within_group(w.label("user"), (w.experiment, w.start))
 
     @property
@@ -100,23 +106,48 @@ class SagaPipeline:
 
     def new_encoder(self) -> LimuBertEncoder:
         m = self.cfg.model
-        return LimuBertEncoder(n_channels=self.windows.x.shape[2], seq_len=self.windows.window, hidden=m.hidden,
-                               ff=m.ff, n_heads=m.n_heads, n_layers=m.n_layers,
-                               limu_code_compat=m.limu_code_compat)
+        return LimuBertEncoder(
+            n_channels=self.windows.x.shape[2],
+            seq_len=self.windows.window,
+            hidden=m.hidden,
+            ff=m.ff,
+            n_heads=m.n_heads,
+            n_layers=m.n_layers,
+            limu_code_compat=m.limu_code_compat,
+        )
 
     def final_weights(self, tag: str, steps: int | None = None) -> Path:
         steps = steps or self.cfg.pretrain.train.max_steps
-        return self.out / "pretrain" / self.pool_name / tag / "checkpoints" / f"step-{steps:08d}" / "model.safetensors"
+        return (
+            self.out
+            / "pretrain"
+            / self.pool_name
+            / tag
+            / "checkpoints"
+            / f"step-{steps:08d}"
+            / "model.safetensors"
+        )
 
-    def pretrain(self, tasks: list[str], weights: dict[str, float] | None, tag: str, steps: int | None = None,
-                 init_from: str | Path | None = None) -> LimuBertEncoder:
+    def pretrain(
+        self,
+        tasks: list[str],
+        weights: dict[str, float] | None,
+        tag: str,
+        steps: int | None = None,
+        init_from: str | Path | None = None,
+    ) -> LimuBertEncoder:
         """Pre-train one encoder on the pre-training windows; reuses a finished run of the same tag."""
-        tcfg = _replace(self.cfg.pretrain.train, max_steps=steps or self.cfg.pretrain.train.max_steps,
-                        progress=self.progress)
+        tcfg = _replace(
+            self.cfg.pretrain.train,
+            max_steps=steps or self.cfg.pretrain.train.max_steps,
+            progress=self.progress,
+        )
         final = self.final_weights(tag, tcfg.max_steps)
         torch.manual_seed(tcfg.seed)
-        mix = TaskMix([TASKS.build(t, hidden=self.cfg.model.hidden, n_channels=self.windows.x.shape[2])
-                       for t in tasks], weights=weights)
+        mix = TaskMix(
+            [TASKS.build(t, hidden=self.cfg.model.hidden, n_channels=self.windows.x.shape[2]) for t in tasks],
+            weights=weights,
+        )
         model = MixModel(self.new_encoder(), mix)
         if final.is_file():
             try:  # the finished run's last checkpoint, checked against its manifest like any resume
@@ -131,13 +162,22 @@ class SagaPipeline:
                 verify(init_from.parent)
             model.load_state_dict(load_weights(init_from, verified=init_from.name == MODEL_FILE))
         idx = self.pretrain_windows()
-        batches = EpochBatches({"x": torch.from_numpy(self.windows.x[idx])}, self.cfg.pretrain.batch_size,
-                               seed=tcfg.seed)
-        self.log(f"pre-training {tag} on {len(idx)} windows ({self.pool_name} training parts) for "
-                 f"{tcfg.max_steps} steps")
+        batches = EpochBatches(
+            {"x": torch.from_numpy(self.windows.x[idx])}, self.cfg.pretrain.batch_size, seed=tcfg.seed
+        )
+        self.log(
+            f"pre-training {tag} on {len(idx)} windows ({self.pool_name} training parts) for "
+            f"{tcfg.max_steps} steps"
+        )
         hooks = [self._probe_hook(idx)] if self.cfg.pretrain.probe_label else []
-        Trainer(model, batches, tcfg, run_dir=self.out / "pretrain" / self.pool_name / tag,
-                unit="windows", eval_hooks=hooks).fit(resume="auto")
+        Trainer(
+            model,
+            batches,
+            tcfg,
+            run_dir=self.out / "pretrain" / self.pool_name / tag,
+            unit="windows",
+            eval_hooks=hooks,
+        ).fit(resume="auto")
         return model.backbone
 
     def _probe_hook(self, idx: np.ndarray):
@@ -155,7 +195,11 @@ class SagaPipeline:
             feats = embed(model.backbone, self.windows.x[sub]).mean(1).numpy()
             clf = RidgeClassifier(alpha=1.0).fit(feats[:half], y[:half])
             model.train()
-            return {f"probe_{self.cfg.pretrain.probe_label}_acc": float((clf.predict(feats[half:]) == y[half:]).mean())}
+            return {
+                f"probe_{self.cfg.pretrain.probe_label}_acc": float(
+                    (clf.predict(feats[half:]) == y[half:]).mean()
+                )
+            }
 
         return hook
 
@@ -203,8 +247,16 @@ class SagaPipeline:
         val = np.concatenate([rng.choice(idx[y[idx] == c], n_val, replace=False) for c in np.unique(y[idx])])
         return np.setdiff1d(idx, val), np.sort(val)
 
-    def fit_gru(self, feats: torch.Tensor, label: str, fit: np.ndarray, val: np.ndarray, test: np.ndarray,
-                seed: int, full: bool = False) -> dict[str, float]:
+    def fit_gru(
+        self,
+        feats: torch.Tensor,
+        label: str,
+        fit: np.ndarray,
+        val: np.ndarray,
+        test: np.ndarray,
+        seed: int,
+        full: bool = False,
+    ) -> dict[str, float]:
         ds = self.cfg.downstream
         y = torch.from_numpy(self.unit_labels(label))
         n_classes = int(y.max()) + 1
@@ -219,13 +271,26 @@ class SagaPipeline:
         per_class = len(labelled) // len(labelled.unique())  # the budget: equal per class by construction
         restarts = ds.head_restarts if not full and per_class <= ds.restart_max_budget else 1
         seeds = [seed] + [seed * 1000 + r for r in range(1, restarts)]
-        head, val_acc, restart = fit_restarts(lambda: GRUClassifier(in_dim=feats.shape[-1], n_classes=n_classes),
-                                              feats[fit], y[fit], feats[val], y[val], head_cfg, seeds)
+        head, val_acc, restart = fit_restarts(
+            lambda: GRUClassifier(in_dim=feats.shape[-1], n_classes=n_classes),
+            feats[fit],
+            y[fit],
+            feats[val],
+            y[val],
+            head_cfg,
+            seeds,
+        )
         pred = predict(head, feats[test])
-        return {"acc": accuracy(pred, y[test].numpy()), "f1": macro_f1(pred, y[test].numpy()), "val_acc": val_acc,
-                "restart": restart}
+        return {
+            "acc": accuracy(pred, y[test].numpy()),
+            "f1": macro_f1(pred, y[test].numpy()),
+            "val_acc": val_acc,
+            "restart": restart,
+        }
 
-    def linear_probe(self, pooled: np.ndarray, label: str, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    def linear_probe(
+        self, pooled: np.ndarray, label: str, train: np.ndarray, test: np.ndarray
+    ) -> dict[str, float]:
         from sklearn.linear_model import RidgeClassifier
 
         y = self.unit_labels(label)
@@ -246,16 +311,20 @@ class SagaPipeline:
             correct += int((clf.predict(pooled[idx][te]) == y[te]).sum())
         return correct / len(idx)
 
-    def search_b(self, feats: dict[str, torch.Tensor], label: str, split: str, budget: int, seed: int,
-                 idx: np.ndarray) -> tuple[dict[str, float], float]:
+    def search_b(
+        self, feats: dict[str, torch.Tensor], label: str, split: str, budget: int, seed: int, idx: np.ndarray
+    ) -> tuple[dict[str, float], float]:
         """Reading B's weight search: features are fixed, so a trial is one cheap cross-validated probe."""
         pooled = {k: v.mean(1).numpy() for k, v in feats.items()}
 
         def objective(w: dict[str, float]) -> float:
             return self.cv_score(np.concatenate([pooled[k] * w[k] for k in pooled], 1), label, idx, seed)
 
-        scfg = _replace(self.cfg.search, study_name=f"{label}-{split}-b{budget}-s{seed}-{'+'.join(feats)}",
-                        seed=self.cfg.search.seed + seed)
+        scfg = _replace(
+            self.cfg.search,
+            study_name=f"{label}-{split}-b{budget}-s{seed}-{'+'.join(feats)}",
+            seed=self.cfg.search.seed + seed,
+        )
         res = search_task_weights(objective, list(feats), scfg, run_dir=self.out / "search", progress=False)
         return res.best_weights, res.best_value
 

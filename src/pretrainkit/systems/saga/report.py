@@ -29,10 +29,14 @@ def _mean(rows: list[dict], **match) -> float | None:
 def headline(rows: list[dict]) -> dict[str, float | None]:
     saga100 = _mean(rows, label="activity", split="random", budget=100, method="saga")
     full = _mean(rows, label="activity", split="random", method="full-label")
-    out: dict[str, float | None] = {"activity_ratio_at_100": round(saga100 / full, 4) if saga100 and full else None}
+    out: dict[str, float | None] = {
+        "activity_ratio_at_100": round(saga100 / full, 4) if saga100 and full else None
+    }
     for lab in ("activity", "user"):
         s, lb = (_mean(rows, label=lab, split="random", budget=20, method=m) for m in ("saga", "limu-bert"))
-        out[f"saga_minus_limubert_{lab}"] = round(100 * (s - lb), 2) if s is not None and lb is not None else None
+        out[f"saga_minus_limubert_{lab}"] = (
+            round(100 * (s - lb), 2) if s is not None and lb is not None else None
+        )
     out["saga_activity_acc_at_100"] = round(saga100, 4) if saga100 else None
     out["full_label_activity_acc"] = round(full, 4) if full else None
     return out
@@ -41,7 +45,9 @@ def headline(rows: list[dict]) -> dict[str, float | None]:
 def tables(rows: list[dict]) -> str:
     s = summarise(rows)
     n = len({r["seed"] for r in rows})  # cells over fewer seeds say so
-    combos = sorted({(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random"))
+    combos = sorted(
+        {(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random")
+    )
     budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     parts = []
@@ -56,8 +62,9 @@ def tables(rows: list[dict]) -> str:
         parts.append(md_table(["method \\ labels per class"] + [str(b) for b in budgets], body) + "\n")
         f1 = [r for r in rows if r["label"] == lab and r["split"] == split and r["method"] == "saga"]
         if f1:
-            parts.append(f"Weights chosen by the search (mean over n={n} seeds; sensor, point, sub-period, "
-                         "period):\n")
+            parts.append(
+                f"Weights chosen by the search (mean over n={n} seeds; sensor, point, sub-period, period):\n"
+            )
             wrows = []
             for b in budgets:
                 ws = [r["weights"] for r in f1 if r["budget"] == b]
@@ -77,7 +84,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     s = summarise(rows)
-    combos = sorted({(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random"))
+    combos = sorted(
+        {(r["label"], r["split"]) for r in rows}, key=lambda c: (c[0] != "activity", c[1] != "random")
+    )
     budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
     fig, axes = plt.subplots(1, len(combos), figsize=(4.2 * len(combos), 3.6), squeeze=False)
     for ax, (lab, split) in zip(axes[0], combos):
@@ -87,11 +96,16 @@ def plot(rows: list[dict], path: Path) -> Path:
                     ax.axhline(s[(lab, split, 0, m)].mean, color="k", ls="--", lw=1, label="full-label")
                 continue
             # a single seed has no spread: no error bar (not a zero one)
-            pts = [(b, s[(lab, split, b, m)].mean, s[(lab, split, b, m)].std or 0.0) for b in budgets
-                   if (lab, split, b, m) in s]
+            pts = [
+                (b, s[(lab, split, b, m)].mean, s[(lab, split, b, m)].std or 0.0)
+                for b in budgets
+                if (lab, split, b, m) in s
+            ]
             if pts:
                 b, mu, sd = zip(*pts)
-                ax.errorbar(b, mu, yerr=sd, marker="o", ms=3, capsize=2, label=m, lw=1.5 if m == "saga" else 1)
+                ax.errorbar(
+                    b, mu, yerr=sd, marker="o", ms=3, capsize=2, label=m, lw=1.5 if m == "saga" else 1
+                )
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("labels per class")

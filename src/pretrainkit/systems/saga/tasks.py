@@ -78,9 +78,7 @@ class MaskedReconstructionTask(PretrainTask):
         mask = self.masker(target, generator)
         return {**batch, "x": apply_mask(x, mask, generator, self.mask_prob), "target": target, "mask": mask}
 
-    def loss(
-        self, batch: Mapping[str, Any], backbone_out: torch.Tensor
-    ) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, batch: Mapping[str, Any], backbone_out: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """Mean squared error over the masked entries only; metrics ``mse`` and ``masked_frac`` (tensors).
 
         An all-unmasked batch scores 0 with a zero gradient (the graph stays alive for DDP and the optimiser).
