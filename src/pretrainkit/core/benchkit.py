@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pretrainkit.core.profiles import profile_path
+from pretrainkit.core.profiles import add_profile_args, profile_path
 from pretrainkit.errors import ConfigError
 
 
@@ -33,19 +33,7 @@ def add_bench_args(
 ) -> None:
     """The flags every bench takes. ``--seeds`` and ``--name`` default to the profile's values; ``-h`` is
     argparse's own (prints help, runs nothing)."""
-    parser.add_argument(
-        "--config",
-        default=default_profile,
-        metavar="PROFILE|FILE",
-        help=f"a profile name under configs/{system}/ or a YAML file (default: {default_profile})",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value with a dotted key (repeatable)",
-    )
+    add_profile_args(parser, system, default_profile)
     parser.add_argument(
         "--results-dir",
         *results_alias,

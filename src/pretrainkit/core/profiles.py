@@ -37,6 +37,12 @@ def profile_path(system: str, profile: str) -> Path:
 
 def add_config_args(parser, system: str, default_profile: str) -> None:
     """The options every system verb shares: --config, --set, --out."""
+    add_profile_args(parser, system, default_profile)
+    parser.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
+
+
+def add_profile_args(parser, system: str, default_profile: str) -> None:
+    """--config (a profile of ``system`` or a YAML file) and repeatable --set: shared by verbs and benches."""
     parser.add_argument(
         "--config",
         default=default_profile,
@@ -50,4 +56,3 @@ def add_config_args(parser, system: str, default_profile: str) -> None:
         metavar="KEY=VALUE",
         help="override a config value with a dotted key, e.g. --set pretrain.train.max_steps=50 (repeatable)",
     )
-    parser.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
