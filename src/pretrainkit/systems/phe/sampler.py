@@ -137,11 +137,37 @@ def sample_subgraph(
     return sub
 
 
-class NeighbourBatches:
-    """Sampled subgraphs around ``batch_size`` seed nodes of ``target`` per batch; seeds run through a fresh
-    permutation of all target nodes each epoch (the last incomplete batch of an epoch is dropped)."""
+class _IndexedBatches:
+    """A batch stream whose batch ``i`` is a pure function of (seed, i): its state is the index alone, so a
+    resumed run draws exactly the batches an uninterrupted one would. Subclasses define ``batch(index)``."""
 
     unit = "seeds"
+    index: int
+    seed: int
+    batch_size: int
+
+    @property
+    def items_per_batch(self) -> int:
+        return self.batch_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = self.batch(self.index)
+        self.index += 1
+        return b
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.index = int(state["index"])
+
+
+class NeighbourBatches(_IndexedBatches):
+    """Sampled subgraphs around ``batch_size`` seed nodes of ``target`` per batch; seeds run through a fresh
+    permutation of all target nodes each epoch (the last incomplete batch of an epoch is dropped)."""
 
     def __init__(self, data, target: str, batch_size: int, fanouts: Sequence[int], seed: int = 0):
         n = int(data[target].num_nodes)
@@ -165,10 +191,6 @@ class NeighbourBatches:
         self.per_epoch = n // batch_size
         self.index = 0
 
-    @property
-    def items_per_batch(self) -> int:
-        return self.batch_size
-
     def batch(self, index: int):
         epoch, pos = divmod(index, self.per_epoch)
         perm = torch.randperm(
@@ -179,25 +201,9 @@ class NeighbourBatches:
             self.data, self.csr, self.target, seeds, self.fanouts, _generator(self.seed, index)
         )
 
-    def __iter__(self):
-        return self
 
-    def __next__(self):
-        b = self.batch(self.index)
-        self.index += 1
-        return b
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
-
-
-class FullGraphBatches:
+class FullGraphBatches(_IndexedBatches):
     """The whole graph every step, with ``batch_size`` query (seed) nodes of ``target`` drawn afresh per step."""
-
-    unit = "seeds"
 
     def __init__(self, data, target: str, batch_size: int, seed: int = 0):
         n = int(data[target].num_nodes)
@@ -208,26 +214,8 @@ class FullGraphBatches:
         self.data, self.target, self.batch_size, self.seed = data, target, batch_size, seed
         self.index = 0
 
-    @property
-    def items_per_batch(self) -> int:
-        return self.batch_size
-
     def batch(self, index: int):
         out = copy.copy(self.data)  # shares the tensors; only the seed attribute differs
         n = int(self.data[self.target].num_nodes)
         out[self.target].seed = torch.randperm(n, generator=_generator(self.seed, index))[: self.batch_size]
         return out
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        b = self.batch(self.index)
-        self.index += 1
-        return b
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
