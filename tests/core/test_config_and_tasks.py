@@ -105,3 +105,30 @@ def test_bad_weights_and_unknown_task():
         mix(torch.randn(2, 2), backbone=lambda t: t)
     with pytest.raises(PretrainkitError, match="unknown pre-training task 'nope'; allowed: .*test.scale"):
         TASKS.get("nope")
+
+
+def test_a_partial_override_keeps_the_rest_of_the_sections_own_default():
+    """`--set pretrain.train.max_steps=50` used to rebuild the section from TrainConfig()'s bare defaults,
+    silently switching e.g. a system's constant schedule to cosine."""
+    from dataclasses import dataclass, field
+
+    from pretrainkit.core.config import load_config
+    from pretrainkit.core.trainer import TrainConfig
+
+    @dataclass
+    class Pretrain:
+        train: TrainConfig = field(
+            default_factory=lambda: TrainConfig(max_steps=150, schedule="constant", lr=3e-4)
+        )
+
+    @dataclass
+    class Top:
+        pretrain: Pretrain = field(default_factory=Pretrain)
+
+    c = load_config(Top, None, ["pretrain.train.max_steps=50"])
+    assert (c.pretrain.train.max_steps, c.pretrain.train.schedule, c.pretrain.train.lr) == (
+        50,
+        "constant",
+        3e-4,
+    )
+    assert load_config(Top, None, []).pretrain.train.max_steps == 150

@@ -120,7 +120,7 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; allowed here: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: _coerce(_with_field_default(fields[k], v), hints[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field missing
@@ -134,6 +134,21 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         else:
             validate()
     return obj
+
+
+def _with_field_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested section is laid over that field's own default, not the section class's
+    bare defaults: ``--set pretrain.train.max_steps=50`` must keep the rest of the system's ``pretrain.train``
+    (its lr, its schedule), not silently fall back to ``TrainConfig()``'s."""
+    if not isinstance(value, dict):
+        return value
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        return value
+    return _deep_merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
 
 
 def check_range(
