@@ -229,3 +229,31 @@ def test_gradients_flow_only_through_active_tasks(weights):
     total.backward()
     assert (s.head.weight.grad is not None) == (weights["s"] > 0)
     assert (n.head.weight.grad is not None) == (weights["n"] > 0)
+
+
+def test_a_weight_schedule_reaches_the_mix_through_the_trainer(tmp_path):
+    """MixModel's forward(batch) carries no step; the trainer tells every scheduled mix the step, so a
+    schedule (here: task b switched on from step 3) takes effect in training."""
+    from pretrainkit.core.data import EpochBatches
+    from pretrainkit.core.rundir import RunDir
+    from pretrainkit.core.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    mix = TaskMix([Shared("a"), Shared("b")], schedule=lambda step: {"b": 0.0 if step < 3 else 1.0})
+
+    class OnX(CountingBackbone):
+        def forward(self, batch):
+            return super().forward(batch["x"])
+
+    model = MixModel(OnX(), mix)
+    cfg = TrainConfig(max_steps=5, lr=1e-2, log_every=1, progress=False)
+    Trainer(model, EpochBatches({"x": torch.randn(32, 4)}, 8, seed=0), cfg, run_dir=tmp_path).fit()
+    recs = [r for r in RunDir(tmp_path).read_metrics() if "loss/a" in r]
+    # the record of step k is the k-th step (index k - 1); a zero-weight task does not run, so logs nothing
+    assert [(r["step"], r.get("weight/b")) for r in recs] == [
+        (1, None),
+        (2, None),
+        (3, None),
+        (4, 1.0),
+        (5, 1.0),
+    ]

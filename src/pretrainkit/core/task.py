@@ -102,6 +102,9 @@ class TaskMix(nn.Module):
         if weights is not None:
             self.set_weights(weights)
         self.schedule = schedule
+        # The training step a schedule sees when forward() is called without one (MixModel's forward(batch)):
+        # the core Trainer sets it before each step.
+        self.current_step: int | None = None
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         unknown = set(weights) - set(self.names)
@@ -145,6 +148,7 @@ class TaskMix(nn.Module):
         interval: no device sync per step), ``weight/<task>`` the Python float used, and each task's own
         metrics under ``<task>/<key>`` (tensors detached, floats as given).
         """
+        step = self.current_step if step is None else step
         w = self.weights_at(step)
         total: torch.Tensor | None = None
         metrics: Metrics = {}

@@ -39,6 +39,7 @@ from pretrainkit.core.config import check_positive, check_range
 from pretrainkit.core.data import BatchStream, to_device
 from pretrainkit.core.device import autocast
 from pretrainkit.core.rundir import RunDir
+from pretrainkit.core.task import TaskMix
 from pretrainkit.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -149,6 +150,10 @@ class Trainer:
         self.cfg = cfg
         self.info = dist_info or dist_.DistInfo()
         self.raw_model = model.to(self.info.device)
+        # task mixes inside the model learn the step from the trainer, so a weight schedule takes effect
+        self._mixes = [
+            m for m in self.raw_model.modules() if isinstance(m, TaskMix) and m.schedule is not None
+        ]
         self.model = self._parallelise(self.raw_model, fsdp_units)
         self.batches = batches
         self.run_dir = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
@@ -412,6 +417,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         agg: dict[str, torch.Tensor | float] = {}
         loss_sum = torch.zeros((), device=self.info.device)
+        for mix in self._mixes:
+            mix.current_step = self.step
         for micro in range(cfg.grad_accum):
             batch = to_device(next(self.batches), self.info.device)
             seed = step_seed(cfg.seed, self.step, self.info.rank, micro)
