@@ -291,3 +291,34 @@ def test_lazily_detected_nan_raises_and_writes_no_bad_checkpoint(tmp_path, log_e
     assert [s for s, _ in cks] == kept and all(_all_finite(p) for _, p in cks)
     assert all(s <= 4 for s in evals)  # no evaluation of non-finite weights either
     assert str(cks[-1][1] if cks else "none written yet") in str(err.value)
+
+
+# ---- plain progress lines (worker processes have no bar) -------------------------------------------
+def test_progress_lines_print_step_loss_and_time_left(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = _cfg(max_steps=6, log_every=2)
+    Trainer(
+        ToyRegressor(),
+        EpochBatches(toy_data(), 16, seed=1),
+        cfg,
+        run_dir=tmp_path / "enc",
+        progress_lines=1e-9,
+    ).fit()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("enc: step")]
+    assert [ln.split(",")[0] for ln in lines] == ["enc: step 2/6", "enc: step 4/6", "enc: step 6/6"]
+    assert all("loss " in ln and "s left" in ln for ln in lines)
+
+
+def test_no_progress_lines_by_default_or_with_a_bar(tmp_path, capsys):
+    torch.manual_seed(0)
+    Trainer(
+        ToyRegressor(), EpochBatches(toy_data(), 16, seed=1), _cfg(max_steps=4), run_dir=tmp_path / "a"
+    ).fit()
+    Trainer(
+        ToyRegressor(),
+        EpochBatches(toy_data(), 16, seed=1),
+        _cfg(max_steps=4, progress=True),
+        run_dir=tmp_path / "b",
+        progress_lines=1e-9,
+    ).fit()
+    assert "step 4/4" not in capsys.readouterr().out

@@ -142,12 +142,17 @@ class Trainer:
         dist_info: dist_.DistInfo | None = None,
         unit: str | None = None,
         scheduler: SchedulerFactory | None = None,
+        progress_lines: float = 0.0,
+        name: str | None = None,
     ):
         """``batches``: a ``BatchStream`` (core/data.py) or any iterator of batches. ``scheduler(optimizer, cfg)``
         builds the lr scheduler (default ``default_scheduler``); it is stepped once per optimizer step and its
         state is checkpointed. ``unit``: the progress bar's name for an item (default: the stream's ``unit``,
-        else "samples")."""
+        else "samples"). ``progress_lines`` > 0: where no bar is shown (``cfg.progress`` off, e.g. in worker
+        processes whose bars would garble one terminal), print one plain line at most every that many seconds
+        (step, loss, rate, time left), prefixed with ``name`` (default: the run directory's name)."""
         self.cfg = cfg
+        self.progress_lines = progress_lines
         self.info = dist_info or dist_.DistInfo()
         self.raw_model = model.to(self.info.device)
         # task mixes inside the model learn the step from the trainer, so a weight schedule takes effect
@@ -161,6 +166,7 @@ class Trainer:
         self.scheduler = (scheduler or default_scheduler)(self.optimizer, cfg)
         self.eval_hooks, self.step_hooks = list(eval_hooks), list(step_hooks)
         self.unit = unit or getattr(batches, "unit", None) or "samples"
+        self.name = name or (self.run_dir.path.name if self.run_dir is not None else "train")
         self.step = 0
         self.last_checkpoint: Path | None = None
         self._stop = False
@@ -335,6 +341,8 @@ class Trainer:
                 mininterval=1.0,
                 dynamic_ncols=True,
             )
+        lines = self.progress_lines if bar is None and self.info.is_main else 0.0
+        t_line = time.perf_counter()
         per_step = cfg.grad_accum * max(1, self.info.world)
         items = getattr(self.batches, "items_per_batch", None)
         tokens = getattr(self.batches, "tokens_per_batch", None)
@@ -369,6 +377,9 @@ class Trainer:
                         if tokens:
                             rates["tok/s"] = f"{last['tokens_per_s']:.0f}"
                         bar.set_postfix(loss=f"{last['loss']:.4g}", **rates)
+                    if lines and (time.perf_counter() - t_line >= lines or final):
+                        t_line = time.perf_counter()
+                        self._print_line(last["loss"], time.perf_counter() - t_loop, first_step)
                 if not final and cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.evaluate()
                 if not final and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
@@ -404,6 +415,15 @@ class Trainer:
             self.run_dir.plot_metrics()
         measured.update(wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
         return {**last, **measured}
+
+    def _print_line(self, loss: float, took: float, first_step: int) -> None:
+        rate = (self.step - first_step) / took if took > 0 else 0.0
+        left = f"~{(self.cfg.max_steps - self.step) / rate:.0f} s left" if rate > 0 else "time left unknown"
+        print(
+            f"{self.name}: step {self.step}/{self.cfg.max_steps}, loss {loss:.4g}, {rate:.1f} steps/s, "
+            f"{took:.0f} s so far, {left}",
+            flush=True,
+        )
 
     def _clock(self) -> float:
         """A timestamp after the device has finished the queued work (used twice per fit, never per step)."""

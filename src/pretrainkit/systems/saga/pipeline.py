@@ -177,6 +177,9 @@ class SagaPipeline:
             run_dir=self.out / "pretrain" / self.pool_name / tag,
             unit="windows",
             eval_hooks=hooks,
+            # worker processes run without bars (several would garble one terminal): a line every 20 s instead
+            progress_lines=0.0 if self.progress else 20.0,
+            name=f"pre-training {tag}",
         ).fit(resume="auto")
         return model.backbone
 
