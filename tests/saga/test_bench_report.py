@@ -92,3 +92,26 @@ def test_saga_report_states_n_and_rerenders_to_itself(tmp_path):
     )
     assert out["headline"]["n_seeds"] == 3 and out["config"]["downstream"]["seeds"] == [0, 1, 2]
     assert_rerender_equals(md, tmp_path / "b", lambda p, d: rerender(p, bench.render, d))
+
+
+def test_denominator_is_the_full_label_model_best_on_validation_not_test(tmp_path):
+    rows = [r for r in _rows() if r["method"] != "full-label"]
+    for seed in range(3):
+        base = {"label": "activity", "split": "random", "budget": 0, "seed": seed}
+        # the GRU is better on test, the forest on validation: the validation decides
+        rows.append(dict(base, method="full-label", acc=0.95, val_acc=0.90))
+        rows.append(dict(base, method="full-label-forest", acc=0.93, val_acc=0.96))
+        rows.append(dict(base, method="full-label-gbt", acc=0.99, val_acc=0.91))
+    from pretrainkit.systems.saga import report
+
+    head = report.headline(rows)
+    assert head["full_label_reference"] == "full-label-forest"
+    saga = {
+        b: statistics.fmean(r["acc"] for r in rows if r["method"] == "saga" and r["budget"] == b)
+        for b in (100,)
+    }
+    assert head["activity_ratio_at_100"] == round(saga[100] / 0.93, 4)
+    assert head["activity_ratio_at_20"] is None  # no budget-20 rows here
+    assert head["full-label_activity_acc"] == 0.95 and head["full-label-gbt_activity_acc"] == 0.99
+    text = report.tables(rows)
+    assert "full-label-forest" in text and "full-label-gbt" in text

@@ -97,6 +97,7 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
     wall = payload.get("wall_s")
     head = report.headline(rows)
     head["goal_ratio_met"] = bool(head["activity_ratio_at_100"] and head["activity_ratio_at_100"] >= 0.90)
+    head["goal_ratio_at_20_met"] = bool(head["activity_ratio_at_20"] and head["activity_ratio_at_20"] >= 0.90)
     head["goal_beats_limubert_both"] = bool(
         (head["saga_minus_limubert_activity"] or 0) > 0 and (head["saga_minus_limubert_user"] or 0) > 0
     )
@@ -136,7 +137,9 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
             + ". The weight search "
             f"(Optuna GP sampler, {cfg.search.n_trials} trials) maximises {cfg.downstream.cv_folds}-fold CV accuracy "
             "of a ridge probe inside the budget. No validation- or test-split label is used to tune anything "
-            "except the full-label model, which selects its epoch on the validation split.",
+            "except the full-label models, which select their epoch or hyperparameter on the validation split. "
+            "The ratios' denominator is the full-label model with the best validation accuracy (activity, random "
+            f"split): **{head['full_label_reference']}**.",
             (
                 "- saga-A's search uses one budget-20 draw (seed 0) per task, so at budgets 50 and 100 with seeds 1-2 "
                 "it has seen up to 20 extra labels per class; it is reported for budgets >= 20 only."

@@ -291,6 +291,46 @@ class SagaPipeline:
             "restart": restart,
         }
 
+    def fit_trees(
+        self,
+        kind: str,
+        stats: np.ndarray,
+        label: str,
+        fit: np.ndarray,
+        val: np.ndarray,
+        test: np.ndarray,
+        seed: int,
+    ) -> dict[str, float]:
+        """A tree ensemble on the floor's per-unit features (``kind``: forest | gbt), its one hyperparameter
+        chosen on ``val`` from a small grid; the strongest full-label reference a reviewer could build."""
+        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+        y = self.unit_labels(label)
+        if kind == "forest":
+            grid = [("min_samples_leaf", v) for v in (1, 5)]
+            make = lambda k, v: RandomForestClassifier(  # noqa: E731
+                n_estimators=200, max_features="sqrt", n_jobs=1, random_state=seed, **{k: v}
+            )
+        else:
+            grid = [("learning_rate", v) for v in (0.05, 0.15)]
+            make = lambda k, v: HistGradientBoostingClassifier(  # noqa: E731
+                max_iter=300, early_stopping=False, random_state=seed, **{k: v}
+            )
+        best = None
+        for k, v in grid:
+            clf = make(k, v).fit(stats[fit], y[fit])
+            val_acc = accuracy(clf.predict(stats[val]), y[val])
+            if best is None or val_acc > best[0]:
+                best = (val_acc, clf, v)
+        val_acc, clf, chosen = best
+        pred = clf.predict(stats[test])
+        return {
+            "acc": accuracy(pred, y[test]),
+            "f1": macro_f1(pred, y[test]),
+            "val_acc": val_acc,
+            "chosen": chosen,
+        }
+
     def linear_probe(
         self, pooled: np.ndarray, label: str, train: np.ndarray, test: np.ndarray
     ) -> dict[str, float]:
