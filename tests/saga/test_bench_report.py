@@ -115,3 +115,31 @@ def test_denominator_is_the_full_label_model_best_on_validation_not_test(tmp_pat
     assert head["full-label_activity_acc"] == 0.95 and head["full-label-gbt_activity_acc"] == 0.99
     text = report.tables(rows)
     assert "full-label-forest" in text and "full-label-gbt" in text
+
+
+def test_equal_compute_gap_is_taken_against_the_stronger_variant():
+    from pretrainkit.systems.saga import report
+
+    rows = []
+    for seed in range(3):
+        base = {"label": "user", "split": "random", "budget": 20, "seed": seed}
+        rows += [
+            dict(base, method="saga", acc=0.70),
+            dict(base, method="limu-bert-4seeds", acc=0.66),
+            dict(base, method="limu-bert-4x-steps", acc=0.68),
+        ]
+    head = report.headline(rows)
+    assert head["saga_minus_limubert_equal_compute_user"] == 2.0
+    assert head["saga_minus_limubert_equal_compute_activity"] is None
+
+
+def test_equal_compute_jobs_match_saga_compute_and_width():
+    from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+    cfg = SagaConfig()
+    jobs = SagaPipeline(cfg).limubert_equal_compute_jobs()
+    n, steps = len(cfg.pretrain.tasks), cfg.pretrain.train.max_steps
+    seeded = [j for j in jobs if j[4] is None]
+    assert len(seeded) == n - 1 and len({j[3] for j in seeded} | {cfg.pretrain.train.seed}) == n
+    assert all(j[1] == ["saga.point"] for j in jobs)
+    assert [j[4] for j in jobs if j[4] is not None] == [n * steps]

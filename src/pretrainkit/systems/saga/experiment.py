@@ -19,6 +19,8 @@ from pretrainkit.search.task_weights import search_task_weights
 from pretrainkit.systems.saga.features import mix_features, stat_features, unit_index
 from pretrainkit.systems.saga.pipeline import SagaPipeline
 
+# LIMU-BERT at Saga's pre-training compute and feature width: method -> variant of limubert_equal_compute().
+EQUAL_COMPUTE = {"seeds": "limu-bert-4seeds", "long": "limu-bert-4x-steps"}
 METHODS = (
     "saga",
     "saga-linear",
@@ -33,6 +35,7 @@ METHODS = (
     "full-label-forest",
     "full-label-gbt",
     "full-label-saga",
+    *EQUAL_COMPUTE.values(),
 )
 # The demo skips reading A (its weight search re-trains per trial) and the extra full-label references.
 DEMO_METHODS = METHODS[:8]
@@ -54,6 +57,10 @@ DESCRIPTIONS = {
     "full-label-gbt": "histogram gradient-boosted trees on the floor's features, every training label "
     "(learning rate chosen on the validation split)",
     "full-label-saga": "the whole Saga pipeline with every training label: weights searched on them, GRU head",
+    "limu-bert-4seeds": "LIMU-BERT at Saga's compute and width: one point encoder per Saga task, from other "
+    "seeds, features concatenated, GRU head",
+    "limu-bert-4x-steps": "LIMU-BERT at Saga's compute: one point encoder pre-trained as many times as long as "
+    "Saga has tasks, GRU head",
 }
 
 
@@ -72,6 +79,10 @@ class Grid:
     def uses_a(self) -> bool:
         return bool({"saga-A-equal", "saga-A"} & set(self.methods))
 
+    @property
+    def uses_equal_compute(self) -> bool:
+        return bool(set(EQUAL_COMPUTE.values()) & set(self.methods))
+
     def _add(self, row: dict) -> None:
         self.rows.append(row)
         self.done.add((row["label"], row["split"], row["budget"], row["seed"], row["method"]))
@@ -86,7 +97,7 @@ class Grid:
         pipe = self.pipe
         pipe.out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        pipe.pretrain_all(with_a=self.uses_a)
+        pipe.pretrain_all(with_a=self.uses_a, equal_compute=self.uses_equal_compute)
         pipe.log(f"encoders ready ({time.time() - t0:.0f}s)")
         combos = pipe.cfg.combos()
         if workers > 1 and len(combos) > 1:
@@ -103,9 +114,10 @@ class Grid:
         feats = {t: pipe.unit_features(("B", t), e) for t, e in encs.items()}
         raw = pipe.unit_features(("raw",), None)
         stats = stat_features(raw.numpy())
+        equal_compute = pipe.limubert_equal_compute() if self.uses_equal_compute else {}
         feats_a = None
         if self.uses_a:
-            tag, tasks, weights = pipe.pretrain_jobs(with_a=True)[0]
+            tag, tasks, weights, _, _ = pipe.pretrain_jobs(with_a=True)[0]
             feats_a = pipe.unit_features((tag,), pipe.pretrain(tasks, weights, tag))
         train_w, val_w, test_w = pipe.split(split)
         test, val_units = unit_index(test_w, pipe.per_window), unit_index(val_w, pipe.per_window)
@@ -129,6 +141,20 @@ class Grid:
         for budget in cfg.downstream.budgets:
             for seed in cfg.downstream.seeds:
                 self._draw(split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test)
+                for variant, f in equal_compute.items():
+                    if self._want(label, split, budget, seed, EQUAL_COMPUTE[variant]):
+                        fit, val = pipe.budget(label, split, budget, seed)
+                        r = pipe.fit_gru(f, label, fit, val, test, seed)
+                        self._add(
+                            dict(
+                                label=label,
+                                split=split,
+                                budget=budget,
+                                seed=seed,
+                                method=EQUAL_COMPUTE[variant],
+                                **r,
+                            )
+                        )
             pipe.log(f"[{label}/{split}] budget {budget} done ({time.time() - t0:.0f}s)")
 
     def _draw(self, split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test) -> None:

@@ -135,12 +135,15 @@ class SagaPipeline:
         tag: str,
         steps: int | None = None,
         init_from: str | Path | None = None,
+        seed: int | None = None,
     ) -> LimuBertEncoder:
-        """Pre-train one encoder on the pre-training windows; reuses a finished run of the same tag."""
+        """Pre-train one encoder on the pre-training windows; reuses a finished run of the same tag.
+        ``seed``: another init and batch order than the config's (the equal-compute LIMU-BERT's copies)."""
         tcfg = _replace(
             self.cfg.pretrain.train,
             max_steps=steps or self.cfg.pretrain.train.max_steps,
             progress=self.progress,
+            **({} if seed is None else {"seed": seed}),
         )
         final = self.final_weights(tag, tcfg.max_steps)
         torch.manual_seed(tcfg.seed)
@@ -206,22 +209,57 @@ class SagaPipeline:
 
         return hook
 
-    def pretrain_jobs(self, with_a: bool = False) -> list[tuple[str, list[str], dict[str, float] | None]]:
-        """(tag, tasks, weights): reading B's one-task encoders, and optionally reading A's equal mix."""
+    def pretrain_jobs(
+        self, with_a: bool = False, equal_compute: bool = False
+    ) -> list[tuple[str, list[str], dict[str, float] | None, int | None, int | None]]:
+        """(tag, tasks, weights, seed, steps): reading B's one-task encoders, optionally reading A's equal mix,
+        and optionally LIMU-BERT at Saga's compute (``limubert_equal_compute_jobs``)."""
         tasks = self.cfg.pretrain.tasks
-        jobs = [("A-equal", tasks, {t: 1.0 / len(tasks) for t in tasks})] if with_a else []
-        return jobs + [(f"B-{t}", [t], None) for t in tasks]
+        jobs = [("A-equal", tasks, {t: 1.0 / len(tasks) for t in tasks}, None, None)] if with_a else []
+        jobs += [(f"B-{t}", [t], None, None, None) for t in tasks]
+        return jobs + (self.limubert_equal_compute_jobs() if equal_compute else [])
 
-    def pretrain_all(self, with_a: bool = False) -> None:
+    def limubert_equal_compute_jobs(self) -> list[tuple[str, list[str], None, int | None, int | None]]:
+        """LIMU-BERT given Saga's pre-training compute and feature width: as many point-task encoders as Saga
+        has tasks, from other seeds (B-saga.point is the first), and one point encoder trained that many
+        times as long."""
+        n, train = len(self.cfg.pretrain.tasks), self.cfg.pretrain.train
+        jobs = [
+            (f"B-saga.point-seed{train.seed + k}", ["saga.point"], None, train.seed + k, None)
+            for k in range(1, n)
+        ]
+        return jobs + [(f"B-saga.point-x{n}", ["saga.point"], None, None, n * train.max_steps)]
+
+    def pretrain_all(self, with_a: bool = False, equal_compute: bool = False) -> None:
         """Run every missing pre-training job, in ``pretrain.workers`` processes (one thread each) if > 1."""
-        todo = [j for j in self.pretrain_jobs(with_a) if not self.final_weights(j[0]).is_file()]
+        todo = [
+            j
+            for j in self.pretrain_jobs(with_a, equal_compute)
+            if not self.final_weights(j[0], j[4]).is_file()
+        ]
         if self.cfg.pretrain.workers > 1 and len(todo) > 1:
             self.windows  # load (and validate) once in the parent so errors surface here
             self.log(f"pre-training {len(todo)} encoders in {self.cfg.pretrain.workers} processes")
             for _ in spawn_map(_pretrain_worker, [(self.cfg, *j) for j in todo], self.cfg.pretrain.workers):
                 pass
-        for tag, tasks, weights in todo:
-            self.pretrain(tasks, weights, tag)
+        for tag, tasks, weights, seed, steps in todo:
+            self.pretrain(tasks, weights, tag, steps=steps, seed=seed)
+
+    def limubert_equal_compute(self) -> dict[str, torch.Tensor]:
+        """Unit features of the two equal-compute LIMU-BERT variants: ``seeds`` (the point encoders of every
+        seed, concatenated: Saga's width) and ``long`` (one encoder, Saga's total steps)."""
+        self.pretrain_all(equal_compute=True)
+        point = [self.unit_features(("B", "saga.point"), self.pretrain(["saga.point"], None, "B-saga.point"))]
+        out = {}
+        for tag, tasks, _, seed, steps in self.limubert_equal_compute_jobs():
+            enc = self.pretrain(tasks, None, tag, steps=steps, seed=seed)
+            f = self.unit_features((tag,), enc)
+            if steps is None:
+                point.append(f)
+            else:
+                out["long"] = f
+        out["seeds"] = torch.cat(point, dim=-1)
+        return out
 
     def encoders_b(self) -> dict[str, LimuBertEncoder]:
         """Reading B: one encoder per task (the point encoder is LIMU-BERT)."""
@@ -372,9 +410,18 @@ class SagaPipeline:
         return res.best_weights, res.best_value
 
 
-def _pretrain_worker(cfg: SagaConfig, tag: str, tasks: list[str], weights: dict[str, float] | None) -> None:
+def _pretrain_worker(
+    cfg: SagaConfig,
+    tag: str,
+    tasks: list[str],
+    weights: dict[str, float] | None,
+    seed: int | None = None,
+    steps: int | None = None,
+) -> None:
     torch.set_num_threads(1)
-    SagaPipeline(cfg, log=lambda m: print(m, flush=True), progress=False).pretrain(tasks, weights, tag)
+    SagaPipeline(cfg, log=lambda m: print(m, flush=True), progress=False).pretrain(
+        tasks, weights, tag, steps=steps, seed=seed
+    )
 
 
 def _replace(obj, **kw):
