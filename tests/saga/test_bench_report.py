@@ -143,3 +143,29 @@ def test_equal_compute_jobs_match_saga_compute_and_width():
     assert len(seeded) == n - 1 and len({j[3] for j in seeded} | {cfg.pretrain.train.seed}) == n
     assert all(j[1] == ["saga.point"] for j in jobs)
     assert [j[4] for j in jobs if j[4] is not None] == [n * steps]
+
+
+def test_simplex_grid_covers_the_simplex():
+    from pretrainkit.systems.saga.experiment import simplex_grid
+
+    g = simplex_grid(["a", "b", "c", "d"], 4)
+    assert len(g) == 35 and all(abs(sum(w.values()) - 1) < 1e-12 for w in g)
+    assert {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0} in g and {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25} in g
+
+
+def test_search_gaps_and_grid_gain_in_points():
+    from pretrainkit.systems.saga import report
+
+    rows = []
+    for seed in range(3):
+        base = {"label": "activity", "split": "random", "budget": 20, "seed": seed}
+        rows += [
+            dict(base, method="saga", acc=0.80),
+            dict(base, method="equal", acc=0.81),
+            dict(base, method="saga-linear", acc=0.77),
+            dict(base, method="equal-linear", acc=0.75),
+            dict(base, method="grid-oracle-linear", acc=0.79),
+        ]
+    head = report.headline(rows)
+    assert head["searched_minus_equal"] == -1.0
+    assert head["searched_minus_equal_linear"] == 2.0 and head["weight_grid_gain"] == 4.0

@@ -101,6 +101,10 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
     head["goal_beats_limubert_both"] = bool(
         (head["saga_minus_limubert_activity"] or 0) > 0 and (head["saga_minus_limubert_user"] or 0) > 0
     )
+    head["goal_beats_limubert_equal_compute_both"] = bool(
+        (head["saga_minus_limubert_equal_compute_activity"] or 0) > 0
+        and (head["saga_minus_limubert_equal_compute_user"] or 0) > 0
+    )
     head["n_seeds"] = len({r["seed"] for r in rows})
     pc = cfg.pretrain
     body = "\n".join(

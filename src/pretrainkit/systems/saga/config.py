@@ -61,6 +61,8 @@ class DownstreamSection:
     unit: int = 20  # steps per classified unit (LIMU-BERT: 1-s sub-windows of the 6-s window)
     val_fraction: float = 0.2  # share of each class's budget held out to select epochs (>= 1 per class)
     cv_folds: int = 5  # weight-search objective: stratified k-fold accuracy of a linear probe on the budget
+    cv_repeats: int = 1  # ... averaged over this many reshuffled k-fold splits (one draw does not decide)
+    oracle_grid: int = 4  # grid-oracle-linear's simplex resolution: weights in steps of 1/oracle_grid
     # Epochs and restarts are selected by in-budget validation accuracy (metric: accuracy | macro_f1).
     head: HeadConfig = field(
         default_factory=lambda: HeadConfig(epochs=300, lr=1e-3, batch_size=128, metric="accuracy")
@@ -121,6 +123,8 @@ class SagaConfig:
             section, name = key.split(".")
             check_at_least(getattr(getattr(self, section), name), key)
         check_at_least(self.downstream.cv_folds, "downstream.cv_folds", 2)
+        check_at_least(self.downstream.cv_repeats, "downstream.cv_repeats", 1)
+        check_at_least(self.downstream.oracle_grid, "downstream.oracle_grid", 1)
         if self.downstream.head_restarts < 1:
             raise ConfigError(f"downstream.head_restarts must be >= 1, got {self.downstream.head_restarts}")
         if not 0 < self.downstream.val_fraction < 1:

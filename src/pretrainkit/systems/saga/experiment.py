@@ -7,6 +7,7 @@ as they are computed, so an interrupted grid resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import replace
@@ -36,6 +37,9 @@ METHODS = (
     "full-label-gbt",
     "full-label-saga",
     *EQUAL_COMPUTE.values(),
+    "equal-linear",
+    "best-single-linear",
+    "grid-oracle-linear",
 )
 # The demo skips reading A (its weight search re-trains per trial) and the extra full-label references.
 DEMO_METHODS = METHODS[:8]
@@ -59,6 +63,10 @@ DESCRIPTIONS = {
     "full-label-saga": "the whole Saga pipeline with every training label: weights searched on them, GRU head",
     "limu-bert-4seeds": "LIMU-BERT at Saga's compute and width: one point encoder per Saga task, from other "
     "seeds, features concatenated, GRU head",
+    "equal-linear": "equal task weights with the ridge probe (the search's own head)",
+    "best-single-linear": "the single task whose encoder the in-budget CV prefers, ridge probe",
+    "grid-oracle-linear": "REFERENCE ONLY, chosen on test labels: the best weights of a coarse simplex grid "
+    "(ridge probe); shows how much any weighting could gain, never used to choose anything",
     "limu-bert-4x-steps": "LIMU-BERT at Saga's compute: one point encoder pre-trained as many times as long as "
     "Saga has tasks, GRU head",
 }
@@ -140,24 +148,14 @@ class Grid:
         a_feats = self._reading_a_search(label) if "saga-A" in self.methods and split == "random" else None
         for budget in cfg.downstream.budgets:
             for seed in cfg.downstream.seeds:
-                self._draw(split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test)
-                for variant, f in equal_compute.items():
-                    if self._want(label, split, budget, seed, EQUAL_COMPUTE[variant]):
-                        fit, val = pipe.budget(label, split, budget, seed)
-                        r = pipe.fit_gru(f, label, fit, val, test, seed)
-                        self._add(
-                            dict(
-                                label=label,
-                                split=split,
-                                budget=budget,
-                                seed=seed,
-                                method=EQUAL_COMPUTE[variant],
-                                **r,
-                            )
-                        )
+                self._draw(
+                    split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test, equal_compute
+                )
             pipe.log(f"[{label}/{split}] budget {budget} done ({time.time() - t0:.0f}s)")
 
-    def _draw(self, split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test) -> None:
+    def _draw(
+        self, split, label, budget, seed, feats, feats_a, a_feats, raw, stats, test, equal_compute
+    ) -> None:
         pipe, key = self.pipe, (label, split, budget, seed)
 
         def gru(f: torch.Tensor) -> dict:
@@ -205,6 +203,38 @@ class Grid:
         if a_feats is not None and budget >= self.a_budget and self._want(*key, "saga-A"):
             f, w = a_feats
             self._add(dict(base, method="saga-A", weights=w, **gru(f)))
+        for variant, f in equal_compute.items():
+            if self._want(*key, EQUAL_COMPUTE[variant]):
+                self._add(dict(base, method=EQUAL_COMPUTE[variant], **gru(f)))
+        self._weight_references(key, base, feats, idx, test)
+
+    def _weight_references(self, key, base, feats, idx, test) -> None:
+        """What the weights are worth, with the probe the search optimises: equal weights, the one task the
+        in-budget CV prefers, and (reference only, chosen on *test* labels) the best point of a coarse simplex."""
+        pipe, label, seed = self.pipe, base["label"], base["seed"]
+        pooled = {t: f.mean(1).numpy() for t, f in feats.items()}
+
+        def probe(w: dict[str, float]) -> dict:
+            return pipe.linear_probe(np.concatenate([pooled[t] * w[t] for t in pooled], 1), label, idx, test)
+
+        if self._want(*key, "equal-linear"):
+            self._add(dict(base, method="equal-linear", **probe({t: 1.0 / len(pooled) for t in pooled})))
+        if self._want(*key, "best-single-linear"):
+            cvs = {t: pipe.cv_score(pooled[t], label, idx, seed) for t in pooled}
+            best = max(cvs, key=cvs.get)  # first wins ties (dicts keep the task order)
+            self._add(
+                dict(
+                    base,
+                    method="best-single-linear",
+                    task=best,
+                    search_cv=cvs[best],
+                    **probe({t: float(t == best) for t in pooled}),
+                )
+            )
+        if self._want(*key, "grid-oracle-linear"):
+            scored = [(probe(w), w) for w in simplex_grid(list(pooled), self.pipe.cfg.downstream.oracle_grid)]
+            r, w = max(scored, key=lambda rw: rw[0]["acc"])
+            self._add(dict(base, method="grid-oracle-linear", weights=w, uses_test_labels=True, **r))
 
     def _reading_a_search(self, label: str):
         """Reading A's search: each trial continues A-equal's pre-training for a few steps with the trial's
@@ -236,6 +266,15 @@ class Grid:
         )
         pipe.log(f"[{label}] reading-A weights {_fmt_w(res.best_weights)} (cv {res.best_value:.3f})")
         return pipe.unit_features((tag,), enc), res.best_weights
+
+
+def simplex_grid(tasks: list[str], steps: int) -> list[dict[str, float]]:
+    """Every weight vector with entries in {0, 1/steps, ..., 1} summing to 1."""
+    out = []
+    for combo in itertools.product(range(steps + 1), repeat=len(tasks)):
+        if sum(combo) == steps:
+            out.append({t: c / steps for t, c in zip(tasks, combo)})
+    return out
 
 
 def _combo_worker(cfg, methods, combo) -> None:

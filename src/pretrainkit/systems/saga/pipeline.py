@@ -386,11 +386,13 @@ class SagaPipeline:
 
         y = self.unit_labels(label)[idx]
         k = min(self.cfg.downstream.cv_folds, int(np.bincount(y)[np.unique(y)].min()))
-        correct = 0
-        for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(pooled[idx], y):
-            clf = RidgeClassifier(alpha=1.0).fit(pooled[idx][tr], y[tr])
-            correct += int((clf.predict(pooled[idx][te]) == y[te]).sum())
-        return correct / len(idx)
+        correct, repeats = 0, self.cfg.downstream.cv_repeats
+        for rep in range(repeats):  # repeat 0 is the single split used before repeats existed
+            splits = StratifiedKFold(k, shuffle=True, random_state=seed + 7919 * rep).split(pooled[idx], y)
+            for tr, te in splits:
+                clf = RidgeClassifier(alpha=1.0).fit(pooled[idx][tr], y[tr])
+                correct += int((clf.predict(pooled[idx][te]) == y[te]).sum())
+        return correct / (len(idx) * repeats)
 
     def search_b(
         self, feats: dict[str, torch.Tensor], label: str, split: str, budget: int, seed: int, idx: np.ndarray

@@ -61,6 +61,14 @@ def headline(rows: list[dict]) -> dict[str, float | str | None]:
         out[f"saga_minus_limubert_equal_compute_{lab}"] = (
             round(100 * (s - max(ec)), 2) if s is not None and ec else None
         )
+
+    def gap(a: str, b: str) -> float | None:
+        x, y = (_mean(rows, label="activity", split="random", budget=20, method=m) for m in (a, b))
+        return round(100 * (x - y), 2) if x is not None and y is not None else None
+
+    out["searched_minus_equal"] = gap("saga", "equal")  # the main (GRU) pipeline
+    out["searched_minus_equal_linear"] = gap("saga-linear", "equal-linear")  # the head the search optimises
+    out["weight_grid_gain"] = gap("grid-oracle-linear", "equal-linear")  # test-label reference
     out["saga_activity_acc_at_100"] = round(saga100, 4) if saga100 else None
     out["full_label_activity_acc"] = round(full, 4) if full else None
     for m in FULL_LABEL:
