@@ -74,7 +74,9 @@ def test_label_column_out_of_range(capsys, tmp_path):
 def test_unknown_config_key_task_and_profile(capsys, tmp_path):
     _fails(capsys, ["saga", "demo", "--set", "pretrain.stepz=3"], "pretrain.stepz")
     _fails(capsys, ["saga", "demo", "--set", "pretrain.tasks=[saga.point,saga.nope]"], "saga.nope")
-    _fails(capsys, ["saga", "demo", "--config", "nosuchprofile"], "allowed: bench, paper, quick")
+    _fails(
+        capsys, ["saga", "demo", "--config", "nosuchprofile"], "allowed: basicmotions, bench, paper, quick"
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("pretrain: [\n")
     _fails(capsys, ["saga", "demo", "--config", str(bad)], "not valid YAML")

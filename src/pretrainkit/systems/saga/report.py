@@ -40,30 +40,31 @@ def full_label_reference(rows: list[dict], label: str = "activity", split: str =
     return max(scored, key=lambda t: t[0])[1] if scored else None
 
 
-def headline(rows: list[dict]) -> dict[str, float | str | None]:
-    ref = full_label_reference(rows)
-    full = _mean(rows, label="activity", split="random", method=ref) if ref else None
+def headline(rows: list[dict], split: str = "random") -> dict[str, float | str | None]:
+    """Headline figures on ``split`` (random for HAPT; a fixed-split archive has its own)."""
+    ref = full_label_reference(rows, split=split)
+    full = _mean(rows, label="activity", split=split, method=ref) if ref else None
     out: dict[str, float | str | None] = {"full_label_reference": ref}
-    saga100 = _mean(rows, label="activity", split="random", budget=100, method="saga")
+    saga100 = _mean(rows, label="activity", split=split, budget=100, method="saga")
     for b in (100, 20):
-        s = _mean(rows, label="activity", split="random", budget=b, method="saga")
+        s = _mean(rows, label="activity", split=split, budget=b, method="saga")
         out[f"activity_ratio_at_{b}"] = round(s / full, 4) if s and full else None
     for lab in ("activity", "user"):
-        s, lb = (_mean(rows, label=lab, split="random", budget=20, method=m) for m in ("saga", "limu-bert"))
+        s, lb = (_mean(rows, label=lab, split=split, budget=20, method=m) for m in ("saga", "limu-bert"))
         out[f"saga_minus_limubert_{lab}"] = (
             round(100 * (s - lb), 2) if s is not None and lb is not None else None
         )
     for lab in ("activity", "user"):
         # against the stronger of the two equal-compute variants (the conservative reading for Saga)
-        s = _mean(rows, label=lab, split="random", budget=20, method="saga")
-        ec = [_mean(rows, label=lab, split="random", budget=20, method=m) for m in EQUAL_COMPUTE.values()]
+        s = _mean(rows, label=lab, split=split, budget=20, method="saga")
+        ec = [_mean(rows, label=lab, split=split, budget=20, method=m) for m in EQUAL_COMPUTE.values()]
         ec = [v for v in ec if v is not None]
         out[f"saga_minus_limubert_equal_compute_{lab}"] = (
             round(100 * (s - max(ec)), 2) if s is not None and ec else None
         )
 
     def gap(a: str, b: str) -> float | None:
-        x, y = (_mean(rows, label="activity", split="random", budget=20, method=m) for m in (a, b))
+        x, y = (_mean(rows, label="activity", split=split, budget=20, method=m) for m in (a, b))
         return round(100 * (x - y), 2) if x is not None and y is not None else None
 
     out["searched_minus_equal"] = gap("saga", "equal")  # the main (GRU) pipeline
@@ -72,7 +73,7 @@ def headline(rows: list[dict]) -> dict[str, float | str | None]:
     out["saga_activity_acc_at_100"] = round(saga100, 4) if saga100 else None
     out["full_label_activity_acc"] = round(full, 4) if full else None
     for m in FULL_LABEL:
-        acc = _mean(rows, label="activity", split="random", method=m)
+        acc = _mean(rows, label="activity", split=split, method=m)
         if acc is not None and m != ref:
             out[f"{m}_activity_acc"] = round(acc, 4)
     return out
