@@ -1,5 +1,7 @@
 """User mistakes reach the command line as one line on stderr and exit status 2."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,38 @@ def test_budget_larger_than_a_class_has(shared_data):
 def test_head_restarts_below_one_is_refused():
     with pytest.raises(ConfigError, match="head_restarts must be >= 1"):
         load_config(SagaConfig, None, ["downstream.head_restarts=0"])
+
+
+def test_length_curve_bad_input(capsys, tmp_path):
+    base = ["saga", "length-curve", "--results-dir", str(tmp_path), "--out", str(tmp_path / "r")]
+    _fails(capsys, [*base, "--steps", "800,200"], "increasing positive step counts")
+    _fails(capsys, [*base, "--steps", "2x"], "--steps must be comma-separated integers")
+    _fails(capsys, [*base, "--budgets", "1"], "--budgets must be integers >= 2")
+    _fails(capsys, [*base, "--task", "saga.nope"], "saga.nope")
+    _fails(capsys, [*base, "--set", "pretrain.train.schedule=cosine"], "schedule=constant")
+    assert not list(tmp_path.glob("*.md"))
+
+
+def test_length_curve_report_from_rows(tmp_path):
+    from pretrainkit.core.results import publish
+    from pretrainkit.systems.saga import length_curve
+
+    rows = [
+        dict(pretrain_seed=0, steps=s, label=lab, budget=20, seed=k, acc=0.5 + s / 10_000 + k / 100, f1=0.5)
+        for s in (200, 800)
+        for lab in ("activity", "user")
+        for k in range(3)
+    ]
+    md = publish(
+        "len",
+        {"rows": rows, "task": "saga.point", "wall_s": 1.0},
+        length_curve.render,
+        kind=length_curve.KIND,
+        seeds=[0, 1, 2],
+        out_dir=tmp_path,
+        title=length_curve.TITLE,
+    )
+    text = md.read_text()
+    assert "| activity | 20 | 0.530 ± 0.010 | 0.590 ± 0.010 |" in text and "over n=3 downstream seeds" in text
+    head = json.loads(md.with_suffix(".json").read_text())["headline"]
+    assert head["activity_at_20_last_gain"] == 6.0 and head["lengths"] == [200, 800]

@@ -24,6 +24,8 @@ VERBS = {
     "finetune": "train the classifier at one label budget with given or searched weights and report test accuracy",
     "evaluate": "run the configured grid (tasks x splits x budgets x seeds x methods) and write a report",
     "bench": "run the benchmark profile and write docs/results/saga.{md,json}",
+    "length-curve": "accuracy at 20 and 100 labels/class against pre-training length (one task, both labels, "
+    "random split); writes docs/results/saga-length.{md,json}",
 }
 
 
@@ -34,6 +36,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         if verb == "bench":
             _bench_args(p)
             p.set_defaults(func=_bench)
+            continue
+        if verb == "length-curve":
+            _length_args(p)
+            p.set_defaults(func=_length_curve)
             continue
         add_config_args(p, "saga", "quick")
         _data_args(p)
@@ -211,6 +217,62 @@ def _bench(args: argparse.Namespace) -> int:
     save_config(cfg, Path(cfg.out) / "config.yaml")
     print(
         f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or 'saga', profile=args.config)}"
+    )
+    return 0
+
+
+def _length_args(p: argparse.ArgumentParser) -> None:
+    add_bench_args(p, "saga", "bench", default_name="saga-length")
+    p.add_argument("--steps", default="200,800,3200", metavar="N1,N2,...", help="pre-training lengths")
+    p.add_argument("--task", default="saga.point", help="the one pre-training task (default saga.point)")
+    p.add_argument("--budgets", default="20,100", metavar="B1,B2", help="labels per class (default 20,100)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", default=None, help="run directory (default: the profile's out + /length)")
+    p.add_argument("--data", default=None, metavar="PATH", help="your own HAPT copy (as for the other verbs)")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def _length_curve(args: argparse.Namespace) -> int:
+    from pretrainkit.core.task import TASKS
+    from pretrainkit.systems.saga import length_curve
+
+    if args.rerender is not None:
+        from pretrainkit.core.results import load_results, rerender
+
+        path = rerender(
+            args.rerender,
+            length_curve.render,
+            out_dir=args.results_dir,
+            kind=length_curve.KIND,
+            title=length_curve.TITLE,
+            what="a Saga length curve",
+        )
+        length_curve.plot(load_results(path.with_suffix(".json"))["rows"], path.with_suffix(".png"))
+        print(f"wrote {path}")
+        return 0
+    check_at_least(args.threads, "--threads")
+    lengths = length_curve.check_lengths(_ints(args.steps, "--steps"))
+    budgets = _ints(args.budgets, "--budgets")
+    if not budgets or min(budgets) < 2:
+        raise ConfigError(
+            f"--budgets must be integers >= 2 (one unit per class to fit, one to validate): {budgets}"
+        )
+    import pretrainkit.systems.saga.tasks  # noqa: F401  (registers the tasks)
+
+    TASKS.get(args.task)  # one-line error naming the allowed tasks
+    torch.set_num_threads(args.threads)
+    cfg = load(args)
+    if args.out is None:
+        cfg.out = str(Path(cfg.out) / "length")
+    name = args.name or "saga-length"
+    print(
+        f"wrote {length_curve.run_bench(cfg, lengths, args.task, budgets, args.results_dir, name, args.config)}"
     )
     return 0
 
