@@ -120,7 +120,9 @@ def test_dev_split_cuts_at_the_document_end_nearest_the_share():
         np.int32
     )
     data = TextData(_Tok(), stream, np.zeros(1, np.int32), ["a", "b", "c", "d"], ["v"])
-    out = dev_split(data, 0.1)  # 105 tokens: the wanted cut (94.5) is nearest the end of document c (at 93)
+    out = dev_split(
+        data, 0.1, mode="tail"
+    )  # 105 tokens: the wanted cut (94.5) is nearest the end of document c (at 93)
     assert np.array_equal(np.concatenate([out.train_stream, out.val_stream]), stream)
     assert out.train_stream[-1] == 0 and len(out.val_stream) == 11 and out.val_stream[-1] == 0
     assert 0 not in out.val_stream[:-1]  # exactly one whole document (d) and its EOS
@@ -129,7 +131,35 @@ def test_dev_split_cuts_at_the_document_end_nearest_the_share():
 def test_dev_split_needs_two_documents():
     one = np.concatenate([[0], np.arange(1, 40), [0]]).astype(np.int32)
     with pytest.raises(ConfigError, match="at least two"):
+        dev_split(TextData(_Tok(), one, one, ["a"], ["v"]), 0.1, mode="tail")
+    with pytest.raises(ConfigError, match="at least two"):
         dev_split(TextData(_Tok(), one, one, ["a"], ["v"]), 0.1)
+
+
+def test_dev_documents_are_whole_random_training_documents_disjoint_from_validation():
+    from pretrainkit.systems.crnet.data import stream_documents
+
+    sizes = [40, 30, 25, 20, 15, 12, 10, 8]
+    docs = [np.full(n, k + 1, dtype=np.int32) for k, n in enumerate(sizes)]
+    stream = np.concatenate([np.zeros(1, np.int32)] + [np.concatenate([d, [0]]) for d in docs]).astype(
+        np.int32
+    )
+    names = [f"d{k}" for k in range(len(docs))]
+    val = np.array([0, 99, 99, 0], dtype=np.int32)
+    data = TextData(_Tok(), stream, val, names, ["v"])
+    picks = set()
+    for seed in range(6):
+        out = dev_split(data, 0.2, seed=seed)
+        kept, held = stream_documents(out.train_stream, 0), stream_documents(out.val_stream, 0)
+        # every training document lands whole on exactly one side, named as it was
+        assert sorted(map(tuple, kept + held)) == sorted(map(tuple, docs))
+        assert sorted(out.train_docs + out.val_docs) == names and not set(out.val_docs) & {"v"}
+        assert [int(d[0]) for d in held] == [int(n[1:]) + 1 for n in out.val_docs]
+        assert 0.1 * len(stream) < len(out.val_stream) < 0.4 * len(stream)
+        assert 99 not in out.train_stream and 99 not in out.val_stream  # validation tokens stay out
+        picks.add(tuple(out.val_docs))
+    assert len(picks) > 1  # drawn at random, not always the tail
+    assert dev_split(data, 0.2, seed=3).val_docs == dev_split(data, 0.2, seed=3).val_docs  # but seeded
 
 
 def test_best_cell_ignores_diverged_runs():

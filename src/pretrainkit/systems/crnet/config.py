@@ -115,7 +115,11 @@ class SweepSection:
     lrs: list[float] = field(default_factory=lambda: [0.003, 0.01])
     block_scales: list[float] = field(default_factory=lambda: [1.0, 0.25, 0.1])
     seed: int = 0
-    dev_fraction: float = 0.1  # the tail of the training stream, cut at a document end
+    dev_fraction: float = 0.1  # share of the training tokens scored as the dev split
+    # documents: whole training documents drawn at random (seed dev_seed), as validation was drawn from the
+    # corpus; tail: the end of the training stream (the first sweep's reading, off-domain on the shared corpus)
+    dev_split: Literal["documents", "tail"] = "documents"
+    dev_seed: int = 1
     workers: int = 2
     bench_cells: bool = False  # train each method at its bench cell only (bench.lr x bench.block_lr_scale)
     name: str = "crnet-sweep"  # docs/results/<name>.{md,json}

@@ -248,22 +248,33 @@ def split_by_document(
             f"the corpus has {len(docs)} document(s); holding out whole documents needs at least 2 "
             "(use --set data.documents=paragraphs to cut long files into documents)"
         )
-    sizes = [len(d.text) for d in docs]
-    target = val_fraction * sum(sizes)
-    order = np.random.default_rng(seed).permutation(len(docs))
-    val, chars = [], 0
-    for i in order:
-        if chars >= target:
-            break
-        if chars + sizes[i] <= 1.5 * target:  # skip a document that would overshoot the target by half
-            val.append(int(i))
-            chars += sizes[i]
-    if not val:
-        val = [int(np.argmin(sizes))]
-    if len(val) == len(docs):
-        val = val[:-1]
-    held = set(val)
+    held = set(hold_out([len(d.text) for d in docs], val_fraction, seed))
     return [d for i, d in enumerate(docs) if i not in held], [docs[i] for i in sorted(held)]
+
+
+def hold_out(sizes: list[int], fraction: float, seed: int) -> list[int]:
+    """Indices of whole documents holding about ``fraction`` of the total size: a seeded random order, skipping
+    any document that would overshoot the target by half; at least one held out, at least one kept."""
+    target = fraction * sum(sizes)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    held, size = [], 0
+    for i in order:
+        if size >= target:
+            break
+        if size + sizes[i] <= 1.5 * target:  # skip a document that would overshoot the target by half
+            held.append(int(i))
+            size += sizes[i]
+    if not held:
+        held = [int(np.argmin(sizes))]
+    if len(held) == len(sizes):
+        held = held[:-1]
+    return sorted(held)
+
+
+def stream_documents(stream: np.ndarray, eos: int) -> list[np.ndarray]:
+    """The documents of a ``token_stream`` (``EOS d1 EOS ... dn EOS``), without their EOS."""
+    ends = np.flatnonzero(stream == eos)
+    return [stream[a + 1 : b] for a, b in zip(ends[:-1], ends[1:])]
 
 
 # --------------------------------------------------------------------------------------------------- packing

@@ -24,15 +24,28 @@ from pretrainkit.core.results import md_table, publish
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.crnet.bench import arm_cfg, arm_configs, arm_lr
 from pretrainkit.systems.crnet.config import CRNetConfig
-from pretrainkit.systems.crnet.data import TextData, prepare_text_data
+from pretrainkit.systems.crnet.data import (
+    TextData,
+    hold_out,
+    prepare_text_data,
+    stream_documents,
+    token_stream,
+)
 
 KIND, TITLE = "crnet.sweep", "CR-Net lr sweep"
 NOT_STORED = "not stored in this results file"
 
 
-def dev_split(data: TextData, fraction: float) -> TextData:
-    """Training stream minus about its last ``fraction`` (cut at the nearest end of a document), and that tail
-    as the validation stream."""
+def dev_split(data: TextData, fraction: float, mode: str = "documents", seed: int = 1) -> TextData:
+    """A dev split of the training documents, as the validation stream of the returned data.
+
+    ``documents`` (default): about ``fraction`` of the training tokens in whole documents drawn at random
+    (``seed``), the same way the validation documents were drawn from the corpus, so dev and validation are
+    samples of one distribution. ``tail``: the old reading, the end of the training stream cut at a document
+    end; with the shared corpus that tail is all of tinyshakespeare while validation is Gutenberg prose, so
+    the two ranked the methods differently (kept only to reproduce the first sweep)."""
+    if mode == "documents":
+        return _dev_documents(data, fraction, seed)
     stream, eos = data.train_stream, data.tokenizer.eos_id
     ends = np.flatnonzero(stream == eos)
     ends = ends[(ends > 0) & (ends < len(stream) - 1)]  # document ends with text on both sides
@@ -44,6 +57,26 @@ def dev_split(data: TextData, fraction: float) -> TextData:
     target = len(stream) * (1 - fraction)
     cut = int(ends[np.argmin(np.abs(ends - target))]) + 1  # the document end nearest the wanted share
     return TextData(data.tokenizer, stream[:cut], stream[cut:], data.train_docs, ["dev: tail of training"])
+
+
+def _dev_documents(data: TextData, fraction: float, seed: int) -> TextData:
+    eos = data.tokenizer.eos_id
+    docs = stream_documents(data.train_stream, eos)
+    if len(docs) < 2:
+        raise ConfigError(
+            f"cannot hold out dev documents from {len(docs)} training document(s): it needs at least two; "
+            "use more documents or data.documents=paragraphs"
+        )
+    held = set(hold_out([len(d) for d in docs], fraction, seed))
+    names = data.train_docs if len(data.train_docs) == len(docs) else [f"doc {i}" for i in range(len(docs))]
+    keep = [i for i in range(len(docs)) if i not in held]
+    return TextData(
+        data.tokenizer,
+        token_stream((docs[i] for i in keep), eos),
+        token_stream((docs[i] for i in sorted(held)), eos),
+        [names[i] for i in keep],
+        [names[i] for i in sorted(held)],
+    )
 
 
 def grid(cfg: CRNetConfig) -> list[tuple[str, float, float]]:
@@ -72,11 +105,16 @@ def arm_label(cfg: CRNetConfig, method: str) -> str:
     return f"crnet[{','.join(diffs)}]" if diffs else "crnet"
 
 
+def sweep_dev(cfg: CRNetConfig, data: TextData) -> TextData:
+    s = cfg.sweep
+    return dev_split(data, s.dev_fraction, s.dev_split, s.dev_seed)
+
+
 def _train_one(cfg: CRNetConfig, method: str, lr: float, scale: float) -> dict:
     from pretrainkit.systems.crnet.pipeline import train_lm
 
     torch.set_num_threads(1)
-    data = dev_split(prepare_text_data(cfg.data, Path(cfg.out), log=lambda *_: None), cfg.sweep.dev_fraction)
+    data = sweep_dev(cfg, prepare_text_data(cfg.data, Path(cfg.out), log=lambda *_: None))
     vocab = data.tokenizer.vocab_size
     mcfg = arm_configs(replace(cfg, bench=replace(cfg.bench, methods=sorted({method, "crnet"}))), vocab)[
         method
@@ -108,7 +146,7 @@ def run_sweep(
     )
     done = {_key(r["method"], r["lr"], r["block_scale"]) for r in rows}
     data = prepare_text_data(cfg.data, Path(cfg.out), log=log)  # tokenise once; workers read the cache
-    dev = dev_split(data, cfg.sweep.dev_fraction)
+    dev = sweep_dev(cfg, data)
     todo = [g for g in grid(cfg) if _key(arm_label(cfg, g[0]), *g[1:]) not in done]
     log(
         f"sweep: {len(grid(cfg))} cells, {len(todo)} to train; dev split {len(dev.val_stream):,} tokens, "
@@ -128,7 +166,12 @@ def run_sweep(
 
     for r in spawn_map(_train_one, [(cfg, *g) for g in todo], cfg.sweep.workers, ordered=False):
         record(r)
-    data_out = {"rows": rows, "dev_tokens": len(dev.val_stream), "wall_s": time.time() - t0}
+    data_out = {
+        "rows": rows,
+        "dev_tokens": len(dev.val_stream),
+        "dev_documents": dev.val_docs,
+        "wall_s": time.time() - t0,
+    }
     return publish(
         cfg.sweep.name,
         data_out,
@@ -174,6 +217,9 @@ def render(payload: dict) -> tuple[dict, str, dict]:
     dev_tokens, wall = payload.get("dev_tokens"), payload.get("wall_s")
     dev_size = f"{dev_tokens:,} tokens" if dev_tokens is not None else f"its size {NOT_STORED}"
     note = payload.get("config_source")
+    # results written before dev_split existed used the tail (their stored config has no such key)
+    dev_mode = payload["config"].get("sweep", {}).get("dev_split", "tail")
+    dev_names = ", ".join(payload.get("dev_documents") or []) or "names not stored"
     body = "\n".join(
         [
             "## Protocol",
@@ -186,7 +232,14 @@ def render(payload: dict) -> tuple[dict, str, dict]:
             (
                 f"- Scored on a dev split: about the last {s.dev_fraction:g} of the training token stream, cut at the "
                 f"nearest document end ({dev_size}; evenly spaced sequences up to {cfg.data.val_max_tokens:,} "
-                "tokens), trained on the rest. The bench's validation documents are never used here."
+                "tokens), trained on the rest. The bench's validation documents are never used here. (The first "
+                "sweep's reading: on the shared corpus this tail is tinyshakespeare, while validation is Gutenberg "
+                "prose; later sweeps hold out random training documents instead.)"
+                if dev_mode == "tail"
+                else f"- Scored on a dev split: whole training documents drawn at random (seed {s.dev_seed}), about "
+                f"{s.dev_fraction:g} of the training tokens ({dev_size}: {dev_names}; evenly spaced sequences up to "
+                f"{cfg.data.val_max_tokens:,} tokens), drawn the way the validation documents were drawn from the "
+                "corpus; trained on the rest. The bench's validation documents are never used here."
             ),
             (
                 "- lr applies to embeddings, head and norms; lr x block scale to the blocks' projections (and CR-Net's "
