@@ -210,3 +210,41 @@ def test_sweep_trains_the_grid_resumes_and_writes_the_best(tmp_path, shared_data
     run_sweep(cfg, results_dir=tmp_path / "res", log=lambda *_: None)  # a variant trains beside the others
     rows = (tmp_path / "run" / "sweep" / "rows.jsonl").read_text().splitlines()
     assert len(rows) == 3 and json.loads(rows[-1])["method"] == "crnet[beta_lr_scale=1]"
+
+
+@pytest.mark.parametrize("profile", ["bench", "cpu-base"])
+def test_every_low_rank_method_trains_at_least_crnets_parameters_at_the_smallest_such_rank(profile):
+    from pretrainkit.core.profiles import profile_path
+    from pretrainkit.systems.crnet.bench import arm_configs
+    from pretrainkit.systems.crnet.config import llama_config
+    from pretrainkit.systems.crnet.model import count_parameters
+
+    cfg = load_config(CRNetConfig, profile_path("crnet", profile), [])
+    arms = arm_configs(cfg, 4096)
+    target = count_parameters(arms["crnet"], True)
+    for m in ("lowrank", "cola", "lora", "relora"):
+        assert count_parameters(arms[m], True) >= target, m
+        smaller = llama_config(cfg, 4096, method=m, recompute="none", rank=arms[m].rank - 1)
+        assert count_parameters(smaller, True) < target, m  # the smallest such rank
+    assert count_parameters(arms["lora"], False) > count_parameters(arms["lora"], True)  # frozen apart
+
+
+def test_total_alignment_reproduces_the_first_bench():
+    from pretrainkit.core.profiles import profile_path
+    from pretrainkit.systems.crnet.bench import arm_configs
+
+    cfg = load_config(CRNetConfig, profile_path("crnet", "bench"), ["bench.align_by=total"])
+    ranks = {m: mc.rank for m, mc in arm_configs(cfg, 4096).items()}
+    assert ranks["lora"] == ranks["relora"] == 32 and ranks["cola"] == ranks["lowrank"] == 45  # as stored
+
+
+def test_cpu_base_profile_is_the_new_regime():
+    from pretrainkit.core.profiles import profile_path
+    from pretrainkit.systems.crnet.config import llama_config
+    from pretrainkit.systems.crnet.model import count_parameters
+
+    cfg = load_config(CRNetConfig, profile_path("crnet", "cpu-base"), [])
+    assert cfg.batch_size * cfg.seq_len * cfg.train.grad_accum >= 16_384
+    full = llama_config(cfg, 4096, method="full")
+    embed = full.vocab_size * full.hidden  # tied: one table
+    assert full.tie_embeddings and embed / count_parameters(full, False) < 0.25

@@ -26,15 +26,16 @@ from pretrainkit.systems.crnet.recompute import peak_memory
 
 
 # --------------------------------------------------------------------------------------------------- arms
-def aligned_rank(cfg: CRNetConfig, vocab: int, method: str, target: int) -> int:
-    """Smallest uniform rank whose model has at least ``target`` parameters (the paper's parameter alignment)."""
+def aligned_rank(cfg: CRNetConfig, vocab: int, method: str, target: int, trainable: bool = False) -> int:
+    """Smallest uniform rank whose model has at least ``target`` parameters (trainable ones if ``trainable``:
+    LoRA's frozen weights are not a learning budget)."""
     base = llama_config(cfg, vocab, method=method)
     lo, hi = 1, min(base.hidden, base.intermediate)
-    if count_parameters(llama_config(cfg, vocab, method=method, rank=hi), False) < target:
+    if count_parameters(llama_config(cfg, vocab, method=method, rank=hi), trainable) < target:
         return hi
     while lo < hi:
         mid = (lo + hi) // 2
-        if count_parameters(llama_config(cfg, vocab, method=method, rank=mid), False) >= target:
+        if count_parameters(llama_config(cfg, vocab, method=method, rank=mid), trainable) >= target:
             hi = mid
         else:
             lo = mid + 1
@@ -42,16 +43,22 @@ def aligned_rank(cfg: CRNetConfig, vocab: int, method: str, target: int) -> int:
 
 
 def arm_configs(cfg: CRNetConfig, vocab: int) -> dict[str, LlamaConfig]:
-    """Each method's model config; with bench.align_params, lowrank/cola get CR-Net's parameter count or more."""
+    """Each method's model config. With bench.align_params every low-rank method gets the smallest uniform rank
+    at which it *trains* at least CR-Net's parameters (align_by=trainable: lowrank, CoLA, LoRA, ReLoRA), or, as
+    the first bench did, has at least CR-Net's total (align_by=total: lowrank and CoLA only)."""
     arms = {m: llama_config(cfg, vocab, method=m, recompute="none") for m in cfg.bench.methods}
     if cfg.bench.align_params and "crnet" in arms and not isinstance(cfg.model.rank, list):
-        target = count_parameters(arms["crnet"], False)
-        for m in ("lowrank", "cola"):
+        trainable = cfg.bench.align_by == "trainable"
+        target = count_parameters(arms["crnet"], trainable)
+        for m in ALIGNED[cfg.bench.align_by]:
             if m in arms:
-                arms[m] = llama_config(
-                    cfg, vocab, method=m, recompute="none", rank=aligned_rank(cfg, vocab, m, target)
-                )
+                rank = aligned_rank(cfg, vocab, m, target, trainable)
+                arms[m] = llama_config(cfg, vocab, method=m, recompute="none", rank=rank)
     return arms
+
+
+# The methods each alignment rule moves (GaLore trains every weight at full rank: its rank is the optimiser's).
+ALIGNED = {"trainable": ("lowrank", "cola", "lora", "relora"), "total": ("lowrank", "cola")}
 
 
 def arm_cfg(cfg: CRNetConfig, method: str, seed: int, lr: float, block_scale: float) -> CRNetConfig:

@@ -96,6 +96,9 @@ class BenchSection:
     # per method; a method not listed uses block_lr_scale (galore: galore.scale, the same role for its arm)
     block_lr_scale: dict[str, float] = field(default_factory=dict)
     lr_note: str = ""  # where the per-method lrs come from (printed in the results)
+    # trainable: lowrank, CoLA, LoRA and ReLoRA at the smallest rank training >= CR-Net's parameters;
+    # total: the first bench's rule (lowrank and CoLA by total parameters, LoRA/ReLoRA at the model rank)
+    align_by: Literal["trainable", "total"] = "trainable"
     align_params: bool = (
         True  # lowrank/cola get the smallest rank whose parameters >= CR-Net's (the paper's ♢)
     )

@@ -143,7 +143,7 @@ _PRESET_KEYS = ("hidden", "intermediate", "n_heads", "n_layers", "rank", "vocab_
 PRESETS: dict[str, dict] = {name: dict(zip(_PRESET_KEYS, row)) for name, row in {
     "tiny":      (64,   176,   4,  4,  16,   512,   256),
     "cpu-small": (128,  352,   4,  4,  32,   4096,  512),
-    "cpu-base":  (256,  688,   4,  4,  64,   4096,  512),
+    "cpu-base":  (256,  688,   4,  6,  64,   4096,  512),
     "60m":       (512,  1376,  8,  8,  128,  32000, 1024),
     "130m":      (768,  2048,  12, 12, 256,  32000, 1024),
     "350m":      (1024, 2736,  16, 24, 256,  32000, 1024),

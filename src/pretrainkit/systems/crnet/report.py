@@ -115,10 +115,14 @@ def body(
         else f"evenly spaced validation sequences up to {cfg.data.val_max_tokens:,} tokens"
     )
     align = (
-        "lowrank and CoLA get the smallest uniform rank whose model has at least CR-Net's parameters "
+        "off (all methods at the model rank)."
+        if not cfg.bench.align_params
+        else "lowrank, CoLA, LoRA and ReLoRA each get the smallest uniform rank at which they *train* at least "
+        "CR-Net's parameters (frozen weights not counted); GaLore trains every weight (its rank is the "
+        "optimiser's projection)."
+        if cfg.bench.align_by == "trainable"
+        else "lowrank and CoLA get the smallest uniform rank whose model has at least CR-Net's parameters "
         "(the paper's parameter-aligned comparison)."
-        if cfg.bench.align_params
-        else "off (all methods at the model rank)."
     )
     data_line = (
         f"- Data: {ds['train_tokens']:,} training / {ds['val_tokens']:,} validation tokens; "
@@ -353,6 +357,8 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     """Headline, report and the derived summary/verdict from a stored CR-Net bench JSON. Older files carry
     no ``ranks``/``memory``: those come from their stored summary (measurements, not statistics)."""
     cfg = from_dict(CRNetConfig, payload["config"])
+    if "align_by" not in payload["config"].get("bench", {}):  # written before the rule was named: by total
+        cfg = replace(cfg, bench=replace(cfg.bench, align_by="total"))
     tcfg = bench_train(cfg, payload["steps_per_arm"])
     old = payload.get("summary") or {}
     ranks = payload.get("ranks") or {m: s["rank"] for m, s in old.items()}
