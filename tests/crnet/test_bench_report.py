@@ -182,3 +182,19 @@ def test_budget_is_trainable_parameters_and_frozen_ones_are_labelled_apart(tmp_p
     text = md.read_text()
     assert "| 900 | 700 | 1,600 |" in text
     assert "trains FEWER parameters (its frozen weights not counted)" in text
+
+
+def test_the_old_regimes_ranking_is_stored_and_set_beside_the_new_one():
+    from pathlib import Path
+
+    from pretrainkit.systems.crnet.bench import other_regime
+    from pretrainkit.systems.crnet.report import regime_table
+
+    stored = Path(__file__).parents[2] / "docs" / "results" / "crnet.json"
+    other = other_regime(str(stored))
+    assert other["preset"] == "cpu-small" and other["tokens_per_step"] == 1024 and other["ppl"]["crnet"] > 0
+    other = {**other, "ppl": {"full": 110.0, "lora": 100.0, "crnet": 120.0}}
+    summary = {m: {"ppl_mean": p} for m, p in {"full": 50.0, "lora": 60.0, "crnet": 55.0}.items()}
+    text = regime_table(other, summary, "cpu-base", 16384, 48)
+    assert "| full | 110.00 | 2 | 50.00 | 1 |" in text and "| lora | 100.00 | 1 | 60.00 | 3 |" in text
+    assert "Methods whose rank moved: full, crnet, lora." in text and "16,384 tokens/step x 48 steps" in text

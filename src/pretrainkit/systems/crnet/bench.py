@@ -227,6 +227,25 @@ def hf_throughput(
 
 
 # --------------------------------------------------------------------------------------------------- bench
+def other_regime(path: str) -> dict:
+    """What the report sets beside this run: another bench's per-method perplexity, its budget and model,
+    read (verified as a results file) when this bench starts, so the comparison is stored with the run."""
+    from pretrainkit.core.results import load_results
+
+    other = load_results(path, what="a CR-Net bench")
+    cfg = other.get("config") or {}
+    return {
+        "path": str(path),
+        "ppl": other["headline"]["ppl"],
+        "ppl_std": other["headline"].get("ppl_std", {}),
+        "preset": (cfg.get("model") or {}).get("preset"),
+        "tokens_per_step": (cfg.get("batch_size") or 0)
+        * (cfg.get("seq_len") or 0)
+        * ((cfg.get("train") or {}).get("grad_accum") or 1),
+        "steps": other.get("steps_per_arm"),
+    }
+
+
 def _fmt_rank(r) -> str:
     return "—" if r is None else str(r)
 
@@ -334,6 +353,7 @@ def run_bench(
 
     wall = time.time() - t_start
     data_out = {
+        **({"other_regime": other_regime(b.compare_with)} if b.compare_with else {}),
         "runs": rows,
         "ranks": {m: mc.rank for m, mc in arms.items()},
         "memory": memory,

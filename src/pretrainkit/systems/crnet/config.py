@@ -107,6 +107,8 @@ class BenchSection:
     hf_steps: int = 3  # training steps per round
     arm_budget_s: float = 0.0  # > 0: cut train.max_steps (for every method alike) so the slowest arm fits
     time_limit_s: float = 0.0  # > 0: hard stop of one arm (its steps are then reported as fewer)
+    # another regime's results JSON (e.g. docs/results/crnet.json): its ranking is stored beside this one's
+    compare_with: str = ""
 
 
 @dataclass

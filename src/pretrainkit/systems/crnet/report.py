@@ -319,6 +319,41 @@ def body(
     return "\n".join(lines)
 
 
+def regime_table(other: dict, summary: dict, preset: str, tokens: int, steps: int) -> str:
+    """Each method's perplexity and rank (1 = best) in the other regime and in this one."""
+
+    def ranks(ppl: dict) -> dict:
+        return {m: i + 1 for i, m in enumerate(sorted(ppl, key=ppl.get))}
+
+    ours = {m: s["ppl_mean"] for m, s in summary.items()}
+    theirs = {m: p for m, p in other["ppl"].items() if m in ours}
+    r_ours, r_theirs = ranks(ours), ranks(theirs)
+    rows = [
+        [m, f"{theirs[m]:.2f}" if m in theirs else "—", r_theirs.get(m, "—"), f"{ours[m]:.2f}", r_ours[m]]
+        for m in sorted(ours, key=ours.get)
+    ]
+    head = (
+        f"old: {other.get('preset')}, {other.get('tokens_per_step'):,} tokens/step x {other.get('steps')} steps "
+        f"(`{other['path']}`); new: {preset}, {tokens:,} tokens/step x {steps} steps"
+    )
+    moved = [m for m in r_ours if m in r_theirs and r_ours[m] != r_theirs[m]]
+    return "\n".join(
+        [
+            "",
+            "## How the ranking moves between the regimes",
+            "",
+            f"{head}. Perplexities are on the same validation documents but not comparable across regimes in "
+            "absolute terms (other models, budgets and tokenizer runs); the ranks are the point. Means over each "
+            "bench's seeds (see each report for n and spread).",
+            "",
+            md_table(["method", "old ppl", "old rank", "new ppl", "new rank"], rows),
+            "",
+            f"Methods whose rank moved: {', '.join(moved) if moved else 'none'}.",
+            "",
+        ]
+    )
+
+
 def bench_train(cfg: CRNetConfig, steps: int):
     """The arms' train config: the profile's, shortened to ``steps`` by the calibration (warm-up scaled)."""
     t = cfg.train
@@ -370,4 +405,7 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
     text = body(
         cfg, tcfg, payload["data"], summary, v, payload["recompute"], payload["hf"], payload["wall_s"]
     )
+    if payload.get("other_regime"):
+        tokens = cfg.batch_size * cfg.seq_len * tcfg.grad_accum
+        text += regime_table(payload["other_regime"], summary, cfg.model.preset, tokens, tcfg.max_steps)
     return head, text, {"summary": summary, "verdict": v}
