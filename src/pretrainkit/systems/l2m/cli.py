@@ -1,4 +1,4 @@
-"""`pretrainkit l2m collect | pretrain | continual | evaluate | routing | bench`."""
+"""`pretrainkit l2m collect | pretrain | continual | evaluate | routing | diagnose | bench`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def load(args: argparse.Namespace) -> L2MConfig:
     overrides = seed_overrides(args, "bench.seeds")
     if getattr(args, "methods", None):
         overrides.append(f"continual.methods=[{args.methods}]")
-    if getattr(args, "name", None) and getattr(args, "verb", None) != "routing":
+    if getattr(args, "name", None) and getattr(args, "verb", None) not in ("routing", "diagnose"):
         overrides.append(f"bench.name={args.name}")
     if getattr(args, "out", None):
         overrides.append(f"out={args.out}")
@@ -100,6 +100,20 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     add_bench_args(p, "l2m", "quick", default_name="<bench.name>-routing", results_alias=("--out-dir",))
     p.add_argument("--method", default="l2m", help="a pool method: l2m (default) or l2m-oracle")
     p.set_defaults(func=_routing)
+
+    help_ = (
+        "does the pre-trained DT solve its pre-training tasks? closed-loop success and offline error of a "
+        "state-only BC MLP, the DT with continuous and with binned actions (writes <out>/l2m-diagnosis.{md,json})"
+    )
+    p = sub.add_parser(
+        "diagnose",
+        help=help_,
+        description=help_,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_bench_args(p, "l2m", "quick", default_name="diagnose.name", results_alias=("--out",))
+    p.set_defaults(func=_diagnose)
 
     help_ = "the full benchmark: every seed and method; writes docs/results/l2m.{md,json}"
     p = sub.add_parser(
@@ -190,15 +204,26 @@ def _routing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.l2m import diagnose
+
+    if args.rerender is not None:
+        print(f"wrote {diagnose.rerender(args.rerender, out_dir=args.results_dir)}")
+        return 0
+    path = diagnose.run_diagnosis(load(args), out_dir=args.results_dir, name=args.name, profile=args.config)
+    print(f"wrote {path}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from pretrainkit.core.results import load_results
-    from pretrainkit.systems.l2m import bench, routing
+    from pretrainkit.systems.l2m import bench, diagnose, routing
 
-    if args.rerender is not None:  # a bench or a routing results file
+    if args.rerender is not None:  # a bench, a routing or a diagnosis results file
         kind = load_results(args.rerender).get("kind") or (
             "l2m.routing" if "owners" in load_results(args.rerender) else bench.KIND
         )
-        again = routing.rerender if kind == routing.KIND else bench.rerender
+        again = {routing.KIND: routing.rerender, diagnose.KIND: diagnose.rerender}.get(kind, bench.rerender)
         print(f"wrote {again(args.rerender, out_dir=args.results_dir)}")
         return 0
     print(f"wrote {bench.run_bench(load(args), out_dir=args.results_dir, profile=args.config)}")

@@ -8,6 +8,7 @@ from typing import Literal
 from pretrainkit.core.config import check_at_least, check_positive, check_range
 from pretrainkit.core.trainer import TrainConfig
 from pretrainkit.errors import ConfigError
+from pretrainkit.systems.l2m.bc import BCConfig
 from pretrainkit.systems.l2m.envs import check_tasks
 from pretrainkit.systems.l2m.model import DTConfig
 
@@ -117,6 +118,15 @@ class BenchSection:
 
 
 @dataclass
+class DiagnoseSection:
+    """`pretrainkit l2m diagnose`: which policies to compare on the pre-training tasks (diagnose.py)."""
+
+    variants: list[str] = field(default_factory=lambda: ["bc-mlp", "dt-continuous", "dt-discrete"])
+    bc: BCConfig = field(default_factory=BCConfig)
+    name: str = "l2m-diagnosis"  # docs/results/<name>.md/.json
+
+
+@dataclass
 class L2MConfig:
     data: DataSection = field(default_factory=DataSection)
     model: DTConfig = field(default_factory=lambda: DTConfig(d_model=64, n_layer=2, n_head=4))
@@ -125,6 +135,7 @@ class L2MConfig:
     method: MethodSection = field(default_factory=MethodSection)
     eval: EvalSection = field(default_factory=EvalSection)
     bench: BenchSection = field(default_factory=BenchSection)
+    diagnose: DiagnoseSection = field(default_factory=DiagnoseSection)
     out: str = "runs/l2m"
     threads: int = 1  # torch threads per process (1 is fastest on small shared CPUs)
     device: str = "auto"  # auto = cuda if available
@@ -151,6 +162,10 @@ class L2MConfig:
             raise ConfigError("eval.episodes and continual.steps_per_task must be >= 1")
         if not self.bench.seeds:
             raise ConfigError("bench.seeds must list at least one seed")
+        from pretrainkit.systems.l2m.diagnose import check_variants
+
+        check_variants(self.diagnose.variants)
+        self.diagnose.bc.validate()
         if self.bench.workers < 1:
             raise ConfigError(f"bench.workers must be >= 1, got {self.bench.workers}")
         for key in (

@@ -42,6 +42,9 @@ class DTConfig:
     n_head: int = 4
     context: int = 5  # K timesteps
     max_timestep: int = 1000  # size of the timestep-embedding table (>= episode horizon)
+    # Add a learned embedding of the step within the episode to every token (the DT paper's). Off: the policy
+    # cannot key its phase on the clock; a delayed closed-loop rollout then still reads its phase off the state.
+    timestep_embedding: bool = True
     n_bins: int = 64
     head: Head = "discrete"
     bin_decode: BinDecode = "center"
@@ -218,7 +221,7 @@ class DecisionTransformer(nn.Module):
             self.embed_action = nn.Linear(cfg.act_dim, d)
         # Which slot of the timestep a token fills (rtg / state / action dim j): the GPT has no positions.
         self.embed_slot = nn.Embedding(cfg.tokens_per_step, d)
-        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d) if cfg.timestep_embedding else None
         self.embed_ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
@@ -239,8 +242,13 @@ class DecisionTransformer(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     # ---- tokens -------------------------------------------------------------------------------------------
+    def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.embed_timestep is None:
+            return self.embed_slot.weight.new_zeros(*timesteps.shape, self.cfg.d_model)
+        return self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
+
     def _state_tokens(self, states: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        te = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
+        te = self._time(timesteps)
         return self.embed_state(states) + te + self.embed_slot.weight[self.cfg.state_slot]
 
     def embed(
@@ -256,7 +264,7 @@ class DecisionTransformer(nn.Module):
         B, K = states.shape[:2]
         if K > cfg.context:
             raise ConfigError(f"window of {K} timesteps exceeds the model context {cfg.context}")
-        te = self.embed_timestep(timesteps.clamp(0, cfg.max_timestep - 1))  # [B, K, d]
+        te = self._time(timesteps)  # [B, K, d]
         parts = []
         if cfg.condition_on_rtg:
             parts.append(self.embed_rtg(rtg.unsqueeze(-1).to(te.dtype)).unsqueeze(2))
