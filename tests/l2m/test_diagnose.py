@@ -157,3 +157,19 @@ def test_diagnose_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "x.json").write_text(json.dumps({"headline": {}, "provenance": {}, "kind": "l2m.bench"}))
     assert main(["l2m", "diagnose", "--rerender", str(tmp_path / "x.json")]) == 2
     assert "not an L2M diagnosis" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["discrete", "continuous"])
+def test_a_dt_without_timestep_embedding_ignores_the_clock(head):
+    from pretrainkit.systems.l2m.model import DecisionTransformer
+
+    torch.manual_seed(0)
+    dt = DecisionTransformer(d_model=16, n_layer=1, n_head=2, context=3, head=head, timestep_embedding=False)
+    dt.eval()
+    assert dt.embed_timestep is None
+    s, a, r = torch.randn(2, 3, 39), torch.rand(2, 3, 4) * 2 - 1, torch.zeros(2, 3)
+    t0, t1 = torch.arange(3).repeat(2, 1), torch.arange(3).repeat(2, 1) + 50
+    assert torch.equal(dt(s, a, r, t0), dt(s, a, r, t1))
+    assert torch.equal(dt.act(s, r, a, t0), dt.act(s, r, a, t1))
+    timed = DecisionTransformer(d_model=16, n_layer=1, n_head=2, context=3, head=head).eval()
+    assert not torch.equal(timed(s, a, r, t0), timed(s, a, r, t1))  # the default still reads it

@@ -258,7 +258,15 @@ def protocol(cfg: L2MConfig, pre: dict[int, Any], data: dict[str, Any]) -> str:
             ),
             (
                 f"Backbone: Decision Transformer, d={mo.d_model}, {mo.n_layer} layers, {mo.n_head} heads, context "
-                f"{mo.context}, {mo.n_bins} bins per action dimension decoded autoregressively, {params} parameters, "
+                f"{mo.context}, "
+                + (
+                    f"{mo.n_bins} bins per action dimension decoded autoregressively"
+                    if mo.head == "discrete"
+                    else "continuous actions (one action token, tanh head, MSE)"
+                )
+                + ("" if mo.condition_on_rtg else ", no return conditioning")
+                + ("" if mo.timestep_embedding else ", no timestep embedding")
+                + f", {params} parameters, "
                 f"pre-trained {cfg.pretrain.train.max_steps} steps (batch {cfg.pretrain.batch_size}) on "
                 f"{', '.join(_short(t) for t in d.pretrain_tasks)}; one backbone per seed."
             ),
