@@ -173,3 +173,52 @@ def test_a_dt_without_timestep_embedding_ignores_the_clock(head):
     assert torch.equal(dt.act(s, r, a, t0), dt.act(s, r, a, t1))
     timed = DecisionTransformer(d_model=16, n_layer=1, n_head=2, context=3, head=head).eval()
     assert not torch.equal(timed(s, a, r, t0), timed(s, a, r, t1))  # the default still reads it
+
+
+def test_offline_accuracy_of_a_continuous_head_is_the_share_in_the_labels_bin(tmp_path):
+    from pretrainkit.systems.l2m.model import DecisionTransformer
+
+    cfg = load_config(L2MConfig, None, [*_overrides(tmp_path), "model.head=continuous"])
+    val = load_task_dataset(tmp_path / "data" / "drawer-close-v3.npz")
+    dt = DecisionTransformer(cfg.model)
+
+    class Exact:  # predicts the labels (all in their bin), or the labels pushed one bin over
+        def __init__(self, shift):
+            self.dt, self.shift = dt, shift
+
+        def eval(self):
+            pass
+
+        def predict(self, b, task_id):
+            return (b["actions"] + self.shift).clamp(-0.99, 0.99), None
+
+        def selected_keys(self, b, task_id):
+            return None
+
+    exact = pipeline.offline_metrics(Exact(0.0), val, 0, cfg, torch.device("cpu"))
+    assert exact["offline_acc"] == 1.0 and exact["offline_mae"] == 0.0
+    off = pipeline.offline_metrics(Exact(2.0 / cfg.model.n_bins), val, 0, cfg, torch.device("cpu"))
+    assert off["offline_acc"] < 0.2
+
+
+def test_mean_bin_decoding_is_the_expected_bin_centre_and_the_cache_agrees():
+    from pretrainkit.systems.l2m.model import DecisionTransformer, decode_bins, decode_logits
+
+    logits = torch.tensor([[0.0, 0.0, -1e9, -1e9], [-1e9, -1e9, -1e9, 5.0]])
+    centres = decode_bins(torch.arange(4), 4, "center")  # -0.75, -0.25, 0.25, 0.75
+    assert torch.allclose(decode_logits(logits, 4, "mean"), torch.tensor([-0.5, 0.75]))
+    assert torch.equal(decode_logits(logits, 4, "center"), centres[logits.argmax(-1)])
+    torch.manual_seed(0)
+    dt = DecisionTransformer(d_model=16, n_layer=1, n_head=2, context=3, bin_decode="mean").eval()
+    s, a, r, t = (
+        torch.randn(4, 3, 39),
+        torch.rand(4, 3, 4) * 2 - 1,
+        torch.zeros(4, 3),
+        torch.arange(3).repeat(4, 1),
+    )
+    out = dt.act(s, r, a, t)
+    assert torch.allclose(out, dt.act(s, r, a, t, use_cache=False), atol=1e-6)
+    on_grid = (out + 1) * 32 - 0.5  # greedy decoding lands on bin centres; the mean in general does not
+    assert not torch.allclose(on_grid, on_grid.round())
+    with pytest.raises(ConfigError, match="bin_decode"):
+        DecisionTransformer(bin_decode="median")

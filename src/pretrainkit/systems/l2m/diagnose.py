@@ -174,7 +174,8 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
                 f"(DT: {cfg.eval.offline_windows} windows, every step of each; MLP: every held-out step). "
                 f"bc-mlp: state -> action MLP, {cfg.diagnose.bc.layers} x {cfg.diagnose.bc.hidden}, tanh, "
                 f"MSE, {cfg.diagnose.bc.steps} steps of batch {cfg.diagnose.bc.batch_size}. DT: d={m.d_model}, "
-                f"{m.n_layer} layers, context {m.context}, rtg {'on' if m.condition_on_rtg else 'off'}, "
+                f"{m.n_layer} layers, context {m.context}, return conditioning {'on' if m.condition_on_rtg else 'off'}, "
+                f"timestep embedding {'on' if m.timestep_embedding else 'off'}, dropout {m.dropout}, "
                 f"{cfg.pretrain.train.max_steps} steps of batch {cfg.pretrain.batch_size}; dt-continuous = "
                 f"one action token and a tanh head (MSE), dt-discrete = {m.n_bins} bins per action dimension, "
                 "autoregressive (CE). Train seconds = wall time of training only."
@@ -182,17 +183,19 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
             "",
             "## Closed-loop success per pre-training task (mean ± sample std over seeds, n = seeds)",
             "",
-            md_table(
-                ["variant", "n", *short, "mean", "offline |error|", "params", "train seconds"], rows
-            ),
+            md_table(["variant", "n", *short, "mean", "offline abs error", "params", "train seconds"], rows),
             "",
             "## Per seed",
             "",
             md_table(
                 ["variant", "seed", *short, "mean"],
                 [
-                    [v, s, *[f"{records[v][s]['tasks'][t]['success']:.2f}" for t in tasks],
-                     f"{mean_success(v, s):.2f}"]
+                    [
+                        v,
+                        s,
+                        *[f"{records[v][s]['tasks'][t]['success']:.2f}" for t in tasks],
+                        f"{mean_success(v, s):.2f}",
+                    ]
                     for v in variants
                     for s in records[v]
                 ],

@@ -4,7 +4,9 @@ Per timestep the sequence holds ``[rtg, s, a_1 .. a_A]`` (``rtg`` dropped when `
 Each action dimension is a token of its own (one of ``n_bins`` bins over [-1, 1]); under the causal mask the
 state token predicts ``a_1`` and token ``a_j`` predicts ``a_{j+1}``, so one teacher-forced pass trains the
 autoregressive factorisation ``p(a_1 | s, past) p(a_2 | a_1, s, past) ...`` and acting takes A passes.
-Bins decode to their centres (L2M's code uses the lower edge: ``bin_decode="lower"`` for parity).
+Bins decode to their centres (L2M's code uses the lower edge: ``bin_decode="lower"`` for parity), or with
+``bin_decode="mean"`` to the expectation of the bin centres under the predicted distribution (the greedy bin
+of each dimension chatters between neighbours in closed loop; the mean does not).
 The continuous option uses one action token and a tanh head on the state token (MSE).
 
 Blocks are pre-LN GPT blocks with separate ``q_proj`` / ``k_proj`` / ``v_proj`` / ``out_proj`` and
@@ -27,7 +29,8 @@ from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.errors import ConfigError
 
 Head = Literal["discrete", "continuous"]
-BinDecode = Literal["center", "lower"]
+BinDecode = Literal["center", "lower", "mean"]
+BIN_DECODES = ("center", "lower", "mean")
 _BIN_CE = TokenCrossEntropy()
 
 
@@ -55,8 +58,8 @@ class DTConfig:
     def __post_init__(self) -> None:
         if self.head not in ("discrete", "continuous"):
             raise ConfigError(f"head must be 'discrete' or 'continuous', got '{self.head}'")
-        if self.bin_decode not in ("center", "lower"):
-            raise ConfigError(f"bin_decode must be 'center' or 'lower', got '{self.bin_decode}'")
+        if self.bin_decode not in BIN_DECODES:
+            raise ConfigError(f"bin_decode must be one of {list(BIN_DECODES)}, got '{self.bin_decode}'")
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         for k in (
@@ -93,10 +96,20 @@ def encode_actions(actions: torch.Tensor, n_bins: int = 64) -> torch.Tensor:
 
 
 def decode_bins(bins: torch.Tensor, n_bins: int = 64, mode: BinDecode = "center") -> torch.Tensor:
-    """Bin indices -> actions: bin centres (default; max error half a bin) or lower edges (L2M's code)."""
+    """Bin indices -> actions: bin centres (default and ``"mean"``; max error half a bin) or lower edges
+    (L2M's code)."""
     width = 2.0 / n_bins
-    offset = 0.5 if mode == "center" else 0.0
+    offset = 0.0 if mode == "lower" else 0.5
     return (bins.float() + offset) * width - 1.0
+
+
+def decode_logits(logits: torch.Tensor, n_bins: int = 64, mode: BinDecode = "center") -> torch.Tensor:
+    """Per-bin logits ``[..., n_bins]`` -> actions: the greedy bin decoded by ``decode_bins``, or for ``"mean"``
+    the expected bin centre under the softmax."""
+    if mode != "mean":
+        return decode_bins(logits.argmax(-1), n_bins, mode)
+    centres = decode_bins(torch.arange(n_bins, device=logits.device), n_bins, "center")
+    return logits.float().softmax(-1) @ centres
 
 
 def action_loss_terms(
@@ -119,7 +132,7 @@ def action_loss_terms(
     with torch.no_grad():
         if head == "discrete":
             target = encode_actions(actions, n_bins)
-            decoded = decode_bins(pred.argmax(-1), n_bins, bin_decode)
+            decoded = decode_logits(pred, n_bins, bin_decode)
         else:
             decoded = pred
     if head == "discrete":
@@ -433,14 +446,14 @@ class DecisionTransformer(nn.Module):
             for j in range(cfg.act_dim):
                 # Causal mask: dimension j's logits never see the placeholder values of dims >= j.
                 logits = self(states, actions, rtgs, timesteps, mask, prefix)[:, -1, j]
-                actions[:, -1, j] = decode_bins(logits.argmax(-1), cfg.n_bins, cfg.bin_decode)
+                actions[:, -1, j] = decode_logits(logits, cfg.n_bins, cfg.bin_decode)
             return actions[:, -1]
         cache = self.new_cache()
         tokens, tmask = self._with_prefix(*self.embed(states, actions, rtgs, timesteps, mask), prefix)
         end = tokens.shape[1] - cfg.tokens_per_step + cfg.state_slot + 1  # through the last state token
         h = self.forward_tokens(tokens[:, :end], None if tmask is None else tmask[:, :end], cache)
         for j in range(cfg.act_dim):
-            actions[:, -1, j] = decode_bins(self.head(h[:, -1]).argmax(-1), cfg.n_bins, cfg.bin_decode)
+            actions[:, -1, j] = decode_logits(self.head(h[:, -1]), cfg.n_bins, cfg.bin_decode)
             if j + 1 < cfg.act_dim:  # embed the chosen bin as token a_j, which predicts a_{j+1}
                 tok = self.embed(states[:, -1:], actions[:, -1:], rtgs[:, -1:], timesteps[:, -1:])[0]
                 new = tok[:, cfg.state_slot + 1 + j : cfg.state_slot + 2 + j]

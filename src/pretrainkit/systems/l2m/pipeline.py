@@ -36,7 +36,7 @@ from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.data import ContextWindowDataset, TaskData, load_task_dataset, split_episodes
 from pretrainkit.systems.l2m.envs import MT50, make_vector_env
 from pretrainkit.systems.l2m.methods import METHODS, PRETRAIN, FullFineTune, Method
-from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig
+from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig, encode_actions
 from pretrainkit.systems.l2m.rollout import evaluate_task
 from pretrainkit.systems.l2m.tasks import ActionTask
 
@@ -328,7 +328,11 @@ def offline_metrics(
     b = {k: v.to(device) for k, v in b.items()}
     pred, _ = method.predict(b, task_id)
     _, m = method.dt.action_loss(pred, b["actions"], b["mask"])
-    out: dict[str, Any] = {"offline_acc": m.get("bin_acc", 0.0), "offline_mae": m["action_mae"]}
+    if "bin_acc" not in m:  # continuous head: share of predictions in the label's bin (comparable to binned)
+        n_bins, valid = method.dt.cfg.n_bins, b["mask"].bool()
+        hit = encode_actions(pred[valid], n_bins) == encode_actions(b["actions"][valid], n_bins)
+        m["bin_acc"] = float(hit.float().mean())
+    out: dict[str, Any] = {"offline_acc": m["bin_acc"], "offline_mae": m["action_mae"]}
     idx = method.selected_keys(b, task_id)
     if idx is not None:
         keys, counts = torch.unique(idx.flatten(), return_counts=True)

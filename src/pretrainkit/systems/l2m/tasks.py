@@ -11,7 +11,7 @@ import torch
 
 from pretrainkit.core.task import Metrics, PretrainTask, register_task
 from pretrainkit.errors import ConfigError
-from pretrainkit.systems.l2m.model import BinDecode, DTConfig, Head, action_loss_terms
+from pretrainkit.systems.l2m.model import BIN_DECODES, BinDecode, DTConfig, Head, action_loss_terms
 
 
 @register_task("l2m.action")
@@ -25,8 +25,8 @@ class ActionTask(PretrainTask):
         super().__init__()
         if head not in ("discrete", "continuous"):
             raise ConfigError(f"l2m.action head must be 'discrete' or 'continuous', got '{head}'")
-        if bin_decode not in ("center", "lower"):
-            raise ConfigError(f"l2m.action bin_decode must be 'center' or 'lower', got '{bin_decode}'")
+        if bin_decode not in BIN_DECODES:
+            raise ConfigError(f"l2m.action bin_decode must be one of {list(BIN_DECODES)}, got '{bin_decode}'")
         self.head, self.n_bins, self.bin_decode = head, int(n_bins), bin_decode
 
     @classmethod
