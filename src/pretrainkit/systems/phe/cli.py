@@ -1,4 +1,4 @@
-"""`pretrainkit phe <verb>`: pretrain, evaluate, finetune, search-weights; bench is not implemented yet."""
+"""`pretrainkit phe <verb>`: pretrain, evaluate, finetune, search-weights, bench (also `pretrainkit bench phe`)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ VERBS = {
     "finetune": "few-label fine-tuning of the whole encoder (--mode full) or LoRA adapters on the frozen HGT "
     "(--mode lora); --encoder none trains from scratch",
     "search-weights": "Bayesian search of the two task weights; objective: in-budget Macro-F1 (labelled budget only)",
-    "bench": "baselines and seeds into docs/results/phe.{md,json} (not yet implemented)",
 }
-NOT_YET = ("bench",)
+NOT_YET: tuple[str, ...] = ()
+BENCH_HELP = (
+    "every graph x method x seed (features, random encoder, supervised HGT, edge contrast, each PHE task, "
+    "PHE, PHE fine-tune/LoRA) plus the scale study; writes docs/results/phe.{md,json}"
+)
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +69,38 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--budget", type=int, default=20, help="labels per class (default 20)")
             p.add_argument("--seed", type=int, default=0, help="head / training seed")
         p.set_defaults(func=_run)
+    b = sub.add_parser("bench", help=BENCH_HELP, description=BENCH_HELP)
+    _bench_args(b)
+    b.set_defaults(func=_bench)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from pretrainkit.core.benchkit import add_bench_args
+
+    add_bench_args(p, "phe", "bench", default_name="phe")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pretrainkit.systems.phe import bench
+
+    if args.rerender is not None:
+        from pretrainkit.core.results import rerender
+
+        print(f"wrote {rerender(args.rerender, bench.render, out_dir=args.results_dir, kind=bench.KIND)}")
+        return 0
+    torch.set_num_threads(args.threads)
+    cfg = bench.bench_config(args)
+    print(f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, profile=args.config)}")
+    return 0
 
 
 def bench_main(argv: list[str]) -> int:
-    raise ConfigError("'pretrainkit bench phe' is not yet implemented")
+    """`pretrainkit bench phe [--config PROFILE|FILE] [--set k=v] [--seeds 0,1] [--results-dir D] [--name N]
+    [--rerender JSON]`."""
+    p = argparse.ArgumentParser(prog="pretrainkit bench phe", description=BENCH_HELP)
+    _bench_args(p)
+    return _bench(p.parse_args(argv))
 
 
 def load(args: argparse.Namespace):

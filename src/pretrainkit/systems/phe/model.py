@@ -111,8 +111,11 @@ class HeteroEncoder(nn.Module):
                 h[t] = self.emb[t](data[t].n_id)
         return {t: self.drop(v) for t, v in h.items()}
 
-    def forward(self, data) -> dict[str, torch.Tensor]:
+    def forward(self, data, all_layers: bool = False):
+        """``{type: (n, hidden)}`` of the last layer; with ``all_layers``, the list [input projection, layer
+        1, ..., layer L] of such dicts (the probe may read an earlier layer or their concatenation)."""
         h = self.inputs(data)
+        layers = [h]
         edges = {e: data[e].edge_index for e in self.edge_types if e in data.edge_types}
         for i, conv in enumerate(self.convs):
             out = conv(h, edges)
@@ -120,5 +123,6 @@ class HeteroEncoder(nn.Module):
             new = {t: (out[t] if out.get(t) is not None else h[t]) for t in self.node_types}
             if self.cfg.conv == "rgcn" and i < len(self.convs) - 1:
                 new = {t: torch.relu(v) for t, v in new.items()}
+            layers.append(new)
             h = {t: self.drop(v) for t, v in new.items()} if i < len(self.convs) - 1 else new
-        return h
+        return layers if all_layers else h

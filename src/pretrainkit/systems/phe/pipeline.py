@@ -22,6 +22,7 @@ from pretrainkit.core.task import MixModel, PretrainTask, TaskMix
 from pretrainkit.core.trainer import TrainConfig, Trainer
 from pretrainkit.errors import CheckpointError, ConfigError, DataError
 from pretrainkit.search.task_weights import SearchConfig
+from pretrainkit.systems.phe.bench import BenchSection
 from pretrainkit.systems.phe.data import BUDGETS, Graph, check_budget, load_graph
 from pretrainkit.systems.phe.downstream import FinetuneSection, LinkSection, holdout_edges
 from pretrainkit.systems.phe.model import EncoderConfig, HeteroEncoder
@@ -67,6 +68,11 @@ class EvaluateSection:
     # logistic regression's inverse regularisation, chosen per budget by validation Macro-F1
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     max_iter: int = 1000
+    # which encoder output the probe reads: "last" layer, "concat" (input projection and every layer, each
+    # L2-normalised, then joined), "input" (the per-type projection alone), or "auto": per budget the one of
+    # those three with the best validation Macro-F1 (validation nodes only; docs/phe-diagnosis.md: the last
+    # layer of an edge-contrast encoder is tuned to edge matching, and an earlier reading probes better)
+    layer: Literal["auto", "last", "concat", "input"] = "auto"
 
 
 @dataclass
@@ -94,6 +100,7 @@ class PHEConfig:
     # pre-train without link.fraction of link.relation's edges, so link prediction scores unseen edges
     holdout_links: bool = False
     search: SearchSection = field(default_factory=lambda: SearchSection())
+    bench: BenchSection = field(default_factory=BenchSection)
     out: str = "runs/phe"
 
     def validate(self) -> None:
@@ -170,10 +177,48 @@ def load_encoder(graph: Graph, model_cfg: EncoderConfig, path: str | Path) -> He
 
 
 @torch.no_grad()
-def embed(enc: HeteroEncoder, graph: Graph) -> np.ndarray:
-    """Frozen target-node embeddings from one full-graph forward in eval mode."""
+def embed(enc: HeteroEncoder, graph: Graph, layer: str = "last") -> np.ndarray:
+    """Frozen target-node embeddings from one full-graph forward in eval mode (``layer``: see
+    ``EvaluateSection.layer``)."""
+    import torch.nn.functional as F
+
     enc.eval()
-    return enc(graph.data)[graph.target].numpy()
+    outs = [h[graph.target] for h in enc(graph.data, all_layers=True)]
+    if layer == "last":
+        return outs[-1].numpy()
+    if layer == "input":
+        return outs[0].numpy()
+    if layer == "concat":
+        return torch.cat([F.normalize(o, dim=-1) for o in outs], 1).numpy()
+    raise ConfigError(f"config key 'evaluate.layer' must be last, concat or input, got {layer!r}")
+
+
+LAYERS = ("input", "last", "concat")
+
+
+def probe(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budgets=None) -> dict[str, dict[str, Any]]:
+    """``logreg_scores`` per budget for the configured ``evaluate.layer``; with ``auto`` every reading is
+    scored and the one with the best validation Macro-F1 is kept (its name under ``layer``)."""
+    e = cfg.evaluate
+    budgets = list(budgets if budgets is not None else e.budgets)
+    layers = LAYERS if e.layer == "auto" else (e.layer,)
+    zs = {layer: embed(enc, graph, layer) for layer in layers}
+    out = {}
+    for b in budgets:
+        cands = {
+            layer: {**logreg_scores(z, graph, b, e.c_grid, e.max_iter), "layer": layer} for layer, z in zs.items()
+        }
+        out[str(b)] = max(cands.values(), key=lambda s: s["val_macro_f1"])
+    return out
+
+
+def probe_report(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budget: int = 20) -> dict[str, Any]:
+    """Diagnosis: validation and test Macro-F1 of the probe at ``budget`` for every ``layer`` reading."""
+    out = {}
+    for layer in LAYERS:
+        s = logreg_scores(embed(enc, graph, layer), graph, budget, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
+        out[layer] = {"val": round(s["val_macro_f1"], 2), "test": round(s["macro_f1"], 2), "C": s["C"]}
+    return out
 
 
 def raw_features(graph: Graph) -> np.ndarray:
@@ -207,7 +252,7 @@ def logreg_scores(
         f1 = f1_score(y[va], clf.predict(zs[va]), average="macro")
         if best is None or f1 > best[0]:
             best = (f1, c, clf)
-    _, c, clf = best
+    val_f1, c, clf = best
     pred, proba = clf.predict(zs[te]), clf.predict_proba(zs[te])
     auc = (
         roc_auc_score(y[te], proba[:, 1])
@@ -219,6 +264,7 @@ def logreg_scores(
         "micro_f1": 100 * f1_score(y[te], pred, average="micro"),
         "auc": 100 * auc,
         "C": c,
+        "val_macro_f1": 100 * val_f1,
     }
 
 
@@ -237,12 +283,15 @@ def evaluate(
 
         path = _encoder_path(cfg, encoder)
         torch.manual_seed(cfg.pretrain.train.seed)  # a random encoder (--encoder none) is the same every time
-        z = embed(encoder_or_scratch(graph, cfg.model, path), graph)
+        enc = encoder_or_scratch(graph, cfg.model, path)
         source = str(path) if path else "random encoder (no pre-training)"
-    scores = {
-        str(b): logreg_scores(z, graph, b, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
-        for b in cfg.evaluate.budgets
-    }
+    if raw:
+        scores = {
+            str(b): logreg_scores(z, graph, b, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
+            for b in cfg.evaluate.budgets
+        }
+    else:
+        scores = probe(enc, graph, cfg)
     result = {"graph": graph.name, "embeddings": source, "scores": scores}
     _write(cfg, "evaluate.json", result)
     return result
@@ -360,7 +409,7 @@ def search_weights(cfg: PHEConfig, graph: Graph | None = None, progress: bool = 
         c.pretrain.train.max_steps = s.steps
         c.pretrain.train.progress = False
         model, _, _ = _train(graph, c, None)
-        z = embed(model.backbone, graph)
+        z = embed(model.backbone, graph, "last" if cfg.evaluate.layer == "auto" else cfg.evaluate.layer)
         scaler = StandardScaler().fit(z[fit])
         clf = LogisticRegression(max_iter=cfg.evaluate.max_iter).fit(scaler.transform(z[fit]), y[fit])
         return float(f1_score(y[score], clf.predict(scaler.transform(z[score])), average="macro"))
