@@ -66,9 +66,10 @@ def test_cli_verbs(tmp_path, capsys, graph_data):
     assert "Macro-F1" in capsys.readouterr().out
     assert main(["phe", "finetune", "--out", out, "--mode", "lora", *sets, "--set", "finetune.epochs=2"]) == 0
     assert "Macro-F1" in capsys.readouterr().out
-    assert main(["phe", "bench", "--out", out]) == 2
+    assert main(["phe", "bench", "--seeds", "a,b", "--results-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "not yet implemented" in err and err.count("\n") == 1
+    assert "--seeds must be" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
     assert main(["phe", "finetune", "--out", out, "--budget", "5000", *sets]) == 2
     assert "larger than the smallest class" in capsys.readouterr().err
     assert main(["phe", "evaluate", "--out", str(tmp_path / "none"), *sets]) == 2

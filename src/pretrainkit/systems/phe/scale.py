@@ -27,9 +27,8 @@ import torch
 
 @dataclass
 class ScaleSection:
-    nodes: list[int] = field(
-        default_factory=lambda: [10_000, 100_000, 1_000_000]
-    )  # papers + authors + venues
+    # graph sizes (papers + authors + venues)
+    nodes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
     edges_per_node: int = 10  # paper->author edges per paper (each also reversed): ~1e7 at 1e6 nodes
     feature_dim: int = 32
     batch_size: int = 256
