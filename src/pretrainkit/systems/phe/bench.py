@@ -211,20 +211,26 @@ def run_bench(cfg, out_dir: Path | None = None, log=print, profile: str | None =
         scale_points = scale.run_scale(cfg.bench.scale, log=log)
     jobs = _jobs(cfg)
     log(f"[phe bench] {len(jobs)} jobs on {cfg.bench.workers} worker(s)")
-    records = []
-    with executor(cfg.bench.workers) as pool:
-        pending = {pool.submit(run_job, cfg, *j): j for j in jobs}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                j = pending.pop(f)
-                r = f.result()
-                records.append(r)
-                f20 = {m: round(s["20"]["macro_f1"], 2) for m, s in r["scores"].items() if "20" in s}
-                log(
-                    f"[phe bench] {len(records)}/{len(jobs)} {j[0]} {j[1]} seed {j[2]}: Macro-F1@20 {f20} "
-                    f"({r['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s elapsed)"
-                )
+    records: list[dict[str, Any]] = []
+
+    def done(j, r) -> None:
+        records.append(r)
+        f20 = {m: round(s["20"]["macro_f1"], 2) for m, s in r["scores"].items() if "20" in s}
+        log(
+            f"[phe bench] {len(records)}/{len(jobs)} {j[0]} {j[1]} seed {j[2]}: Macro-F1@20 {f20} "
+            f"({r['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s elapsed)"
+        )
+
+    if cfg.bench.workers <= 1:  # one after another here, each reported as it finishes
+        for j in jobs:
+            done(j, run_job(cfg, *j))
+    else:
+        with executor(cfg.bench.workers) as pool:
+            pending = {pool.submit(run_job, cfg, *j): j for j in jobs}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    done(pending.pop(f), f.result())
     records.sort(key=lambda r: (r["graph"], r["job"], r["seed"]))
     data = {
         "records": records,
