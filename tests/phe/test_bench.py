@@ -95,3 +95,23 @@ def test_bench_smoke_writes_results(tmp_path, capsys):
     assert payload["summary"][str(g)]["phe"]["20"]["macro_f1"]["n"] == 2
     assert len(payload["scale"]) == 2 and "verdicts" in payload
     assert "[phe bench]" in capsys.readouterr().out  # progress printed
+
+
+def test_probe_auto_keeps_the_best_validation_reading(tiny_graph):
+    from pretrainkit.systems.phe.model import EncoderConfig, HeteroEncoder
+    from pretrainkit.systems.phe.pipeline import LAYERS, PHEConfig, probe
+
+    cfg = PHEConfig()
+    cfg.model = EncoderConfig(hidden=8, heads=2, layers=2)
+    budgets = sorted(tiny_graph.splits)[:1]
+    cfg.evaluate.budgets, cfg.evaluate.c_grid = budgets, [1.0]
+    torch.manual_seed(0)
+    enc = HeteroEncoder.for_graph(tiny_graph.data, cfg.model)
+    forced = {}
+    for layer in LAYERS:
+        cfg.evaluate.layer = layer
+        forced[layer] = probe(enc, tiny_graph, cfg)[str(budgets[0])]
+    cfg.evaluate.layer = "auto"
+    auto = probe(enc, tiny_graph, cfg)[str(budgets[0])]
+    assert auto["val_macro_f1"] == max(f["val_macro_f1"] for f in forced.values())
+    assert auto["macro_f1"] == forced[auto["layer"]]["macro_f1"]  # the test score of the reading it kept

@@ -78,6 +78,8 @@ class BenchSection:
     budgets: list[int] = field(default_factory=lambda: [20, 40, 60])
     # budgets at which phe_finetune / phe_lora run (full-graph fine-tuning is the bench's costliest part)
     finetune_budgets: list[int] = field(default_factory=lambda: [20, 40, 60])
+    # graphs on which phe_finetune / phe_lora run (empty: every graph)
+    finetune_graphs: list[str] = field(default_factory=list)
     workers: int = 2
     # pre-training steps per graph (a graph not named uses pretrain.train.max_steps)
     steps: dict[str, int] = field(default_factory=dict)
@@ -184,8 +186,11 @@ def run_job(cfg, graph_name: str, method: str, seed: int) -> dict[str, Any]:
         if method == "phe":
             state = {k: v.clone() for k, v in enc.state_dict().items()}
             fb = [b for b in c.bench.finetune_budgets if b in c.bench.budgets]
+            if c.bench.finetune_graphs and graph_name not in c.bench.finetune_graphs:
+                fb = []
+                rec["info"]["finetune"] = "phe_finetune / phe_lora not run on this graph (bench time)"
             for m, mode in (("phe_finetune", "full"), ("phe_lora", "lora")):
-                if m in cfg.bench.methods and (mode == "full" or c.model.conv == "hgt"):
+                if fb and m in cfg.bench.methods and (mode == "full" or c.model.conv == "hgt"):
                     rec["scores"][m] = _finetuned(graph, c, state, mode, seed, fb)
     rec["seconds"] = time.perf_counter() - t0
     return rec

@@ -36,6 +36,7 @@ from pretrainkit.systems.phe.tasks import (
 )
 
 TASK_NAMES = ("phe.semantic", "phe.structure")
+LAYERS = ("input", "last", "concat")  # the probe's readings of the encoder (EvaluateSection.layer)
 
 
 @dataclass
@@ -180,20 +181,23 @@ def load_encoder(graph: Graph, model_cfg: EncoderConfig, path: str | Path) -> He
 def embed(enc: HeteroEncoder, graph: Graph, layer: str = "last") -> np.ndarray:
     """Frozen target-node embeddings from one full-graph forward in eval mode (``layer``: see
     ``EvaluateSection.layer``)."""
+    if layer not in LAYERS:
+        raise ConfigError(f"config key 'evaluate.layer' must be last, concat or input, got {layer!r}")
+    return embed_all(enc, graph)[layer]
+
+
+@torch.no_grad()
+def embed_all(enc: HeteroEncoder, graph: Graph) -> dict[str, np.ndarray]:
+    """Every probe reading (``LAYERS``) from one full-graph forward in eval mode."""
     import torch.nn.functional as F
 
     enc.eval()
     outs = [h[graph.target] for h in enc(graph.data, all_layers=True)]
-    if layer == "last":
-        return outs[-1].numpy()
-    if layer == "input":
-        return outs[0].numpy()
-    if layer == "concat":
-        return torch.cat([F.normalize(o, dim=-1) for o in outs], 1).numpy()
-    raise ConfigError(f"config key 'evaluate.layer' must be last, concat or input, got {layer!r}")
-
-
-LAYERS = ("input", "last", "concat")
+    return {
+        "input": outs[0].numpy(),
+        "last": outs[-1].numpy(),
+        "concat": torch.cat([F.normalize(o, dim=-1) for o in outs], 1).numpy(),
+    }
 
 
 def probe(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budgets=None) -> dict[str, dict[str, Any]]:
@@ -202,11 +206,13 @@ def probe(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budgets=None) -> dic
     e = cfg.evaluate
     budgets = list(budgets if budgets is not None else e.budgets)
     layers = LAYERS if e.layer == "auto" else (e.layer,)
-    zs = {layer: embed(enc, graph, layer) for layer in layers}
+    every = embed_all(enc, graph)
+    zs = {layer: every[layer] for layer in layers}
     out = {}
     for b in budgets:
         cands = {
-            layer: {**logreg_scores(z, graph, b, e.c_grid, e.max_iter), "layer": layer} for layer, z in zs.items()
+            layer: {**logreg_scores(z, graph, b, e.c_grid, e.max_iter), "layer": layer}
+            for layer, z in zs.items()
         }
         out[str(b)] = max(cands.values(), key=lambda s: s["val_macro_f1"])
     return out
@@ -215,8 +221,9 @@ def probe(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budgets=None) -> dic
 def probe_report(enc: HeteroEncoder, graph: Graph, cfg: PHEConfig, budget: int = 20) -> dict[str, Any]:
     """Diagnosis: validation and test Macro-F1 of the probe at ``budget`` for every ``layer`` reading."""
     out = {}
+    every = embed_all(enc, graph)
     for layer in LAYERS:
-        s = logreg_scores(embed(enc, graph, layer), graph, budget, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
+        s = logreg_scores(every[layer], graph, budget, cfg.evaluate.c_grid, cfg.evaluate.max_iter)
         out[layer] = {"val": round(s["val_macro_f1"], 2), "test": round(s["macro_f1"], 2), "C": s["C"]}
     return out
 
