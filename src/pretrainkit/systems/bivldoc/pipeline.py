@@ -109,6 +109,7 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
         vocab_size=mcfg.vocab_size,
         rank=info.rank,
         world=info.world,
+        groups=[p.source for p in pages],
     )
     trainer = Trainer(model, stream, cfg.pretrain.train, run_dir=run, dist_info=info, unit="pages")
     if info.is_main:  # before training, so a run killed mid-way resumes with the same vocabulary
@@ -275,10 +276,12 @@ def evaluate_tagger(
     device="cpu",
     picture: Path | None = None,
     picture_page: int = 0,
+    enc=None,
 ) -> dict[str, Any]:
     """Entity F1 on labelled ``pages`` (the FUNSD test forms); ``picture``: also draw page ``picture_page``
-    (gold beside predicted entities) to that PNG."""
-    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    (gold beside predicted entities) to that PNG. ``enc``: the pages' windows, already encoded."""
+    if enc is None:
+        enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
     pred = predict_tags(model.to(device), pages, enc, device=device)
     scores: dict[str, Any] = {**entity_scores([p.labels for p in pages], pred), "pages": len(pages)}
     if picture is not None:
@@ -290,10 +293,11 @@ def evaluate_tagger(
     return scores
 
 
-def sroie_scores(model: EntityTagger, tok, pages: list[Page], device="cpu") -> dict[str, Any]:
+def sroie_scores(model: EntityTagger, tok, pages: list[Page], device="cpu", enc=None) -> dict[str, Any]:
     """Key-field extraction on receipts: a field's prediction is its tagged words in reading order; exact match
     with the gold string (case and spaces ignored), per field and averaged."""
-    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    if enc is None:
+        enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
     pred = predict_tags(model.to(device), pages, enc, device=device)
     squash = lambda t: "".join(t.upper().split())  # noqa: E731
     out: dict[str, Any] = {}
