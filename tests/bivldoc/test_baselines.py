@@ -132,3 +132,19 @@ def test_wpa_labels_name_the_blanked_cells(encoded):
                 (cx // (H // 4)) * (H // 4) : (cx // (H // 4) + 1) * (H // 4),
             ]
             assert torch.equal(cell, orig)
+
+
+def test_windowed_corpus_keeps_every_word_and_its_source(funsd_few, tiny):
+    from pretrainkit.systems.bivldoc.encoding import train_tokenizer
+    from pretrainkit.systems.bivldoc.pipeline import encode_corpus
+
+    tok = train_tokenizer(funsd_few, 400)
+    cfg = tiny(tok.get_vocab_size())
+    enc, groups, note = encode_corpus(funsd_few, tok, cfg, "windows")
+    assert note is None and len(groups) == len(enc) > len(funsd_few)  # long pages split, none cut
+    for p in funsd_few:
+        mine = [e for e in enc if e.page_id == p.page_id]
+        assert sum(e.n_words_kept for e in mine) == len(p.words)
+        assert {g for e, g in zip(enc, groups) if e.page_id == p.page_id} == {p.source}
+    cut, _, note = encode_corpus(funsd_few, tok, cfg, "truncate")
+    assert len(cut) == len(funsd_few) and "truncated" in note
