@@ -162,7 +162,10 @@ def _bench(args: argparse.Namespace) -> int:
         overrides.append(f"out={args.out}")
     cfg = load_bench_config(BiVLDocConfig, "bivldoc", args, overrides)
     torch.set_num_threads(1)  # each worker (and this process) one thread: bench.workers processes
-    path = bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or "bivldoc", profile=args.config)
+    results_dir = args.results_dir
+    if results_dir is None and profile == "smoke":  # smoke numbers mean nothing: never into docs/results
+        results_dir = Path(cfg.out) / "results"
+    path = bench.run_bench(cfg, out_dir=results_dir, name=args.name or "bivldoc", profile=args.config)
     print(f"wrote {path}")
     return 0
 
