@@ -123,8 +123,10 @@ def test_seqeval_entity_f1_is_entity_level():
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
-    assert main(["bivldoc", "bench"]) == 2
-    assert "not yet implemented" in capsys.readouterr().err
+    assert main(["bivldoc", "bench", "--set", "bench.methods=[bivldoc,bert]"]) == 2
+    assert "unknown bench method 'bert'" in capsys.readouterr().err
+    assert main(["bench", "bivldoc", "--profile", "smoke", "--config", "bench-full"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert main(["bivldoc", "pretrain", "--set", "model.depth=3", "--out", str(tmp_path)]) == 2
     assert "unknown config key 'model.depth'" in capsys.readouterr().err
     assert main(["bivldoc", "pretrain", "--set", "pretrain.weights.mlm=1", "--out", str(tmp_path)]) == 2

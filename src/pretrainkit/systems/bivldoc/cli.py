@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from pretrainkit.core.benchkit import add_bench_args
 from pretrainkit.core.config import load_config
 from pretrainkit.core.profiles import add_config_args, profile_path
-from pretrainkit.errors import PretrainkitError
+from pretrainkit.errors import ConfigError
 
 VERBS = {
     "pretrain": "pre-train the backbone with the task mix (MVLM, TIPA, language-guided vision, ITM) on FUNSD "
@@ -22,7 +23,9 @@ VERBS = {
     "search-weights": "search the four task weights (the core's GP search); each trial pre-trains, fine-tunes on "
     "FUNSD train minus finetune.val_forms and scores entity F1 on those (never the test forms)",
     "ocr": "OCR a folder of page images with Tesseract (cached per page) and print a summary per page",
-    "bench": "(not yet implemented) the Bi-VLDoc benchmark: baselines, seeds, few-label curve, SROIE",
+    "bench": "the Bi-VLDoc benchmark: Bi-VLDoc against MVLM-only, no-hybrid, text-only, LayoutLMv3 (same size) "
+    "and from scratch, >= 3 seeds, FUNSD entity F1, SROIE field accuracy, few-label curve, pre-training cost; "
+    "writes docs/results/bivldoc.{md,json}",
 }
 
 
@@ -36,7 +39,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
             p.set_defaults(func=_ocr)
             continue
         if verb == "bench":
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            _bench_args(p)
             p.set_defaults(func=_bench)
             continue
         add_config_args(p, "bivldoc", "quick")
@@ -125,12 +128,50 @@ def _ocr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(_args: argparse.Namespace) -> int:
-    raise PretrainkitError(
-        "`pretrainkit bivldoc bench` is not yet implemented (the baselines, seeds and the "
-        "report picture are planned; see README, Bi-VLDoc)"
+BENCH_PROFILES = {"default": "bench", "full": "bench-full", "smoke": "bench-smoke"}
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    add_bench_args(p, "bivldoc", "bench", default_name="bivldoc")
+    p.add_argument(
+        "--profile",
+        choices=sorted(BENCH_PROFILES),
+        default=None,
+        help="default: ~35 min on 2 cores (profile bench); full: the issue's 90-minute budget (bench-full); "
+        "smoke: a tiny run of the same code (seconds; use with --results-dir)",
     )
+    p.add_argument("--smoke", action="store_true", help="the same as --profile smoke")
+    p.add_argument("--out", default=None, help="work directory (overrides the config's 'out')")
 
 
-def bench_main(_argv: list[str]) -> int:
-    raise PretrainkitError("`pretrainkit bench bivldoc` is not yet implemented (see README, Bi-VLDoc)")
+def _bench(args: argparse.Namespace) -> int:
+    from pretrainkit.core.benchkit import load_bench_config, seed_overrides
+    from pretrainkit.systems.bivldoc import bench
+    from pretrainkit.systems.bivldoc.config import BiVLDocConfig
+
+    if args.rerender is not None:
+        print(f"wrote {bench.rerender(args.rerender, out_dir=args.results_dir)}")
+        return 0
+    profile = "smoke" if args.smoke else args.profile
+    if profile is not None:
+        if args.config not in ("bench", BENCH_PROFILES[profile]):
+            raise ConfigError("give either --config or --profile/--smoke, not both")
+        args.config = BENCH_PROFILES[profile]
+    overrides = seed_overrides(args, "bench.seeds")
+    if args.out:
+        overrides.append(f"out={args.out}")
+    cfg = load_bench_config(BiVLDocConfig, "bivldoc", args, overrides)
+    torch.set_num_threads(1)  # each worker (and this process) one thread: bench.workers processes
+    results_dir = args.results_dir
+    if results_dir is None and profile == "smoke":  # smoke numbers mean nothing: never into docs/results
+        results_dir = Path(cfg.out) / "results"
+    path = bench.run_bench(cfg, out_dir=results_dir, name=args.name or "bivldoc", profile=args.config)
+    print(f"wrote {path}")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    """`pretrainkit bench bivldoc [options]`: the same as `pretrainkit bivldoc bench`."""
+    p = argparse.ArgumentParser(prog="pretrainkit bench bivldoc", description=VERBS["bench"])
+    _bench_args(p)
+    return _bench(p.parse_args(argv))

@@ -26,9 +26,10 @@ class DataSection:
     own_pages: str | None = (
         None  # a folder of your scanned pages, OCR'd with Tesseract and added to pre-training
     )
-    # pre-training pages longer than the model: "truncate" (stated in one line) or "error"; fine-tuning and
-    # evaluation always split long pages into windows, so every word is labelled and scored
-    overflow: Literal["truncate", "error"] = "truncate"
+    # pre-training pages longer than the model: "truncate" (stated in one line), "windows" (split into windows of
+    # whole words: every word is seen; the bench's choice) or "error"; fine-tuning and evaluation always split
+    # long pages into windows, so every word is labelled and scored
+    overflow: Literal["truncate", "windows", "error"] = "truncate"
 
 
 @dataclass
@@ -79,6 +80,46 @@ class FinetuneSection:
     )
 
 
+BENCH_METHODS = ("bivldoc", "mvlm-only", "no-hybrid", "text-only", "layoutlmv3", "scratch")
+
+
+@dataclass
+class BenchSection:
+    """`bivldoc bench`: every method x seed pre-trains (``pretrain.train``, seed replaced) then fine-tunes
+    FUNSD (``finetune.train``) and SROIE (``sroie_steps``) from that backbone; the few-label curve fine-tunes
+    ``few_label_methods`` on the first n FUNSD training forms for n in ``few_label``."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = field(default_factory=lambda: list(BENCH_METHODS))
+    few_label: list[int] = field(default_factory=lambda: [10, 25, 50])
+    few_label_methods: list[str] = field(default_factory=lambda: ["bivldoc", "scratch"])
+    sroie_steps: int = 100
+    workers: int = 2  # worker processes (one torch thread each)
+    lmv3_wpa_prob: float = 0.4  # the LayoutLMv3 baseline's blanked image share (its WPA objective)
+    # fine-tuning lr per method: each method's first seed fine-tunes FUNSD on the training forms but the last
+    # val_forms once per lr here and scores those held-out training forms (never the test forms); the best lr
+    # is then used for all its seeds and tasks. Empty: finetune.train.lr for every method.
+    lr_grid: list[float] = field(default_factory=list)
+    val_forms: int = 20
+    # the smoke profile only: the first n labelled training / test pages of FUNSD and SROIE (None: all)
+    train_limit: int | None = None
+    eval_limit: int | None = None
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.methods) - set(BENCH_METHODS))
+        if unknown:
+            raise ConfigError(f"unknown bench method '{unknown[0]}'; allowed: {', '.join(BENCH_METHODS)}")
+        bad = sorted(set(self.few_label_methods) - set(self.methods))
+        if bad:
+            raise ConfigError(f"bench.few_label_methods '{bad[0]}' is not in bench.methods")
+        if not self.seeds:
+            raise ConfigError("bench.seeds needs at least one seed")
+        if self.lr_grid and self.val_forms < 1:
+            raise ConfigError("bench.val_forms must be >= 1 when bench.lr_grid is given")
+        if self.workers < 1 or self.sroie_steps < 1:
+            raise ConfigError("bench.workers and bench.sroie_steps must be >= 1")
+
+
 @dataclass
 class BiVLDocConfig:
     preset: str = "cpu"
@@ -87,6 +128,7 @@ class BiVLDocConfig:
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     search: SearchConfig = field(default_factory=lambda: SearchConfig(n_trials=8, n_startup_trials=3))
+    bench: BenchSection = field(default_factory=BenchSection)
     device: str = "auto"
     out: str = "runs/bivldoc"
 

@@ -13,7 +13,11 @@ unknown an option of ``ModelConfig``:
   plus one global token (the mean of the map).
 - fusion, ``attention``: ``co`` = the lineage's bidirectional co-attention (text self-attends then attends
   vision, vision self-attends then attends text, both from the layer's input); ``merged`` = one softmax over
-  the union of both streams with a modality embedding.
+  the union of both streams with a modality embedding; ``concat`` = no hybrid attention (the ablation): the
+  fusion layers self-attend within each stream only, then each token's features are concatenated with its
+  segment's visual token (late fusion) and projected back to d_model.
+- ``vision=False``: the text-only baseline: no image tower, the fusion layers are text self-attention layers
+  (same depth), the visual outputs are zeros.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class ModelConfig:
     max_segments: int = 64
     image_size: int = 256
     cnn_channels: tuple[int, ...] = (32, 64, 96, 128)  # one stride-2 stage each: 4 stages = a 1/16 map
-    attention: Literal["co", "merged"] = "co"
+    attention: Literal["co", "merged", "concat"] = "co"
+    vision: bool = True  # False: text-only (no image tower, no cross-modal layer)
     layout: Literal["word", "segment"] = "word"  # "segment": every token gets its segment's box (LayoutLMv3)
     segment_order: bool = True
 
@@ -111,6 +116,7 @@ class DocBatch:
     tipa_hidden: torch.Tensor | None = None  # (B, S) bool: segments whose text-side box is hidden
     tipa_target: torch.Tensor | None = None  # (B, S, 4) long: the true boxes
     itm_label: torch.Tensor | None = None  # (B,) float: 1 = the page's own image, 0 = another page's
+    wpa_labels: torch.Tensor | None = None  # (B, L) long: 1 = the token's image patch was blanked, -100 = unscored
     page_ids: tuple[str, ...] = ()
 
     def to(self, device) -> DocBatch:
@@ -278,6 +284,24 @@ class MergedAttentionLayer(nn.Module):
         return x[:, :n], x[:, n:]
 
 
+class StreamSelfLayer(nn.Module):
+    """No cross-modal attention: each stream self-attends and runs its FFN on its own (``concat`` and the
+    text-only model); the same parameter count per stream as a co-attention layer minus the cross blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, h, p = cfg.d_model, cfg.n_heads, cfg.dropout
+        self.t_self, self.t_ffn = _Attn(d, h, p), _FFN(d, cfg.ffn, p)
+        if cfg.vision:
+            self.v_self, self.v_ffn = _Attn(d, h, p), _FFN(d, cfg.ffn, p)
+
+    def forward(self, t, v, t_pad, v_pad):
+        t = self.t_ffn(self.t_self(t, None, t_pad))
+        if v is not None:
+            v = self.v_ffn(self.v_self(v, None, v_pad))
+        return t, v
+
+
 class BiVLDocModel(nn.Module):
     """``forward(batch: DocBatch) -> DocFeatures``."""
 
@@ -291,15 +315,21 @@ class BiVLDocModel(nn.Module):
             d, cfg.n_heads, cfg.ffn, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
         )
         self.text = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
-        self.image = ImageTower(cfg)
-        self.vis_box = BoxEmbedding(d)
-        self.vis_global = nn.Parameter(torch.zeros(d))
-        if cfg.attention == "merged":
+        if cfg.attention not in ("co", "merged", "concat"):
+            raise ConfigError(f"unknown model.attention '{cfg.attention}'; allowed: co, merged, concat")
+        if cfg.vision:
+            self.image = ImageTower(cfg)
+            self.vis_box = BoxEmbedding(d)
+            self.vis_global = nn.Parameter(torch.zeros(d))
+        if cfg.attention == "merged" and cfg.vision:
             self.modality = nn.Parameter(torch.zeros(2, d))
-        elif cfg.attention != "co":
-            raise ConfigError(f"unknown model.attention '{cfg.attention}'; allowed: co, merged")
-        fusion = MergedAttentionLayer if cfg.attention == "merged" else CoAttentionLayer
+        if not cfg.vision or cfg.attention == "concat":
+            fusion = StreamSelfLayer
+        else:
+            fusion = MergedAttentionLayer if cfg.attention == "merged" else CoAttentionLayer
         self.fusion = nn.ModuleList(fusion(cfg) for _ in range(cfg.fusion_layers))
+        if cfg.vision and cfg.attention == "concat":
+            self.late = nn.Linear(2 * d, d)  # [token; its segment's visual token] -> d
         self.norm_t, self.norm_v = nn.LayerNorm(d), nn.LayerNorm(d)
 
     def visual_tokens(self, b: DocBatch) -> torch.Tensor:
@@ -314,11 +344,20 @@ class BiVLDocModel(nn.Module):
         t_pad = ~b.attention_mask
         v_pad = torch.cat([torch.zeros_like(b.seg_mask[:, :1]), ~b.seg_mask], 1)
         t = self.text(self.embed(b), src_key_padding_mask=t_pad)
+        if not self.cfg.vision:
+            for layer in self.fusion:
+                t, _ = layer(t, None, t_pad, v_pad)
+            zeros = t.new_zeros(len(b), b.seg_boxes.shape[1] + 1, t.shape[-1])
+            return DocFeatures(text=self.norm_t(t), vis_global=zeros[:, 0], vis_seg=zeros[:, 1:])
         v = self.visual_tokens(b)
         if self.cfg.attention == "merged":
             t, v = t + self.modality[0], v + self.modality[1]
         for layer in self.fusion:
             t, v = layer(t, v, t_pad, v_pad)
+        if self.cfg.attention == "concat":
+            # late fusion: each token beside its segment's visual token ([CLS]/padding: the global token)
+            idx = (b.seg_index + 1).clamp(min=0)[..., None].expand(-1, -1, v.shape[-1])
+            t = self.late(torch.cat([t, torch.gather(v, 1, idx)], -1))
         t, v = self.norm_t(t), self.norm_v(v)
         return DocFeatures(text=t, vis_global=v[:, 0], vis_seg=v[:, 1:])
 

@@ -86,6 +86,21 @@ def corpus(cfg: BiVLDocConfig, out: Path) -> list[Page]:
     )
 
 
+def encode_corpus(pages: list[Page], tok, mcfg: ModelConfig, overflow: str):
+    """(encoded pages, each one's source for ITM's same-source negatives, the truncation note): ``windows``
+    splits a long page into windows of whole words (all its text is seen; they share the page's image and
+    id, so no window is another's ITM negative), ``truncate`` keeps each page's first words."""
+    if overflow != "windows":
+        enc, note = encode_pages(pages, tok, mcfg, "pre-training", overflow)
+        return enc, [p.source for p in pages], note
+    enc, groups = [], []
+    for p in pages:
+        w, _ = encode_pages([p], tok, mcfg, "pre-training", "windows")
+        enc += w
+        groups += [p.source] * len(w)
+    return enc, groups, None
+
+
 def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     """Pre-train the backbone on FUNSD-train + receipts + rendered (+ your OCR'd) pages with the task mix."""
     info = _dist(cfg)
@@ -97,7 +112,7 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
     else:
         tok = train_tokenizer(pages, cfg.pretrain.vocab_size)
     mcfg = cfg.model_config(vocab_size=tok.get_vocab_size())
-    enc, note = encode_pages(pages, tok, mcfg, "pre-training", cfg.data.overflow)
+    enc, groups, note = encode_corpus(pages, tok, mcfg, cfg.data.overflow)
     torch.manual_seed(cfg.pretrain.train.seed)  # the initial weights are a function of the seed
     model = build_pretrain_model(cfg, mcfg)
     stream = PageStream(
@@ -109,6 +124,7 @@ def pretrain(cfg: BiVLDocConfig, resume: str | None = None) -> dict[str, Any]:
         vocab_size=mcfg.vocab_size,
         rank=info.rank,
         world=info.world,
+        groups=groups,
     )
     trainer = Trainer(model, stream, cfg.pretrain.train, run_dir=run, dist_info=info, unit="pages")
     if info.is_main:  # before training, so a run killed mid-way resumes with the same vocabulary
@@ -275,10 +291,12 @@ def evaluate_tagger(
     device="cpu",
     picture: Path | None = None,
     picture_page: int = 0,
+    enc=None,
 ) -> dict[str, Any]:
     """Entity F1 on labelled ``pages`` (the FUNSD test forms); ``picture``: also draw page ``picture_page``
-    (gold beside predicted entities) to that PNG."""
-    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    (gold beside predicted entities) to that PNG. ``enc``: the pages' windows, already encoded."""
+    if enc is None:
+        enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
     pred = predict_tags(model.to(device), pages, enc, device=device)
     scores: dict[str, Any] = {**entity_scores([p.labels for p in pages], pred), "pages": len(pages)}
     if picture is not None:
@@ -290,10 +308,11 @@ def evaluate_tagger(
     return scores
 
 
-def sroie_scores(model: EntityTagger, tok, pages: list[Page], device="cpu") -> dict[str, Any]:
+def sroie_scores(model: EntityTagger, tok, pages: list[Page], device="cpu", enc=None) -> dict[str, Any]:
     """Key-field extraction on receipts: a field's prediction is its tagged words in reading order; exact match
     with the gold string (case and spaces ignored), per field and averaged."""
-    enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
+    if enc is None:
+        enc, _ = encode_pages(pages, tok, model.backbone.cfg, "evaluation", overflow="windows")
     pred = predict_tags(model.to(device), pages, enc, device=device)
     squash = lambda t: "".join(t.upper().split())  # noqa: E731
     out: dict[str, Any] = {}

@@ -12,7 +12,10 @@ TIM, so the batch every task reads already carries every task's targets. Reconst
   recovered from its fused text features, by L1 regression or as a coarse grid cell (``mode``).
 - ``bivldoc.lgv``: language-guided vision: each visual segment token must pick its own segment's text
   (the mean of its fused token features) against every other segment in the batch (InfoNCE).
-- ``bivldoc.itm``: image-text matching at page level: was the image swapped for another page's?
+- ``bivldoc.itm``: image-text matching at page level: was the image swapped for another page's (by default
+  another page of the same kind, see ``ViewConfig.itm_negatives``)?
+- ``bivldoc.wpa``: word-patch alignment (LayoutLMv3's WPA, the objective of our LayoutLMv3 baseline; not in
+  Bi-VLDoc's mix): was the image cell under this unmasked token blanked?
 
 Pages whose image was swapped are left out of TIPA and LGV (their text does not describe the image).
 """
@@ -30,7 +33,8 @@ from pretrainkit.core.task import PretrainTask, register_task
 from pretrainkit.errors import ConfigError
 from pretrainkit.systems.bivldoc.model import DocBatch, DocFeatures
 
-TASK_NAMES = ("bivldoc.mvlm", "bivldoc.tipa", "bivldoc.lgv", "bivldoc.itm")
+TASK_NAMES = ("bivldoc.mvlm", "bivldoc.tipa", "bivldoc.lgv", "bivldoc.itm")  # Bi-VLDoc's own four
+WPA = "bivldoc.wpa"  # the LayoutLMv3 baseline's objective (build_tasks(..., wpa=True))
 
 
 def segment_means(
@@ -154,12 +158,37 @@ class ImageTextMatching(PretrainTask):
         return loss, {"acc": ((logit > 0).float() == batch.itm_label).float().mean().detach()}
 
 
+@register_task("bivldoc.wpa")
+class WordPatchAlignment(PretrainTask):
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
+
+    def loss(self, batch: DocBatch, out: DocFeatures):
+        if batch.wpa_labels is None:
+            raise ConfigError("bivldoc.wpa needs pretrain.view.wpa_prob > 0 (blanked image cells)")
+        logit = self.head(out.text).squeeze(-1)
+        scored = batch.wpa_labels != -100
+        if not scored.any():
+            return logit.sum() * 0.0, {}
+        y = batch.wpa_labels[scored].float()
+        loss = F.binary_cross_entropy_with_logits(logit[scored], y)
+        return loss, {"acc": ((logit[scored] > 0).float() == y).float().mean().detach()}
+
+
 def build_tasks(
-    d_model: int, vocab_size: int, tipa_mode: str = "grid", tipa_grid: int = 8, temperature: float = 0.1
+    d_model: int,
+    vocab_size: int,
+    tipa_mode: str = "grid",
+    tipa_grid: int = 8,
+    temperature: float = 0.1,
+    wpa: bool = False,
 ) -> list[PretrainTask]:
-    return [
+    """Bi-VLDoc's four tasks (in ``TASK_NAMES`` order); ``wpa``: also LayoutLMv3's word-patch alignment."""
+    tasks = [
         MaskedVisionLanguage(d_model, vocab_size),
         TextImagePosition(d_model, tipa_mode, tipa_grid),
         LanguageGuidedVision(d_model, temperature),
         ImageTextMatching(d_model),
     ]
+    return [*tasks, WordPatchAlignment(d_model)] if wpa else tasks
