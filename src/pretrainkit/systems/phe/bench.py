@@ -406,10 +406,12 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
             "",
         ]
     if payload.get("scale"):
+        timed = (payload.get("config") or {}).get("bench", {}).get("scale", {}).get("steps", "?")
         rows = [
             [
                 f"{p['nodes']:,}",
                 f"{p['edges']:,}",
+                timed,
                 round(p["step_seconds"], 4),
                 f"{100 * p['load_share']:.0f} %",
                 round(p["epoch_seconds"], 1),
@@ -421,9 +423,12 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
             "## Scale (generated graphs, mini-batch, fixed batch)",
             "",
             "Peak step memory = highest RSS (psutil, sampled every 2 ms) during the timed steps minus the RSS "
-            "before them; epoch time = steps per epoch x measured step time. Plot: phe_scale.png.",
+            "before them; epoch time = steps per epoch x measured step time. One run per size; step time = the "
+            "mean of its n timed steps after the warm-up. Plot: phe_scale.png.",
             "",
-            md_table(["nodes", "edges", "step s", "loading", "epoch s", "peak step MB"], rows),
+            md_table(
+                ["nodes", "edges", "n (timed steps)", "step s", "loading", "epoch s", "peak step MB"], rows
+            ),
             "",
         ]
     derived = {"summary": stats, "verdicts": verdicts, "scale_summary": sc}
