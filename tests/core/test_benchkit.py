@@ -124,7 +124,7 @@ def test_every_stored_results_file_rerenders_with_n_in_every_table(name, tmp_pat
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(RESULTS / f"{name}.json", src / f"{name}.json")
-    target = "crnet" if name.startswith("crnet") else "l2m" if name.startswith("l2m") else name
+    target = next((t for t in ("crnet", "l2m", "saga") if name.startswith(t)), name)
     assert (
         main(["bench", target, "--rerender", str(src / f"{name}.json"), "--results-dir", str(tmp_path / "a")])
         == 0

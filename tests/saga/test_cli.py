@@ -129,3 +129,28 @@ def test_length_curve_report_from_rows(tmp_path):
     assert "| activity | 20 | 0.530 ± 0.010 | 0.590 ± 0.010 |" in text and "over n=3 downstream seeds" in text
     head = json.loads(md.with_suffix(".json").read_text())["headline"]
     assert head["activity_at_20_last_gain"] == 6.0 and head["lengths"] == [200, 800]
+
+
+def test_bench_saga_rerender_takes_a_length_curve_file(tmp_path):
+    from pretrainkit.core.results import publish
+    from pretrainkit.systems.saga import length_curve
+
+    rows = [
+        dict(pretrain_seed=0, steps=s, label="activity", budget=20, seed=k, acc=0.5 + k / 100, f1=0.5)
+        for s in (200, 800)
+        for k in range(2)
+    ]
+    md = publish(
+        "saga-length",
+        {"rows": rows, "task": "saga.point", "wall_s": 1.0},
+        length_curve.render,
+        kind=length_curve.KIND,
+        seeds=[0, 1],
+        out_dir=tmp_path / "a",
+        title=length_curve.TITLE,
+    )
+    out = tmp_path / "b"
+    assert main(["bench", "saga", "--rerender", str(md.with_suffix(".json")), "--results-dir", str(out)]) == 0
+    assert (out / "saga-length.md").read_text().count("| activity | 20 |") == 1 and (
+        out / "saga-length.png"
+    ).is_file()

@@ -194,6 +194,8 @@ def _grid(cfg: SagaConfig, demo: bool, pipe=None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pretrainkit.systems.saga import bench
 
+    if args.rerender is not None and _stored_kind(args.rerender) == "saga.length":
+        return _length_curve(args)  # `bench saga --rerender` takes every Saga results file
     if args.rerender is not None:
         from pretrainkit.core.results import load_results, rerender
         from pretrainkit.systems.saga.report import plot
@@ -219,6 +221,12 @@ def _bench(args: argparse.Namespace) -> int:
         f"wrote {bench.run_bench(cfg, out_dir=args.results_dir, name=args.name or 'saga', profile=args.config)}"
     )
     return 0
+
+
+def _stored_kind(path: Path) -> str | None:
+    from pretrainkit.core.results import load_results
+
+    return load_results(path, what="a Saga").get("kind")
 
 
 def _length_args(p: argparse.ArgumentParser) -> None:
