@@ -1,8 +1,9 @@
 """The BC-MLP baseline and `pretrainkit l2m diagnose` on synthetic task files (closed loop faked)."""
 
 import json
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,29 +15,15 @@ from pretrainkit.systems.l2m.bc import BCConfig, BCPolicy, bc_offline_mae, stack
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.data import load_task_dataset
 
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_tasks import write_task
+
 torch.set_num_threads(1)
 PRE = ["drawer-close-v3", "dial-turn-v3"]
 
 
 def _write_task(path, task: str, offset: float, episodes: int = 5, length: int = 16) -> None:
-    g = np.random.default_rng(len(task))
-    n = episodes * length
-    states = g.normal(offset, 0.3, (n, 39)).astype(np.float32)
-    expert = np.tanh(2 * states[:, :4]).astype(np.float32)  # a function of the state a small MLP can fit
-    dones = np.zeros(n, bool)
-    dones[length - 1 :: length] = True
-    meta = {"task": task, "steps": n, "cpu_seconds": 0.1, "episodes": episodes}
-    np.savez(
-        path / f"{task}.npz",
-        states=states,
-        actions=expert + 0.05,
-        expert_actions=expert,
-        rewards=np.ones(n, np.float32),
-        dones=dones,
-        success=np.ones(n, bool),
-        task=np.array(task),
-        meta_json=np.array(json.dumps(meta)),
-    )
+    write_task(path, task, offset, episodes, length, gain=2.0)
 
 
 def _fake_rollout(actor, task, episodes=10, target_return=0.0, seed=0, device="cpu", **kw):

@@ -1,8 +1,9 @@
 """The L2M harness end to end on synthetic task files, with closed-loop rollouts faked (no simulator)."""
 
 import json
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,28 +15,14 @@ from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.systems.l2m import bench, pipeline, routing
 from pretrainkit.systems.l2m.config import L2MConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_tasks import write_task
+
 PRE, SEQ = ["drawer-close-v3"], ["hammer-v3", "faucet-close-v3"]
 
 
 def _write_task(path, task: str, offset: float, episodes: int = 5, length: int = 16) -> None:
-    g = np.random.default_rng(abs(hash(task)) % 1000)
-    n = episodes * length
-    states = g.normal(offset, 0.3, (n, 39)).astype(np.float32)
-    expert = np.tanh(states[:, :4]).astype(np.float32)
-    dones = np.zeros(n, bool)
-    dones[length - 1 :: length] = True
-    meta = {"task": task, "steps": n, "cpu_seconds": 0.1, "episodes": episodes}
-    np.savez(
-        path / f"{task}.npz",
-        states=states,
-        actions=expert + 0.05,
-        expert_actions=expert,
-        rewards=np.ones(n, np.float32),
-        dones=dones,
-        success=np.ones(n, bool),
-        task=np.array(task),
-        meta_json=np.array(json.dumps(meta)),
-    )
+    write_task(path, task, offset, episodes, length, gain=1.0)
 
 
 def _fake_rollout(
