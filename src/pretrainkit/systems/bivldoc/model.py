@@ -116,7 +116,9 @@ class DocBatch:
     tipa_hidden: torch.Tensor | None = None  # (B, S) bool: segments whose text-side box is hidden
     tipa_target: torch.Tensor | None = None  # (B, S, 4) long: the true boxes
     itm_label: torch.Tensor | None = None  # (B,) float: 1 = the page's own image, 0 = another page's
-    wpa_labels: torch.Tensor | None = None  # (B, L) long: 1 = the token's image patch was blanked, -100 = unscored
+    wpa_labels: torch.Tensor | None = (
+        None  # (B, L) long: 1 = the token's image patch was blanked, -100 = unscored
+    )
     page_ids: tuple[str, ...] = ()
 
     def to(self, device) -> DocBatch:

@@ -109,7 +109,9 @@ def pretrain_view(
         cx = ((b.boxes[..., 0] + b.boxes[..., 2]) * G // 2001).clamp(0, G - 1)
         cy = ((b.boxes[..., 1] + b.boxes[..., 3]) * G // 2001).clamp(0, G - 1)
         hit = cells.flatten(1).gather(1, cy * G + cx).long()
-        wpa = torch.where(text & ~masked, hit, torch.full_like(hit, -100))  # as LayoutLMv3: unmasked text only
+        wpa = torch.where(
+            text & ~masked, hit, torch.full_like(hit, -100)
+        )  # as LayoutLMv3: unmasked text only
     return b.replace(
         input_ids=ids,
         boxes=boxes,
