@@ -130,3 +130,17 @@ def test_smoke_bench_chose_each_lr_on_held_out_training_forms(smoke):
         # every fine-tuning of the method (all seeds, both tasks, the curve) used it
         assert {r["lr"] for r in payload["finetune"] if r["method"] == m} == {best}
     assert "## Fine-tuning lr" in (smoke / "bivldoc.md").read_text()
+
+
+def test_bench_data_file_is_loaded_without_running_code(tmp_path):
+    """data.pt is read with weights_only: a file holding any other object is refused with one line."""
+    import fractions
+
+    import torch
+
+    from pretrainkit.errors import DataError
+    from pretrainkit.systems.bivldoc import bench
+
+    torch.save({"tok": "x", "other": fractions.Fraction(1, 3)}, tmp_path / "data.pt")  # not allowlisted
+    with pytest.raises(DataError, match="not a bench data file this version can read safely"):
+        bench._data(tmp_path)

@@ -19,6 +19,7 @@ its backbone is ready. ``render`` draws the report from the stored JSON alone.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import resource
 import statistics
 import sys
@@ -36,6 +37,7 @@ from pretrainkit.core.results import rerender as rerender_results
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import Trainer
+from pretrainkit.errors import DataError
 from pretrainkit.systems.bivldoc.config import BiVLDocConfig
 from pretrainkit.systems.bivldoc.data import load_funsd, load_sroie_labelled
 from pretrainkit.systems.bivldoc.encoding import encode_pages, train_tokenizer
@@ -130,8 +132,40 @@ def _data(work: Path) -> dict[str, Any]:
     key = str(work)
     if key not in _DATA:
         _DATA.clear()
-        _DATA[key] = torch.load(work / "data.pt", weights_only=False)
+        # weights_only: the unpickler builds only tensors, containers and the allowlisted types below, so a
+        # tampered work folder cannot run code (never unpickle with weights_only=False)
+        try:
+            with torch.serialization.safe_globals(_safe_types()):
+                _DATA[key] = torch.load(work / "data.pt", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise DataError(
+                f"{work / 'data.pt'} is not a bench data file this version can read safely "
+                f"({type(e).__name__}); delete {work} and run the bench again"
+            ) from None
     return _DATA[key]
+
+
+def _safe_types() -> list:
+    """The classes data.pt holds besides tensors: pages, their encodings, numpy arrays and paths."""
+    import pathlib
+
+    import numpy as np
+
+    from pretrainkit.systems.bivldoc.data import Page
+    from pretrainkit.systems.bivldoc.model import EncodedPage
+
+    numpy_core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [
+        Page,
+        EncodedPage,
+        numpy_core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+    ]
 
 
 def _tok(data):
