@@ -272,6 +272,9 @@ class SagaPipeline:
             for j in self.pretrain_jobs(with_a, equal_compute)
             if not self.final_weights(j[0], j[4]).is_file()
         ]
+        # Longest first (stable otherwise): the equal-compute encoder trains 4x as long, and started last it
+        # would leave one worker idle for most of its run.
+        todo.sort(key=lambda j: -(j[4] or self.cfg.pretrain.train.max_steps))
         if self.cfg.pretrain.workers > 1 and len(todo) > 1:
             self.windows  # load (and validate) once in the parent so errors surface here
             self.log(f"pre-training {len(todo)} encoders in {self.cfg.pretrain.workers} processes")
