@@ -70,6 +70,10 @@ def headline(rows: list[dict], split: str = "random") -> dict[str, float | str |
     out["searched_minus_equal"] = gap("saga", "equal")  # the main (GRU) pipeline
     out["searched_minus_equal_linear"] = gap("saga-linear", "equal-linear")  # the head the search optimises
     out["weight_grid_gain"] = gap("grid-oracle-linear", "equal-linear")  # test-label reference
+    s, fl = (_mean(rows, label="user", split=split, budget=100, method=m) for m in ("saga", "floor"))
+    out["saga_minus_floor_user_at_100"] = (
+        round(100 * (s - fl), 2) if s is not None and fl is not None else None
+    )
     out["saga_activity_acc_at_100"] = round(saga100, 4) if saga100 else None
     out["full_label_activity_acc"] = round(full, 4) if full else None
     for m in FULL_LABEL:
