@@ -139,6 +139,7 @@ class DiagnoseSection:
     variants: list[str] = field(default_factory=lambda: ["bc-mlp", "dt-continuous", "dt-discrete"])
     bc: BCConfig = field(default_factory=BCConfig)
     name: str = "l2m-diagnosis"  # docs/results/<name>.md/.json
+    cross_layer_rank: int = 16  # dt-cross-layer: the rank of blocks 1.. in CR-Net's form
 
 
 @dataclass
