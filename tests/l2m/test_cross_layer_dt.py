@@ -2,11 +2,14 @@
 (adapt.cross_layer) applied through the DT's config, so a saved backbone rebuilds in the same form."""
 
 import json
+from dataclasses import asdict
 
+import pytest
 import torch
 
 from pretrainkit.adapt.cross_layer import CrossLayerLinear
 from pretrainkit.core.checkpoint import save_weights
+from pretrainkit.errors import ConfigError
 from pretrainkit.systems.l2m import diagnose, pipeline
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.model import DecisionTransformer, DTConfig
@@ -55,8 +58,6 @@ def test_a_saved_cross_layer_backbone_reloads_to_the_same_actions(tmp_path):
     dt = DecisionTransformer(_cfg(cross_layer_rank=4)).eval()
     path = tmp_path / "backbone.safetensors"
     save_weights(path, dt.state_dict())
-    from dataclasses import asdict
-
     path.with_suffix(".json").write_text(json.dumps(asdict(dt.cfg)))
     again = pipeline.load_backbone(path).eval()
     states, actions, rtg, t = _batch()
@@ -69,3 +70,13 @@ def test_diagnose_variant_trains_the_profiles_dt_in_cross_layer_form_in_its_own_
     v = diagnose.variant_config(cfg, "dt-cross-layer")
     assert v.model.cross_layer_rank == cfg.diagnose.cross_layer_rank and v.model.head == cfg.model.head
     assert v.out.endswith("diagnose/dt-cross-layer") and cfg.model.cross_layer_rank == 0
+
+
+def test_adapter_methods_refuse_a_cross_layer_backbone(tmp_path):
+    dt = DecisionTransformer(_cfg(cross_layer_rank=4))
+    path = tmp_path / "backbone.safetensors"
+    save_weights(path, dt.state_dict())
+    path.with_suffix(".json").write_text(json.dumps(asdict(dt.cfg)))
+    with pytest.raises(ConfigError, match="cross-layer backbone"):
+        pipeline.build_method("lora", L2MConfig(), path, 0)
+    assert pipeline.build_method("ft", L2MConfig(), path, 0).trainable_parameters() == dt.num_params()

@@ -357,6 +357,13 @@ def build_method(
     """A fresh copy of the pre-trained DT wrapped by method ``name`` (adapters seeded by ``seed``)."""
     cls = METHODS.get(name)
     dt = load_backbone(backbone)
+    if dt.cfg.cross_layer_rank and cls.frozen_backbone:
+        # adapters wrap nn.Linear by name; blocks 1.. of a cross-layer DT hold chain layers instead, so a
+        # pattern would silently adapt block 0 alone
+        raise ConfigError(
+            f"method '{name}' injects adapters into nn.Linear projections, and {backbone} is a cross-layer "
+            "backbone (model.cross_layer_rank > 0) whose blocks 1.. have none; use a full-rank backbone"
+        )
     torch.manual_seed(10_000 + seed)
     return cls(dt, cfg.method, len(cfg.data.continual_tasks), queries)
 
