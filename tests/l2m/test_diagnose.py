@@ -109,8 +109,9 @@ def test_diagnose_writes_its_table_and_rerenders_it(tmp_path, fake_env):
     md = diagnose.run_diagnosis(cfg, out_dir=tmp_path / "res", log=lambda s: None)
     assert md == tmp_path / "res" / "l2m-diagnosis.md"
     out = json.loads(md.with_suffix(".json").read_text())
-    assert out["kind"] == diagnose.KIND and set(out["headline"]["mean_success"]) == set(diagnose.VARIANTS)
-    for v in diagnose.VARIANTS:
+    variants = cfg.diagnose.variants
+    assert out["kind"] == diagnose.KIND and set(out["headline"]["mean_success"]) == set(variants)
+    for v in variants:
         tasks = out["records"][v]["0"]["tasks"]
         assert set(tasks) == set(PRE)
         assert all(0 <= r["success"] <= 1 and r["offline_mae"] > 0 for r in tasks.values())
@@ -209,3 +210,25 @@ def test_mean_bin_decoding_is_the_expected_bin_centre_and_the_cache_agrees():
     assert not torch.allclose(on_grid, on_grid.round())
     with pytest.raises(ConfigError, match="bin_decode"):
         DecisionTransformer(bin_decode="median")
+
+
+def test_diagnose_compares_the_dt_with_its_cross_layer_form(tmp_path, fake_env):
+    sets = [
+        *_overrides(tmp_path),
+        "model.n_layer=2",
+        "model.head=continuous",
+        "diagnose.variants=[dt-continuous,dt-cross-layer]",
+    ]
+    cfg = load_config(L2MConfig, None, [*sets, "diagnose.cross_layer_rank=4"])
+    out = json.loads(
+        diagnose.run_diagnosis(cfg, tmp_path / "res", log=lambda s: None).with_suffix(".json").read_text()
+    )
+    dense, cross = (out["records"][v]["0"]["train"]["params"] for v in ("dt-continuous", "dt-cross-layer"))
+    assert cross < dense
+    assert (
+        tmp_path / "run" / "diagnose" / "dt-cross-layer" / "pretrain" / "seed-0" / "backbone.json"
+    ).is_file()
+    assert (
+        "dt-cross-layer = the profile's DT with blocks 1.. in CR-Net's cross-layer form"
+        in (tmp_path / "res" / "l2m-diagnosis.md").read_text()
+    )

@@ -80,6 +80,7 @@ def _config(tmp_path, extra=()):
             "eval.offline_windows=16",
             "bench.seeds=[0]",
             "data.val_fraction=0.2",
+            "bench.bc_reference=false",  # its own test: test_stages_and_orders.py
             *extra,
         ],
     )
@@ -189,15 +190,22 @@ def _summary(final, std, forgetting=0.0, retention=1.0, just=0.5):
 
 
 def test_verdict_needs_margins_beyond_the_spread_and_both_baselines():
-    win = {"l2m": _summary(0.5, 0.05), "ft": _summary(0.2, 0.05), "lora": _summary(0.1, 0.05)}
+    win = {"l2m": _summary(0.65, 0.05), "ft": _summary(0.2, 0.05), "lora": _summary(0.1, 0.05)}
     assert bench._verdict(win)[1] is True
-    assert bench._verdict({**win, "ft": _summary(0.45, 0.05)})[1] is False  # +0.05 is inside 0.10
-    assert bench._verdict({**win, "l2m": _summary(0.5, 0.05, forgetting=0.1)})[1] is False
+    assert bench._verdict(win, backbone=0.9)[1] is True
+    assert bench._verdict({**win, "ft": _summary(0.6, 0.05)})[1] is False  # +0.05 is inside 0.10
+    assert bench._verdict({**win, "l2m": _summary(0.65, 0.05, forgetting=0.1)})[1] is False
+    # every baseline that ran must be beaten, not only ft and lora
+    assert bench._verdict({**win, "lora-pool": _summary(0.62, 0.05)})[1] is False
     text, met = bench._verdict({"l2m": win["l2m"]})  # a run without the baselines decides nothing
     assert met is False and "no comparison" in text
     # no forgetting because nothing was learned: L2M below half of ft's just-learned success decides nothing
-    text, met = bench._verdict({**win, "l2m": _summary(0.5, 0.05, just=0.2)})
+    text, met = bench._verdict({**win, "l2m": _summary(0.65, 0.05, just=0.2)})
     assert met is False and "less than half as well" in text
+    text, met = bench._verdict({**win, "l2m": _summary(0.5, 0.05)})  # above both, but below 0.6
+    assert met is False and "BELOW 0.6" in text
+    text, met = bench._verdict(win, backbone=0.7)  # a backbone that does not solve its own tasks
+    assert met is False and "BELOW 0.8" in text
 
 
 # ---- routing report --------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="which pre-trained backbone / seed")
     p.add_argument("--methods", help=f"comma-separated, from: {', '.join(ALL_METHODS)} (default: config)")
     p.add_argument("--fresh", action="store_true", help="discard earlier stages of these runs")
+    p.add_argument(
+        "--order",
+        choices=["first", "second"],
+        default="first",
+        help="task order: first = data.continual_tasks (default), second = bench.second_order",
+    )
     p.set_defaults(func=_continual)
 
     p = _parser(
@@ -153,10 +159,16 @@ def _continual(args: argparse.Namespace) -> int:
     from pretrainkit.systems.l2m.pipeline import ContinualRun
 
     cfg = load(args)
-    for m in cfg.continual.methods:
-        rec = ContinualRun(cfg, m, args.seed, progress=True).run(resume=not args.fresh)
+    c = cfg.continual
+    methods = list(c.methods)
+    if c.until_success > 0:  # the calibrating method sets every stage's length: it runs first
+        methods.sort(key=lambda m: m != c.calibrate_with)
+    order = "order2" if args.order == "second" else ""
+    for m in methods:
+        run = ContinualRun(cfg, m, args.seed, progress=True, order=order)
+        rec = run.run(resume=not args.fresh)
         print(
-            f"{m}: record in {Path(cfg.out) / 'continual' / f'seed-{args.seed}' / m / 'record.json'}; "
+            f"{m}: record in {run.dir / 'record.json'}; "
             f"final success " + ", ".join(f"{t} {rec.rows[-1][t]['success']:.2f}" for t in rec.rows[-1])
         )
     return 0

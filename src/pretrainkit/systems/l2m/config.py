@@ -25,7 +25,7 @@ CLEAN_CW10 = [
 # Quick profile: three of them with distinct objects (keys can tell them apart), in CW10 order.
 QUICK_CONTINUAL = ["hammer-v3", "faucet-close-v3", "handle-press-side-v3"]
 QUICK_PRETRAIN = ["drawer-close-v3", "button-press-topdown-v3", "dial-turn-v3", "door-open-v3"]
-ALL_METHODS = ["ft", "lora", "ia3", "l2p", "ewc", "l2", "l2m", "l2m-oracle"]
+ALL_METHODS = ["ft", "lora", "lora-pool", "ia3", "l2p", "ewc", "l2", "l2m", "l2m-oracle"]
 
 
 @dataclass
@@ -79,11 +79,12 @@ class MethodSection:
     ff_placement: Literal["output", "parallel"] = (
         "output"  # output = L2M's code (h + B A h on the fc1 output)
     )
-    # How L2M meets pre-training tasks at evaluation. unmodulated: the bare backbone (the task is known to be a
-    # pre-training task; retention is then exact). routed: task-agnostic, fixed keys per pre-training task
-    # (k-means centres of its queries) compete with the pool and winning one means no modulation (L2M's
-    # n_pretrain_keys); on the CPU profile these keys also capture many continual-task rollout windows.
-    pretrain_eval: Literal["routed", "unmodulated"] = "unmodulated"
+    # How L2M meets pre-training tasks at evaluation. routed (default): task-agnostic, as every other method
+    # is: fixed keys per pre-training task (k-means centres of its queries) compete with the pool and winning
+    # one means no modulation (L2M's n_pretrain_keys), so retention is measured. unmodulated: the bare
+    # backbone, because the evaluation tells L2M the task is a pre-training task (retention exact by
+    # construction; kept to compare with earlier results).
+    pretrain_eval: Literal["routed", "unmodulated"] = "routed"
     pretrain_keys: int = 4
     prompt_pool: int = 10  # L2P
     prompt_len: int = 3
@@ -93,7 +94,16 @@ class MethodSection:
 @dataclass
 class ContinualSection:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    steps_per_task: int = 400
+    steps_per_task: int = 400  # every stage's length while until_success is 0
+    # Stage lengths set by learning: with until_success > 0, ``calibrate_with`` (full fine-tuning) trains each
+    # stage until its closed-loop success on that task reaches until_success (checked every check_every steps
+    # on eval.episodes episodes from other start positions than the reported ones) or max_steps_per_task; every
+    # other method then trains each stage exactly as many steps as it did (same seed, same order), so the
+    # methods get equal compute and forgetting has something learned to forget.
+    until_success: float = 0.0
+    check_every: int = 250
+    max_steps_per_task: int = 3000
+    calibrate_with: str = "ft"
     batch_size: int = 32
     ckpt_every: int = 200
     log_every: int = 50
@@ -115,6 +125,11 @@ class BenchSection:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     name: str = "l2m"  # docs/results/<name>.md/.json
     workers: int = 1  # processes for the seeds' pre-training and the (seed, method) runs; same results
+    # A second order of the same continual tasks, run for second_order_methods, so no conclusion rests on one
+    # order: none, or reversed (a rule rather than a list, so it follows any data.continual_tasks override).
+    second_order: Literal["none", "reversed"] = "none"
+    second_order_methods: list[str] = field(default_factory=list)
+    bc_reference: bool = True  # also train and roll out the state-only BC MLP per seed (diagnosis reference)
 
 
 @dataclass
@@ -124,6 +139,7 @@ class DiagnoseSection:
     variants: list[str] = field(default_factory=lambda: ["bc-mlp", "dt-continuous", "dt-discrete"])
     bc: BCConfig = field(default_factory=BCConfig)
     name: str = "l2m-diagnosis"  # docs/results/<name>.md/.json
+    cross_layer_rank: int = 16  # dt-cross-layer: the rank of blocks 1.. in CR-Net's form
 
 
 @dataclass
@@ -160,6 +176,7 @@ class L2MConfig:
             )
         if self.eval.episodes < 1 or self.continual.steps_per_task < 1:
             raise ConfigError("eval.episodes and continual.steps_per_task must be >= 1")
+        self._validate_stages_and_orders(cont)
         if not self.bench.seeds:
             raise ConfigError("bench.seeds must list at least one seed")
         from pretrainkit.systems.l2m.diagnose import check_variants
@@ -185,3 +202,38 @@ class L2MConfig:
         check_range(self.data.val_fraction, "data.val_fraction", low=0.0, high=1.0, high_open=True)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
+    def _validate_stages_and_orders(self, continual_tasks: list[str]) -> None:
+        from pretrainkit.systems.l2m.methods import METHODS
+
+        c, b = self.continual, self.bench
+        check_range(c.until_success, "continual.until_success", low=0.0, high=1.0)
+        check_at_least(c.check_every, "continual.check_every")
+        check_at_least(c.max_steps_per_task, "continual.max_steps_per_task")
+        METHODS.get(c.calibrate_with)
+        if c.until_success > 0 and c.calibrate_with not in c.methods:
+            raise ConfigError(
+                f"continual.until_success={c.until_success} takes each stage's length from "
+                f"continual.calibrate_with={c.calibrate_with!r}, which must be among continual.methods {c.methods}"
+            )
+        extra = [m for m in b.second_order_methods if m not in c.methods]
+        if extra:
+            raise ConfigError(
+                f"bench.second_order_methods {extra} are not among continual.methods {c.methods}"
+            )
+        ordered = b.second_order != "none" and b.second_order_methods
+        if ordered and c.until_success > 0 and c.calibrate_with not in b.second_order_methods:
+            raise ConfigError(
+                f"bench.second_order_methods must include continual.calibrate_with={c.calibrate_with!r}: "
+                "it sets the stage lengths of that order too"
+            )
+
+    def second_order_tasks(self) -> list[str]:
+        """The continual tasks in bench.second_order's order (a one-line error where it has none)."""
+        tasks = list(self.data.continual_tasks)
+        if self.bench.second_order == "none" or len(tasks) < 2:
+            raise ConfigError(
+                f"no second task order: bench.second_order={self.bench.second_order!r} with "
+                f"{len(tasks)} continual task(s) (set bench.second_order=reversed and at least two tasks)"
+            )
+        return tasks[::-1]

@@ -37,7 +37,7 @@ from pretrainkit.systems.l2m.pipeline import (
 from pretrainkit.systems.l2m.rollout import evaluate_task
 
 KIND, TITLE = "l2m.diagnosis", "L2M diagnosis"
-VARIANTS = ("bc-mlp", "dt-continuous", "dt-discrete")
+VARIANTS = ("bc-mlp", "dt-continuous", "dt-discrete", "dt-cross-layer")
 _HEAD = {"dt-continuous": "continuous", "dt-discrete": "discrete"}
 
 
@@ -52,6 +52,10 @@ def variant_config(cfg: L2MConfig, variant: str) -> L2MConfig:
     """The profile with the DT's head set for ``variant``; a head other than the profile's trains in its own
     run folder (``<out>/diagnose/<variant>``)."""
     v = copy.deepcopy(cfg)
+    if variant == "dt-cross-layer":  # the profile's DT with blocks 1.. in CR-Net's form (issue 16, item 4)
+        v.model.cross_layer_rank = cfg.diagnose.cross_layer_rank
+        v.out = str(Path(cfg.out) / "diagnose" / variant)
+        return v
     head = _HEAD[variant]
     if head != cfg.model.head:
         v.model.head = head
@@ -178,7 +182,15 @@ def render(payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]
                 f"timestep embedding {'on' if m.timestep_embedding else 'off'}, dropout {m.dropout}, "
                 f"{cfg.pretrain.train.max_steps} steps of batch {cfg.pretrain.batch_size}; dt-continuous = "
                 f"one action token and a tanh head (MSE), dt-discrete = {m.n_bins} bins per action dimension, "
-                "autoregressive (CE). Train seconds = wall time of training only."
+                "autoregressive (CE)"
+                + (
+                    f"; dt-cross-layer = the profile's DT with blocks 1.. in CR-Net's cross-layer form "
+                    f"(`adapt.cross_layer.to_cross_layer`, rank {cfg.diagnose.cross_layer_rank} on "
+                    f"{', '.join(m.cross_layer_projections)}; block 0 full rank)"
+                    if "dt-cross-layer" in variants
+                    else ""
+                )
+                + ". Train seconds = wall time of training only."
             ),
             "",
             "## Closed-loop success per pre-training task (mean ± sample std over seeds, n = seeds)",

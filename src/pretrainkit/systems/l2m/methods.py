@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pretrainkit.adapt import EWC, L2Anchor, ModulationPool, PromptPool, inject
+from pretrainkit.adapt.base import find_modules
 from pretrainkit.registry import Registry
 from pretrainkit.systems.l2m.config import MethodSection
 from pretrainkit.systems.l2m.data import ContextWindowDataset
@@ -105,6 +106,10 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def info(self) -> dict[str, Any]:
+        """Facts about this method's set-up worth stating in a report (e.g. a derived rank)."""
+        return {}
 
     # ---- acting -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -215,8 +220,47 @@ class SharedLoRA(Method):
     frozen_backbone = True
 
     def setup(self, pretrain_queries=None) -> None:
+        self.rank = self.lora_rank()
         # alpha = 2 * rank (scale 2, as in L2M's code); adapt's default is alpha = rank.
-        inject(self.dt, "lora", self.cfg.lora_targets, rank=self.cfg.rank, alpha=2.0 * self.cfg.rank)
+        inject(self.dt, "lora", self.cfg.lora_targets, rank=self.rank, alpha=2.0 * self.rank)
+
+    def lora_rank(self) -> int:
+        return self.cfg.rank  # one modulator's size
+
+
+@register_method("lora-pool")
+class PoolSizedLoRA(SharedLoRA):
+    """Shared LoRA with at least as many trainable parameters as L2M's whole pool (its modulators and keys),
+    so L2M's gain is not a gain of trainable parameters. Where that rank exceeds a target layer's width (a
+    narrow backbone: 16 modulators of rank 8 on d = 64) no LoRA can have that many parameters without
+    exceeding full rank, so the rank is capped at full rank, the most any shared update on those layers can
+    express; ``info()`` states the rank the parameter count would need."""
+
+    def lora_rank(self) -> int:
+        self.rank_needed, self.pool_params = pool_matched_rank(self.dt, self.cfg, self.n_tasks)
+        return min(self.rank_needed, full_rank(self.dt, self.cfg.lora_targets))
+
+    def info(self) -> dict[str, Any]:
+        return {"rank": self.rank, "rank_for_pool_params": self.rank_needed, "pool_params": self.pool_params}
+
+
+def full_rank(dt: DecisionTransformer, targets: list[str]) -> int:
+    """The largest LoRA rank every target Linear allows (min of its in and out features)."""
+    return min(min(m.in_features, m.out_features) for m in _lora_targets(dt, targets))
+
+
+def pool_matched_rank(dt: DecisionTransformer, cfg: MethodSection, n_tasks: int) -> tuple[int, int]:
+    """(smallest shared-LoRA rank on ``cfg.lora_targets`` whose trainable parameters reach L2M's pool's, the
+    pool's trainable parameters)."""
+    import copy
+
+    pool = L2MMethod(copy.deepcopy(dt), cfg, n_tasks).trainable_parameters()
+    per_rank = sum(m.in_features + m.out_features for m in _lora_targets(dt, cfg.lora_targets))
+    return -(-pool // per_rank), pool
+
+
+def _lora_targets(dt: DecisionTransformer, targets: list[str]) -> list[nn.Module]:
+    return list(find_modules(dt, targets).values())
 
 
 @register_method("ia3")

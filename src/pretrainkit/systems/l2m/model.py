@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrainkit.adapt.cross_layer import CrossLayerInfo, to_cross_layer
 from pretrainkit.core.losses import TokenCrossEntropy
 from pretrainkit.errors import ConfigError
 
 Head = Literal["discrete", "continuous"]
 BinDecode = Literal["center", "lower", "mean"]
 BIN_DECODES = ("center", "lower", "mean")
+BLOCK_PROJECTIONS = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2"]
 _BIN_CE = TokenCrossEntropy()
 
 
@@ -54,6 +56,10 @@ class DTConfig:
     condition_on_rtg: bool = True
     dropout: float = 0.1
     mlp_ratio: int = 4
+    # > 0: blocks 1.. in CR-Net's cross-layer low-rank form at this rank (adapt.cross_layer: each listed
+    # projection = beta * the same projection's output in the block before + X A B; block 0 stays full rank).
+    cross_layer_rank: int = 0
+    cross_layer_projections: list[str] = field(default_factory=lambda: list(BLOCK_PROJECTIONS))
 
     def __post_init__(self) -> None:
         if self.head not in ("discrete", "continuous"):
@@ -74,6 +80,8 @@ class DTConfig:
         ):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.cross_layer_rank < 0:
+            raise ConfigError(f"cross_layer_rank must be >= 0 (0 = off), got {self.cross_layer_rank}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -244,6 +252,13 @@ class DecisionTransformer(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: shrink residual-branch outputs with depth
             if name.endswith(("out_proj.weight", "fc2.weight")):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+        self.cross_layer: CrossLayerInfo | None = None
+        if cfg.cross_layer_rank:
+            # Applied from outside the block code, after the dense init (the low-rank factors get CR-Net's own
+            # init there), so the same Block serves both forms and a saved config rebuilds either.
+            self.cross_layer = to_cross_layer(
+                self, "blocks", cfg.cross_layer_projections, cfg.cross_layer_rank
+            )
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

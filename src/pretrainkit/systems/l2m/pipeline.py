@@ -30,7 +30,7 @@ from pretrainkit.core.distributed import DistInfo
 from pretrainkit.core.rundir import RunDir
 from pretrainkit.core.task import MixModel, TaskMix
 from pretrainkit.core.trainer import FIT_MEASUREMENTS, TrainConfig, Trainer
-from pretrainkit.errors import CheckpointError, DataError
+from pretrainkit.errors import CheckpointError, ConfigError, DataError
 from pretrainkit.systems.l2m.collect import collect, task_file
 from pretrainkit.systems.l2m.config import L2MConfig
 from pretrainkit.systems.l2m.data import ContextWindowDataset, TaskData, load_task_dataset, split_episodes
@@ -263,6 +263,9 @@ class Throughput:
 
 
 _ENVS: dict[tuple[str, int], Any] = {}
+CALIBRATION_STARTS = (
+    500_000  # far beyond every task's reported start seeds (101 apart per task, 7919 per seed)
+)
 
 
 def vector_env(task: str, episodes: int):
@@ -287,12 +290,16 @@ def evaluate(
     seed: int,
     device: torch.device,
     tally: Throughput | None = None,
+    calibration: bool = False,
 ) -> dict[str, Any]:
-    """Closed-loop success on ``cfg.eval.episodes`` episodes plus offline accuracy on held-out windows."""
+    """Closed-loop success on ``cfg.eval.episodes`` episodes plus offline accuracy on held-out windows.
+    ``calibration``: success only, from start positions disjoint from the reported ones (a stage-length
+    check must not pick its stopping step on the episodes it is then scored on)."""
     method.eval()
     actor = method.actor(task_id)
     cpu = time.process_time()
     base = 7919 * (seed + 1) + 101 * MT50.index(task)  # same start positions at every stage and method
+    base += CALIBRATION_STARTS if calibration else 0
     env = vector_env(task, cfg.eval.episodes) if cfg.eval.reuse_envs else None
     r = evaluate_task(
         actor,
@@ -309,6 +316,8 @@ def evaluate(
         tally.eval_cpu += time.process_time() - cpu
         tally.eval_sim_wall += r["seconds"] - r["policy_seconds"]
     out: dict[str, Any] = {"success": r["success"], "return": r["mean_return"]}
+    if calibration:
+        return out
     if actor.usage:
         total = sum(actor.usage.values())
         out["keys_rollout"] = {str(k): round(v / total, 3) for k, v in sorted(actor.usage.items())}
@@ -348,22 +357,53 @@ def build_method(
     """A fresh copy of the pre-trained DT wrapped by method ``name`` (adapters seeded by ``seed``)."""
     cls = METHODS.get(name)
     dt = load_backbone(backbone)
+    if dt.cfg.cross_layer_rank and cls.frozen_backbone:
+        # adapters wrap nn.Linear by name; blocks 1.. of a cross-layer DT hold chain layers instead, so a
+        # pattern would silently adapt block 0 alone
+        raise ConfigError(
+            f"method '{name}' injects adapters into nn.Linear projections, and {backbone} is a cross-layer "
+            "backbone (model.cross_layer_rank > 0) whose blocks 1.. have none; use a full-rank backbone"
+        )
     torch.manual_seed(10_000 + seed)
     return cls(dt, cfg.method, len(cfg.data.continual_tasks), queries)
 
 
-class ContinualRun:
-    """One method over the continual sequence (a ``StageLearner`` for ``run_stages``), resumable by stage."""
+def order_config(cfg: L2MConfig, order: str) -> L2MConfig:
+    """The profile with its continual tasks in ``order``: "" = data.continual_tasks, "order2" =
+    bench.second_order's order of the same tasks."""
+    if not order:
+        return cfg
+    if order != "order2":
+        raise ConfigError(f"unknown task order {order!r}: '' (data.continual_tasks) or 'order2'")
+    from dataclasses import replace
 
-    def __init__(self, cfg: L2MConfig, method: str, seed: int = 0, log: Log = print, progress: bool = False):
+    return replace(cfg, data=replace(cfg.data, continual_tasks=cfg.second_order_tasks()))
+
+
+class ContinualRun:
+    """One method over the continual sequence (a ``StageLearner`` for ``run_stages``), resumable by stage.
+    ``order``: "" for data.continual_tasks, "order2" for bench.second_order (its own run folder)."""
+
+    def __init__(
+        self,
+        cfg: L2MConfig,
+        method: str,
+        seed: int = 0,
+        log: Log = print,
+        progress: bool = False,
+        order: str = "",
+    ):
+        cfg = order_config(cfg, order)
         self.cfg, self.name, self.seed, self.log, self.progress = cfg, method, seed, log, progress
+        self.order = order
         self.device = setup_torch(cfg)
         self.backbone = backbone_path(cfg, seed)
         if not self.backbone.is_file():
             raise DataError(
                 f"no pre-trained backbone at {self.backbone}; run `pretrainkit l2m pretrain` first"
             )
-        self.dir = Path(cfg.out) / "continual" / f"seed-{seed}" / method
+        folder = "continual" + (f"-{order}" if order else "")
+        self.dir = Path(cfg.out) / folder / f"seed-{seed}" / method
         self.splits = load_tasks(cfg, [*cfg.data.continual_tasks, *cfg.data.pretrain_tasks])
         queries = None
         if METHODS.get(method).needs_pretrain_queries and cfg.method.pretrain_eval == "routed":
@@ -371,13 +411,71 @@ class ContinualRun:
         self.method = build_method(method, cfg, self.backbone, seed, queries).to(self.device)
         self.tally = Throughput()
 
+    # ---- stage lengths ----------------------------------------------------------------------------------
+    @property
+    def calibrating(self) -> bool:
+        """Whether this run sets the stage lengths (trains each stage until the task is learned)."""
+        c = self.cfg.continual
+        return c.until_success > 0 and self.name == c.calibrate_with
+
+    def stage_steps(self, stage: int) -> int:
+        """Steps to train ``stage``: fixed; the cap while calibrating (a check stops it earlier; once stopped,
+        the stage's marker holds the step, so a resumed stage does not train on); else the calibrating
+        method's steps on that stage (same seed, same order)."""
+        c = self.cfg.continual
+        if c.until_success <= 0:
+            return c.steps_per_task
+        if self.calibrating:
+            marker = self.dir / f"stage-{stage}" / "calibrated.json"
+            return int(json.loads(marker.read_text())["steps"]) if marker.is_file() else c.max_steps_per_task
+        return self.plan()[stage]
+
+    def plan(self) -> list[int]:
+        """The calibrating method's steps per stage, from its finished record beside this run's folder."""
+        c = self.cfg.continual
+        ref = self.dir.parent / c.calibrate_with / "record.json"
+        rec = ContinualRecord.load(ref) if ref.is_file() else None
+        if rec is None or rec.done < len(rec.tasks):
+            raise ConfigError(
+                f"continual.until_success={c.until_success} takes each stage's length from "
+                f"{c.calibrate_with}'s run of seed {self.seed}; finish it first ({ref} is "
+                f"{'missing' if rec is None else 'unfinished'})"
+            )
+        return [int(s["steps"]) for s in rec.stages]
+
+    def _until_learned(self, stage: int, task: str, checks: list[list[float]]):
+        """Step hook: every ``check_every`` steps, closed-loop success on the stage's task (calibration
+        starts); stop the stage once it reaches ``until_success``."""
+        c = self.cfg.continual
+        task_id = self.cfg.data.continual_tasks.index(task)
+
+        def hook(trainer: Trainer, step: int) -> None:
+            if step % c.check_every:
+                return
+            r = evaluate(
+                self.method, task, task_id, self.splits[task], self.cfg, self.seed, self.device,
+                self.tally, calibration=True,
+            )  # fmt: skip
+            self.method.train()
+            checks.append([step, r["success"]])
+            if r["success"] >= c.until_success:
+                trainer.request_stop()
+
+        return hook
+
     def learn(self, stage: int, task: str) -> dict[str, Any]:
         cfg, c = self.cfg, self.cfg.continual
         data = windows(cfg, self.splits[task].train)
         self.method.begin_task(stage, data)
         self.method.train()
+        steps = self.stage_steps(stage)
+        marker = self.dir / f"stage-{stage}" / "calibrated.json"
+        checks: list[list[float]] = []
+        hooks = (
+            [self._until_learned(stage, task, checks)] if self.calibrating and not marker.is_file() else []
+        )
         tcfg = TrainConfig(
-            max_steps=c.steps_per_task,
+            max_steps=steps,
             lr=self.method.lr,
             schedule="constant",
             log_every=c.log_every,
@@ -394,16 +492,22 @@ class ContinualRun:
             dist_info=_dist(self.device),
             unit="windows",
             optimizer=lambda m, t: torch.optim.AdamW(m.param_groups(), weight_decay=0.0),
+            step_hooks=hooks,
         )
         last = trainer.fit("auto")
         wall, cpu = last["wall_s"], last["cpu_s"]
+        if self.calibrating:
+            old = json.loads(marker.read_text()) if marker.is_file() else {}
+            checks = old.get("checks", []) + checks  # a resumed stage keeps the checks made before
+            atomic_write_text(marker, json.dumps({"steps": trainer.step, "checks": checks}))
         self.method.end_task(stage, data)
         self.tally.train_steps += last["steps_run"]
         self.tally.train_cpu += cpu
         return {
-            "steps": c.steps_per_task,
+            "steps": trainer.step,
             "seconds": round(wall, 2),
             "cpu_seconds": round(cpu, 2),
+            **({"checks": checks} if self.calibrating else {}),
             **{k: round(v, 4) for k, v in last.items() if k in ("loss", "bin_acc", "aux_loss", "penalty")},
         }
 
