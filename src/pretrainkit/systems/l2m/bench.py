@@ -166,11 +166,13 @@ def run_bench(
                             submit(seed, order, first_methods(cfg, methods))
                     else:
                         seed, m, record, (params[m], facts), t = future.result()
-                        by_order[kind[1]][m][seed] = record
+                        order = kind[1]
+                        by_order[order][m][seed] = record
                         if facts:
                             info[m] = facts
-                        if first_methods(cfg, runs[kind[1]]) == [m] != runs[kind[1]]:
-                            submit(seed, kind[1], [x for x in runs[kind[1]] if x != m])
+                        rest = [x for x in runs[order] if x != m]
+                        if first_methods(cfg, runs[order]) == [m] and rest:  # the calibrating run is done
+                            submit(seed, order, rest)
                     tally.add(t)
     finally:
         close_envs()
